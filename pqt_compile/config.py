@@ -1,0 +1,117 @@
+"""PQTConfig: what to sample, in which format, with which noise.
+
+A frozen dataclass that validates itself in `__post_init__`, so a bad value fails where it
+is written, with a message that names the field, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+from .formats import FormatSpec, parse_format
+
+__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD"]
+
+BlockSize = Union[int, str]
+
+#: The standard deviation of uniform rounding error, in units of the step: 1/sqrt(12).
+DEFAULT_NOISE_STD = 1.0 / math.sqrt(12.0)
+
+_NOISES = ("gaussian", "uniform")
+
+
+def _check_patterns(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"PQTConfig.{name} must be a regular expression or a list of them, got {value!r}")
+    for p in value:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"PQTConfig.{name}: {p!r} is not a valid regular expression ({e})") from None
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class PQTConfig:
+    """Pseudo-quantization training settings.
+
+    Attributes:
+        format: target storage format (see `pqt_compile.formats`), default "fp6_e3m2".
+        block_size: elements per shared-scale block along the reduction axis (default 32,
+            as in OCP MX), or "row" (the whole reduction axis) or "tensor" (one block).
+        noise: "gaussian" (default) or "uniform".
+        noise_std: noise standard deviation in units of the step Δ, default 1/sqrt(12).
+        seed: base seed of the run (an int); each training call derives its own seed from it.
+        include: regular expressions; if non-empty, only weights whose qualified name matches
+            one of them (re.search) are sampled.
+        exclude: regular expressions; weights whose qualified name matches one are not sampled.
+        sample_in_eval: also sample in graphs compiled for inference (no_grad, inference_mode,
+            eval). Off by default: evaluation sees the clean weights.
+    """
+
+    format: str = "fp6_e3m2"
+    block_size: BlockSize = 32
+    noise: str = "gaussian"
+    noise_std: float = DEFAULT_NOISE_STD
+    seed: int = 0
+    include: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    sample_in_eval: bool = False
+
+    def __post_init__(self) -> None:
+        parse_format(self.format)  # raises ValueError naming the accepted formats
+        b = self.block_size
+        if isinstance(b, bool) or not (isinstance(b, int) and b > 0 or b in ("row", "tensor")):
+            raise ValueError(
+                f"PQTConfig.block_size must be a positive int, 'row' or 'tensor', got {b!r}"
+            )
+        if self.noise not in _NOISES:
+            raise ValueError(f"PQTConfig.noise must be one of {_NOISES}, got {self.noise!r}")
+        s = self.noise_std
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+            raise ValueError(f"PQTConfig.noise_std must be a finite number > 0 (units of the step), got {s!r}")
+        object.__setattr__(self, "noise_std", float(s))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"PQTConfig.seed must be an int, got {self.seed!r}")
+        object.__setattr__(self, "include", _check_patterns("include", self.include))
+        object.__setattr__(self, "exclude", _check_patterns("exclude", self.exclude))
+        if not isinstance(self.sample_in_eval, bool):
+            raise ValueError(f"PQTConfig.sample_in_eval must be a bool, got {self.sample_in_eval!r}")
+
+    @property
+    def spec(self) -> FormatSpec:
+        """The parsed format."""
+        return parse_format(self.format)
+
+    @property
+    def block_code(self) -> int:
+        """block_size as the op's schema carries it: B > 0, 0 for "row", -1 for "tensor"."""
+        return {"row": 0, "tensor": -1}.get(self.block_size, self.block_size)  # type: ignore[arg-type]
+
+    def admits(self, name: str) -> bool:
+        """Whether the weight with qualified name `name` passes include/exclude."""
+        if self.include and not any(re.search(p, name) for p in self.include):
+            return False
+        return not any(re.search(p, name) for p in self.exclude)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> "PQTConfig":
+        """Build a config from a `torch.compile(options=...)` dict; unknown keys are refused."""
+        options = dict(options or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown pqt option(s) {unknown}; accepted: {sorted(known)}"
+            )
+        return cls(**options)
+
+    def replace(self, **changes: Any) -> "PQTConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,235 @@
+"""The sampling formula of method.md, written once against a small ops interface.
+
+The same function body computes a sampled weight for eager torch tensors (`TorchOps`) and
+inside Inductor's generated code (`pqt_compile.lowering.inductor_ops.InductorOps`), so the
+two cannot drift. docs/method.md states every constant and step in prose.
+
+NOTE [integers]: the generator works on 32-bit words held in int64 and masked to 32 bits
+after every multiply. Every multiplier is below 2^31, so a product of a 32-bit word and a
+multiplier stays below 2^63: no signed overflow (undefined behaviour in the C++ that
+Inductor emits), and right shifts of non-negative int64 values are logical on every backend.
+
+NOTE [floats]: the only float operations are the conversion of a small integer (exact), one
+multiply by an fp32 constant (a single IEEE rounding, the same constant on every backend),
+a multiply by a power of two (exact unless the result is an fp32 subnormal), the fp32 add
+of the noise to the weight, and the final cast. So an FMA contraction of `w + Δ * r` gives
+the same bits as two separate operations, and there is nothing to reassociate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+
+from .formats import FormatSpec
+
+__all__ = [
+    "SampleOps",
+    "TorchOps",
+    "MASK32",
+    "mix32",
+    "stream_words",
+    "element_hash",
+    "noise_from_hash",
+    "noise_scale",
+    "floor_log2",
+    "pow2",
+    "step_log2",
+    "sample_value",
+    "GAUSSIAN_TERMS",
+]
+
+MASK32 = 0xFFFFFFFF
+# Multipliers of the 32-bit mixer; both odd and below 2^31 (NOTE [integers]).
+MIX_MUL_1 = 0x7FEB352D
+MIX_MUL_2 = 0x21F0AAAD
+# Constants that separate the stream words (any fixed odd-looking 32-bit values would do).
+KEY_SALT = 0x9E3779B9
+STREAM_SALT = 0x85EBCA6B
+#: The Gaussian is the sum of this many uniform bytes of one 32-bit hash (Irwin-Hall).
+GAUSSIAN_TERMS = 4
+_GAUSSIAN_MEAN = GAUSSIAN_TERMS * 255 // 2  # 510: the (integer) mean of the byte sum
+_GAUSSIAN_VAR = GAUSSIAN_TERMS * (256.0**2 - 1.0) / 12.0  # 21845 for 4 terms
+_UNIFORM_VAR = (2.0**48 - 1.0) / 3.0  # variance of the odd integers 2U + 1 - 2^24, U < 2^24
+FLT_MAX = 3.4028234663852886e38
+TWO_POW_64 = 18446744073709551616.0  # exact in fp32
+
+
+class SampleOps(Protocol):
+    """The operations the formula needs. Integers are int64, floats float32."""
+
+    def i64(self, v: int) -> Any: ...
+    def f32(self, v: float) -> Any: ...
+    def add(self, a: Any, b: Any) -> Any: ...
+    def sub(self, a: Any, b: Any) -> Any: ...
+    def mul(self, a: Any, b: Any) -> Any: ...
+    def band(self, a: Any, b: Any) -> Any: ...
+    def xor(self, a: Any, b: Any) -> Any: ...
+    def shr(self, a: Any, b: Any) -> Any: ...
+    def shl(self, a: Any, b: Any) -> Any: ...
+    def lt(self, a: Any, b: Any) -> Any: ...
+    def le(self, a: Any, b: Any) -> Any: ...
+    def gt(self, a: Any, b: Any) -> Any: ...
+    def eq(self, a: Any, b: Any) -> Any: ...
+    def logical_and(self, a: Any, b: Any) -> Any: ...
+    def where(self, c: Any, a: Any, b: Any) -> Any: ...
+    def maximum(self, a: Any, b: Any) -> Any: ...
+    def minimum(self, a: Any, b: Any) -> Any: ...
+    def int_to_f32(self, a: Any) -> Any: ...
+    def f32_bits(self, a: Any) -> Any: ...
+    def bits_f32(self, a: Any) -> Any: ...
+
+
+class TorchOps:
+    """`SampleOps` over torch tensors (eager). Constants are 0-d tensors of the exact dtype."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def i64(self, v: int) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.int64, device=self.device)
+
+    def f32(self, v: float) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float32, device=self.device)
+
+    add = staticmethod(torch.add)
+    sub = staticmethod(torch.sub)
+    mul = staticmethod(torch.mul)
+    band = staticmethod(torch.bitwise_and)
+    xor = staticmethod(torch.bitwise_xor)
+    shr = staticmethod(torch.bitwise_right_shift)
+    shl = staticmethod(torch.bitwise_left_shift)
+    lt = staticmethod(torch.lt)
+    le = staticmethod(torch.le)
+    gt = staticmethod(torch.gt)
+    eq = staticmethod(torch.eq)
+    logical_and = staticmethod(torch.logical_and)
+    where = staticmethod(torch.where)
+    maximum = staticmethod(torch.maximum)
+    minimum = staticmethod(torch.minimum)
+
+    @staticmethod
+    def int_to_f32(a: torch.Tensor) -> torch.Tensor:
+        return a.to(torch.float32)
+
+    @staticmethod
+    def f32_bits(a: torch.Tensor) -> torch.Tensor:
+        return a.contiguous().view(torch.int32).to(torch.int64)
+
+    @staticmethod
+    def bits_f32(a: torch.Tensor) -> torch.Tensor:
+        return a.to(torch.int32).view(torch.float32)
+
+
+def _mul32(o: SampleOps, x: Any, c: int) -> Any:
+    return o.band(o.mul(x, o.i64(c)), o.i64(MASK32))
+
+
+def mix32(o: SampleOps, x: Any) -> Any:
+    """A 32-bit integer mixer (xor-shift-multiply, two rounds), x in [0, 2^32)."""
+    x = o.xor(x, o.shr(x, o.i64(16)))
+    x = _mul32(o, x, MIX_MUL_1)
+    x = o.xor(x, o.shr(x, o.i64(15)))
+    x = _mul32(o, x, MIX_MUL_2)
+    return o.xor(x, o.shr(x, o.i64(16)))
+
+
+def stream_words(o: SampleOps, seed: Any, key: Any) -> tuple[Any, Any]:
+    """Two 32-bit words that select the noise stream of (seed, key). Both inputs int64."""
+    m = o.i64(MASK32)
+    seed32 = o.band(o.xor(seed, o.shr(seed, o.i64(32))), m)
+    key32 = o.band(key, m)
+    s1 = mix32(o, o.xor(seed32, mix32(o, o.xor(key32, o.i64(KEY_SALT)))))
+    s2 = mix32(o, o.xor(s1, o.i64(STREAM_SALT)))
+    return s1, s2
+
+
+def element_hash(o: SampleOps, index: Any, s1: Any, s2: Any) -> Any:
+    """The 32-bit draw of element `index` (its logical row-major index, < 2^32)."""
+    return mix32(o, o.xor(mix32(o, o.xor(index, s1)), s2))
+
+
+def noise_scale(noise: str, noise_std: float) -> float:
+    """The fp32 constant that turns the centred integer draw into r (std `noise_std`)."""
+    var = _GAUSSIAN_VAR if noise == "gaussian" else _UNIFORM_VAR
+    return float(torch.tensor(noise_std / math.sqrt(var), dtype=torch.float32).item())
+
+
+def noise_from_hash(o: SampleOps, h: Any, noise: str, noise_std: float) -> Any:
+    """r: mean 0, std `noise_std`, from one 32-bit hash.
+
+    gaussian: the sum of the hash's four bytes minus 510 (Irwin-Hall of 4 discrete uniforms,
+    bounded at +-510/sqrt(21845) = +-3.45 standard deviations). uniform: the odd integers
+    2U + 1 - 2^24 with U the top 24 bits. Then one fp32 multiply by `noise_scale`.
+    """
+    if noise == "gaussian":
+        b = o.i64(255)
+        s = o.add(
+            o.add(o.band(h, b), o.band(o.shr(h, o.i64(8)), b)),
+            o.add(o.band(o.shr(h, o.i64(16)), b), o.shr(h, o.i64(24))),
+        )
+        z = o.sub(s, o.i64(_GAUSSIAN_MEAN))
+    elif noise == "uniform":
+        u = o.shr(h, o.i64(8))
+        z = o.sub(o.add(u, u), o.i64(2**24 - 1))
+    else:
+        raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
+    return o.mul(o.int_to_f32(z), o.f32(noise_scale(noise, noise_std)))
+
+
+def floor_log2(o: SampleOps, x: Any) -> Any:
+    """floor(log2(x)) for finite fp32 x >= 0, read from the exponent field (x = 0 gives -191).
+
+    Subnormals are scaled by 2^64 first (exact) so that their exponent field is normal.
+    """
+    sub = o.lt(x, o.f32(2.0**-126))
+    xs = o.where(sub, o.mul(x, o.f32(TWO_POW_64)), x)
+    field = o.band(o.shr(o.f32_bits(xs), o.i64(23)), o.i64(255))
+    return o.sub(field, o.where(sub, o.i64(127 + 64), o.i64(127)))
+
+
+def pow2(o: SampleOps, n: Any) -> Any:
+    """2^n as fp32 for int64 n: normal, subnormal, or 0 below 2^-149 (n <= 127 by construction)."""
+    normal = o.shl(o.maximum(o.add(n, o.i64(127)), o.i64(1)), o.i64(23))
+    subnormal = o.shl(o.i64(1), o.minimum(o.maximum(o.add(n, o.i64(149)), o.i64(0)), o.i64(22)))
+    tiny = o.where(o.lt(n, o.i64(-149)), o.i64(0), subnormal)
+    bits = o.where(o.gt(n, o.i64(-127)), normal, tiny)
+    return o.bits_f32(bits)
+
+
+def step_log2(o: SampleOps, absw: Any, amax: Any, spec: FormatSpec) -> Any:
+    """log2 of the step Δ of each element (int64), given |w| and its block's amax (fp32)."""
+    k = o.sub(floor_log2(o, amax), o.i64(spec.emax))
+    if spec.is_int:
+        return k
+    e = o.maximum(floor_log2(o, absw), o.add(k, o.i64(spec.emin)))
+    return o.sub(e, o.i64(spec.mantissa_bits))
+
+
+def sample_value(
+    o: SampleOps,
+    w32: Any,
+    amax: Any,
+    index: Any,
+    seed: Any,
+    key: Any,
+    spec: FormatSpec,
+    noise: str,
+    noise_std: float,
+) -> Any:
+    """w_hat in fp32 before the final cast: w + Δ r where the block is finite and non-zero, else w.
+
+    w32: the weight in fp32; amax: its block's max |w| in fp32 (NaN or Inf if the block holds
+    one); index: the element's logical row-major index (int64, < 2^32); seed, key: int64.
+    """
+    absw = o.where(o.lt(w32, o.f32(0.0)), o.sub(o.f32(0.0), w32), w32)
+    valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))
+    # Where the block is not valid, feed the exponent code a harmless 1.0 (the result is unused).
+    safe_amax = o.where(valid, amax, o.f32(1.0))
+    safe_absw = o.where(o.le(absw, o.f32(FLT_MAX)), absw, o.f32(0.0))
+    delta = pow2(o, step_log2(o, safe_absw, safe_amax, spec))
+    s1, s2 = stream_words(o, seed, key)
+    r = noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
+    return o.where(valid, o.add(w32, o.mul(delta, r)), w32)

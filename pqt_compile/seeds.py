@@ -1,0 +1,84 @@
+"""Keys (one stable 32-bit id per weight) and seeds (one fresh value per training call).
+
+A weight's key is a hash of its qualified name (`blake2b`, 4 bytes, little-endian): stable
+across processes, runs and machines, unlike Python's `hash`. The compiled path and the eager
+reference derive it the same way.
+
+The seed of a training call is a pure function of the run's base seed and a call counter,
+so a run is reproducible from `manual_seed`; `fixed_seed` pins it for comparisons with the
+eager reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from typing import Iterator, Optional
+
+__all__ = ["key_for_name", "manual_seed", "fixed_seed", "next_seed", "seed_state", "set_seed_state"]
+
+
+def key_for_name(name: str) -> int:
+    """The 32-bit key of the weight with qualified name `name` (e.g. "h.0.attn.c_attn.weight")."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"pqt: a weight key needs a non-empty qualified name, got {name!r}")
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=4).digest(), "little")
+
+
+def _mix64(x: int) -> int:
+    # splitmix64 finaliser: the per-call seed must not be a simple offset of the previous one.
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF  # fits int64
+
+
+class _SeedState(threading.local):
+    def __init__(self) -> None:
+        self.base: int = 0
+        self.counter: int = 0
+        self.fixed: Optional[int] = None
+
+
+_state = _SeedState()
+
+
+def manual_seed(seed: int) -> None:
+    """Restart the stream of per-call seeds from `seed` (a run with the same seed is identical)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"pqt: manual_seed needs an int, got {seed!r}")
+    _state.base, _state.counter = seed, 0
+
+
+def next_seed(base_offset: int = 0) -> int:
+    """The seed of the next training call (advances the counter unless a seed is pinned)."""
+    if _state.fixed is not None:
+        return _state.fixed
+    _state.counter += 1
+    return _mix64(_mix64(_state.base + base_offset) ^ _state.counter)
+
+
+@contextlib.contextmanager
+def fixed_seed(seed: int) -> Iterator[None]:
+    """Pin the seed of every compiled call inside the block to `seed` (nesting restores)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"pqt: fixed_seed needs an int, got {seed!r}")
+    previous, _state.fixed = _state.fixed, seed
+    try:
+        yield
+    finally:
+        _state.fixed = previous
+
+
+def seed_state() -> dict[str, int]:
+    """The seed stream's position, to save with a checkpoint."""
+    return {"base": _state.base, "counter": _state.counter}
+
+
+def set_seed_state(state: dict[str, int]) -> None:
+    """Restore a position saved by `seed_state`."""
+    try:
+        _state.base, _state.counter = int(state["base"]), int(state["counter"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"pqt: not a seed state (expected keys 'base' and 'counter'): {state!r}") from e

@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pqt_compile import PQTConfig, key_for_name, sample
+
+
+def _args(w, **kw):
+    cfg = kw.pop("config", PQTConfig())
+    return (w, torch.tensor(3), torch.tensor(4), kw.get("axis", 1), cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, kw.get("out", w.dtype))
+
+
+@pytest.mark.parametrize("dtype,out", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)])
+def test_opcheck(dtype, out):
+    w = torch.randn(8, 40, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.pqt.sample.default, _args(w, out=out))
+
+
+def test_gradient_is_identity_in_the_weight_dtype():
+    w = torch.randn(8, 40, requires_grad=True)
+    y = sample(w, seed=1, key=2, axis=1, out_dtype=torch.bfloat16)
+    g = torch.randn(8, 40, dtype=torch.bfloat16)
+    y.backward(g)
+    assert w.grad.dtype == torch.float32 and torch.equal(w.grad, g.float())
+    wb = torch.randn(4, 32, dtype=torch.bfloat16, requires_grad=True)
+    sample(wb, seed=1, key=2).sum().backward()
+    assert wb.grad.dtype == torch.bfloat16 and torch.equal(wb.grad, torch.ones_like(wb))
+
+
+def test_fake_impl_checks_and_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        w = torch.empty(5, 7)
+        out = torch.ops.pqt.sample.default(*_args(w, out=torch.float16))
+        assert out.shape == (5, 7) and out.dtype == torch.float16
+        with pytest.raises(ValueError, match="resolution"):
+            torch.ops.pqt.sample.default(*_args(w, out=torch.bfloat16, config=PQTConfig(format="int12")))
+
+
+def test_seed_and_key_as_tensors_or_ints():
+    w = torch.randn(4, 32)
+    a = sample(w, seed=7, key=9)
+    assert torch.equal(a, sample(w, seed=torch.tensor(7), key=torch.tensor([9])))
+    assert not torch.equal(a, sample(w, seed=8, key=9))
+    assert not torch.equal(a, sample(w, seed=7, key=10))
+    with pytest.raises(ValueError, match="key"):
+        sample(w, seed=1, key=torch.tensor([1, 2]))
+
+
+def test_keys_are_stable_names():
+    assert key_for_name("h.0.attn.c_attn.weight") == key_for_name("h.0.attn.c_attn.weight")
+    assert key_for_name("a") != key_for_name("b") and 0 <= key_for_name("a") < 2**32
+    with pytest.raises(ValueError):
+        key_for_name("")
+
+
+SNIPPET = """
+import torch, pqt_compile
+torch.manual_seed(0)
+w = torch.randn(16, 96)
+out = pqt_compile.sample(w, seed=42, key=pqt_compile.key_for_name("fc.weight"), axis=1)
+print(out.view(torch.int32).sum().item(), out.view(torch.int32)[3, :5].tolist())
+"""
+
+
+def test_same_bits_in_a_second_process():
+    torch.manual_seed(0)
+    w = torch.randn(16, 96)
+    out = sample(w, seed=42, key=key_for_name("fc.weight"), axis=1)
+    again = sample(w, seed=42, key=key_for_name("fc.weight"), axis=1)
+    assert torch.equal(out.view(torch.int32), again.view(torch.int32))
+    res = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, check=True)
+    assert res.stdout.split(maxsplit=1)[0] == str(out.view(torch.int32).sum().item())
+    assert res.stdout.split(maxsplit=1)[1].strip() == str(out.view(torch.int32)[3, :5].tolist())

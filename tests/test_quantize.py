@@ -1,0 +1,107 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from pqt_compile import PQTConfig, pack, parse_format, quantize, unpack
+from pqt_compile.formula import TorchOps, floor_log2, pow2, step_log2
+from pqt_compile.op import block_amax
+
+FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "fp3_e2m0", "int8", "int4", "int2"]
+
+
+def format_values(name):
+    """Every finite value of a format, enumerated from its definition (not from pqt code)."""
+    s = parse_format(name)
+    if s.is_int:
+        m = 2 ** (s.bits - 1) - 1
+        return {float(v) for v in range(-m, m + 1)}
+    vals = set()
+    for field, mant in itertools.product(range(2**s.exponent_bits), range(2**s.mantissa_bits)):
+        e = s.emin if field == 0 else field - s.bias
+        v = (mant if field == 0 else 2**s.mantissa_bits + mant) * 2.0 ** (e - s.mantissa_bits)
+        if v <= s.max_value:
+            vals.update({v, -v})
+    return vals
+
+
+def _w(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 96, generator=g) * torch.logspace(-2, 1, 96)
+    w[0, :32] = 0
+    return w
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("block", [32, "row", "tensor"])
+def test_values_are_representable(fmt, block):
+    cfg = PQTConfig(format=fmt, block_size=block)
+    w = _w()
+    q = quantize(w, axis=1, config=cfg)
+    amax = block_amax(w, 1, cfg.block_code)
+    o = TorchOps(torch.device("cpu"))
+    k = floor_log2(o, torch.where(amax > 0, amax, torch.ones_like(amax))) - cfg.spec.emax
+    x = (q / pow2(o, k)).reshape(-1).tolist()
+    allowed = format_values(fmt)
+    assert all(v in allowed for v in x)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_idempotent_and_half_step_and_saturation(fmt):
+    cfg = PQTConfig(format=fmt)
+    w = _w(1)
+    q = quantize(w, axis=1, config=cfg)
+    assert torch.equal(quantize(q, axis=1, config=cfg), q)
+    o = TorchOps(torch.device("cpu"))
+    amax = block_amax(w, 1, 32)
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    delta = pow2(o, step_log2(o, w.abs(), safe, cfg.spec))
+    k = floor_log2(o, safe) - cfg.spec.emax
+    limit = cfg.spec.max_value * pow2(o, k)
+    inside = w.abs() <= limit
+    assert ((q - w).abs() <= delta / 2)[inside].all()
+    # beyond the range: saturate to +-max * 2^k
+    assert torch.equal(q[~inside], (torch.sign(w) * limit)[~inside])
+
+
+def test_saturation_is_exercised():
+    w = torch.full((1, 32), 7.9)  # 7.9 in a block of amax 7.9: x = 7.9 > max 6 of fp4_e2m1 (scale 1)
+    q = quantize(w, axis=1, config=PQTConfig(format="fp4_e2m1"))
+    assert torch.equal(q, torch.full((1, 32), 6.0))
+    assert torch.equal(quantize(torch.full((1, 8), 127.6), axis=1, config=PQTConfig(format="int8")), torch.full((1, 8), 127.0))
+
+
+def test_special_blocks():
+    w = torch.randn(3, 64)
+    w[0, :32] = 0
+    w[1, 5] = float("nan")
+    q = quantize(w, axis=1, config=PQTConfig(format="int4"))
+    assert torch.equal(q[0, :32], w[0, :32])
+    assert torch.equal(q[1, :32].nan_to_num(), w[1, :32].nan_to_num())
+
+
+@pytest.mark.parametrize("fmt", FORMATS + ["int16", "fp9_e5m3"])
+@pytest.mark.parametrize("block", [32, 5, "row", "tensor"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_pack_unpack_exact(fmt, block, axis):
+    cfg = PQTConfig(format=fmt, block_size=block)
+    w = _w(2)
+    p = pack(w, axis=axis, config=cfg)
+    assert p.codes.dtype == (torch.uint8 if cfg.spec.bits <= 8 else torch.int16)
+    assert p.exponents.dtype == torch.int8 and p.codes.shape == w.shape
+    nb = {32: math.ceil(w.shape[axis] / 32), 5: math.ceil(w.shape[axis] / 5), "row": 1}.get(block)
+    if nb:
+        assert p.exponents.shape[axis] == nb
+    assert torch.equal(unpack(p), quantize(w, axis=axis, config=cfg))
+    assert int(p.codes.max()) < 2 ** cfg.spec.bits or cfg.spec.bits > 8
+
+
+def test_pack_bf16_and_errors():
+    w = _w(3).to(torch.bfloat16)
+    cfg = PQTConfig(format="fp8_e4m3")
+    assert torch.equal(unpack(pack(w, axis=1, config=cfg)), quantize(w, axis=1, config=cfg))
+    bad = _w(3)
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pack(bad, axis=1, config=cfg)
