@@ -48,16 +48,15 @@ def _fake_mode(graph: Graph):
 
 
 def _set_val(node: Node, fake_mode) -> None:
-    """Fill node.meta['val'] by running its target on the inputs' values."""
-    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
-    if fake_mode is not None:
-        with fake_mode:
-            node.meta["val"] = node.target(*args, **kwargs)
-    elif all(not isinstance(a, Node) or a.meta.get("val") is not None for a in node.all_input_nodes):
-        from torch._subclasses.fake_tensor import FakeTensorMode
+    """Fill node.meta['val'] by running its target on the inputs' fake values.
 
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            node.meta["val"] = node.target(*args, **kwargs)
+    Skipped where an input has no value (the eager reference replays real tensors and needs none).
+    """
+    if fake_mode is None or any(a.meta.get("val") is None for a in node.all_input_nodes):
+        return
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
+    with fake_mode:
+        node.meta["val"] = node.target(*args, **kwargs)
 
 
 def insert_sample(
@@ -88,6 +87,8 @@ def insert_sample(
         fwd_dtypes = edge.dtypes
         with graph.inserting_before(anchor):
             key = key_of(graph, edge)
+        if key.op != "placeholder" and "val" not in key.meta:
+            _set_val(key, fake_mode)
         memo: dict[tuple[Node, torch.dtype], Node] = {}
 
         def sample_for(dtype: torch.dtype) -> Node:

@@ -1,0 +1,128 @@
+"""What a compiled PQT graph needs at run time: its seed, its keys, and the eval switch.
+
+Keys. A key is `key_for_name(qualified name)`. Names come, in order of preference, from
+`register(model)` (called by `pqt_compile.compile`), from the compiled frame's own module
+(`named_parameters()`, so a tied weight has its first name, as in the reference), or from the
+placeholder's Dynamo source. Keys are a runtime input because Dynamo shares one compiled graph
+between modules of the same structure (per-block compilation): a later block's weights arrive
+as other Parameter objects in the same graph. Such an unregistered weight is named
+"<name in the first block>#<n>" (n = 1, 2, ... in order of first use), so blocks never share
+noise; register the root model to get names that match `reference.run(root, ...)`.
+
+Eval. Dynamo recompiles for no_grad / inference_mode (a grad-mode guard) and the pass leaves
+inference graphs clean; but `model.eval()` with grad enabled reuses the training graph when
+the forward never reads `self.training`. So each call checks the compiled module's training
+flag and, in eval, runs a graph compiled without sampling (compiled on first use).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .compat import frame_root_module, placeholder_source_name
+from .config import PQTConfig
+from .seeds import key_for_name, next_seed
+
+__all__ = ["register", "registered_name", "ParamNames", "PQTCompiled"]
+
+_REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def register(model: torch.nn.Module, prefix: str = "") -> None:
+    """Record the qualified names of `model`'s parameters (a tied weight: its first name)."""
+    for name, p in model.named_parameters():
+        _REGISTRY[p] = prefix + name
+
+
+def registered_name(p: torch.Tensor) -> Optional[str]:
+    return _REGISTRY.get(p)
+
+
+class ParamNames:
+    """The Parameter inputs of one Dynamo graph: positions, names, and runtime keys."""
+
+    def __init__(self, positions: list[int], names: list[str], objs: list[Any], root: Optional[torch.nn.Module]) -> None:
+        self.positions = positions
+        self.names = names
+        self._first = [weakref.ref(o) for o in objs]
+        self._root = weakref.ref(root) if root is not None else None
+        self._extra: list[WeakIdKeyDictionary] = [WeakIdKeyDictionary() for _ in positions]
+        self._cache: tuple[tuple, list, Optional[torch.Tensor]] = ((), [], None)
+
+    @classmethod
+    def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> "ParamNames":
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        root = frame_root_module()
+        canonical = {id(p): n for n, p in root.named_parameters()} if root is not None else {}
+        positions, names, objs = [], [], []
+        for pos, (node, ex) in enumerate(zip(placeholders, example_inputs)):
+            if isinstance(ex, torch.nn.Parameter):
+                name = registered_name(ex) or canonical.get(id(ex)) or placeholder_source_name(node) or f"input{pos}"
+                positions.append(pos)
+                names.append(name)
+                objs.append(ex)
+        return cls(positions, names, objs, root)
+
+    @property
+    def root(self) -> Optional[torch.nn.Module]:
+        return self._root() if self._root is not None else None
+
+    def name_at(self, slot: int, p: Any) -> str:
+        """The name of Parameter `p` arriving at the slot-th weight input."""
+        name = registered_name(p)
+        if name is not None:
+            return name
+        if self._first[slot]() is p:
+            return self.names[slot]
+        extra = self._extra[slot]
+        if p not in extra:
+            extra[p] = len(extra) + 1
+        return f"{self.names[slot]}#{extra[p]}"
+
+    def keys(self, args: Sequence[Any], device: torch.device) -> torch.Tensor:
+        """The int64 keys of this call's weights (cached while the same objects come back)."""
+        objs = [args[pos] for pos in self.positions]
+        ids = tuple(id(o) for o in objs)
+        last_ids, last_refs, last_keys = self._cache
+        if ids == last_ids and all(r() is o for r, o in zip(last_refs, objs)):
+            return last_keys  # type: ignore[return-value]
+        keys = torch.tensor([key_for_name(self.name_at(i, o)) for i, o in enumerate(objs)], dtype=torch.int64, device=device)
+        self._cache = (ids, [weakref.ref(o) for o in objs], keys)
+        return keys
+
+
+class PQTCompiled:
+    """Calls the compiled graph with this call's pqt_seed and pqt_keys appended to the inputs.
+
+    Dynamo calls a backend's result with positional arguments; so does compile_fx's result
+    (torch 2.11-2.13: its `_boxed_call` attribute is copied from the inner function and does
+    not describe its own convention).
+    """
+
+    def __init__(self, fn: Callable, build_clean: Callable[[], Callable], names: ParamNames, config: PQTConfig, device: torch.device, sample_pass: Any) -> None:
+        self.fn = fn
+        self._build_clean = build_clean
+        self._clean: Optional[Callable] = None
+        self.names = names
+        self.config = config
+        self.device = device
+        self.sample_pass = sample_pass
+        self.calls = 0
+
+    def _eval_mode(self) -> bool:
+        root = self.names.root
+        return root is not None and not root.training and not self.config.sample_in_eval
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        fn = self.fn
+        if self._eval_mode():
+            if self._clean is None:
+                self._clean = self._build_clean()
+            fn = self._clean
+        seed = torch.tensor(next_seed(self.config.seed), dtype=torch.int64, device=self.device)
+        return fn(*args, seed, self.names.keys(args, self.device))
