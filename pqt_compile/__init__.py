@@ -16,7 +16,24 @@ from .seeds import fixed_seed, key_for_name, manual_seed, seed_state, set_seed_s
 
 __version__ = "0.1.0"
 
+
+def compile(model, config=None, **kwargs):  # noqa: A001 - mirrors torch.compile
+    """`torch.compile(model, backend="pqt")` with a PQTConfig; see `pqt_compile.backend.compile`."""
+    from .backend import compile as _compile
+
+    return _compile(model, config, **kwargs)
+
+
+def register(model, prefix: str = "") -> None:
+    """Record `model`'s parameter names for keys (see `pqt_compile.runtime.register`)."""
+    from .runtime import register as _register
+
+    _register(model, prefix)
+
+
 __all__ = [
+    "compile",
+    "register",
     "PQTConfig",
     "FormatSpec",
     "parse_format",

@@ -119,13 +119,28 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     return PQTCompiled(fn, lambda: build(False)[0], names, config, device, pass_)
 
 
-def compile(model: torch.nn.Module, config: Optional[PQTConfig] = None, **kwargs: Any) -> torch.nn.Module:
-    """`torch.compile(model, backend="pqt")` with a config object; kwargs go to torch.compile.
+def compile(
+    model: torch.nn.Module,
+    config: Optional[PQTConfig] = None,
+    *,
+    mode: Optional[str] = None,
+    options: Optional[dict] = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """`torch.compile(model, backend="pqt")` with a config object.
 
-    Also registers the model's parameter names, so keys match `reference.run(model, ...)` even
-    when blocks are compiled separately.
+    `mode` keeps its Inductor meaning and `options` takes Inductor config options (both may be
+    given, unlike torch.compile's); other kwargs (dynamic, fullgraph) go to torch.compile. Also
+    registers the model's parameter names, so keys match `reference.run(model, ...)` even when
+    blocks are compiled separately.
     """
     register(model)
-    options = dict(kwargs.pop("options", None) or {})
-    options["config"] = config or PQTConfig()
-    return torch.compile(model, backend=pqt_backend, options=options, **kwargs)
+    cfg = config or PQTConfig()
+    if not isinstance(cfg, PQTConfig):
+        raise TypeError(f"pqt_compile.compile: config must be a PQTConfig, got {type(cfg).__name__}")
+    split_options({"config": cfg, **(options or {})})  # refuse bad options now, not at first call
+
+    def pqt(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})
+
+    return torch.compile(model, backend=pqt, **kwargs)

@@ -63,9 +63,13 @@ class _Traced:
             a, k = pytree.tree_unflatten(filled, self.in_spec)
             out = torch.func.functional_call(model, dict(zip(names, param_list)), a, k)
             flat, self.out_spec = pytree.tree_flatten(out)
-            return flat
+            # Only tensors can leave a traced graph; other leaves (a KV-cache object) become None.
+            self.out_is_tensor = [isinstance(x, torch.Tensor) for x in flat]
+            return [x for x in flat if isinstance(x, torch.Tensor)]
 
-        with torch.no_grad():
+        # A model may hold compiled parts (per-block `block.compile()`): the reference must run
+        # their original code, so Dynamo is told to inline them rather than refuse the trace.
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_nested_fx_trace=False):
             self.gm = make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(
                 list(self.params.values()), [leaves[i] for i in self.tensor_pos]
             )
@@ -115,7 +119,8 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     """Run the model's forward in eager with every matmul weight sampled at `seed`.
 
     Matches a compiled call under `pqt_compile.fixed_seed(seed)`: same weights, same axes,
-    same dtypes (an autocast cast is absorbed into the sample), same keys.
+    same dtypes (an autocast cast is absorbed into the sample), same keys. Outputs that are not
+    tensors (an HF KV-cache object) come back as None: pass use_cache=False to such models.
     """
     config = config or PQTConfig()
     t = _Traced(model, args, kwargs)
@@ -138,5 +143,6 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     inputs = [*t.params.values(), *(t.leaves[i] for i in t.tensor_pos), seed_t, keys]
     # The traced graph already holds autocast's casts: replay it as it is.
     with torch.autocast(device.type, enabled=False):
-        flat = torch.fx.Interpreter(t.gm).run(*inputs)
+        tensors = iter(torch.fx.Interpreter(t.gm).run(*inputs))
+    flat = [next(tensors) if is_t else None for is_t in t.out_is_tensor]
     return pytree.tree_unflatten(flat, t.out_spec)
