@@ -7,10 +7,11 @@ load on first use.
 """
 
 from . import op as _op  # registers torch.ops.pqt.sample
-from . import reference
+from . import export, reference
 from .config import PQTConfig
 from .formats import FormatSpec, parse_format
 from .op import sample
+from .export import quantize_model
 from .quantize import PackedTensor, pack, quantize, unpack
 from .seeds import fixed_seed, key_for_name, manual_seed, seed_state, set_seed_state
 
@@ -24,6 +25,13 @@ def compile(model, config=None, **kwargs):  # noqa: A001 - mirrors torch.compile
     return _compile(model, config, **kwargs)
 
 
+def explain(model, *example_args, config=None, **example_kwargs):
+    """Compile, run one training step, and report what PQT did (see `pqt_compile.explainer`)."""
+    from .explainer import explain as _explain
+
+    return _explain(model, *example_args, config=config, **example_kwargs)
+
+
 def register(model, prefix: str = "") -> None:
     """Record `model`'s parameter names for keys (see `pqt_compile.runtime.register`)."""
     from .runtime import register as _register
@@ -34,11 +42,14 @@ def register(model, prefix: str = "") -> None:
 __all__ = [
     "compile",
     "register",
+    "explain",
     "PQTConfig",
     "FormatSpec",
     "parse_format",
     "sample",
     "quantize",
+    "quantize_model",
+    "export",
     "pack",
     "unpack",
     "PackedTensor",

@@ -111,7 +111,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     inputs = [*example_inputs, seed_ex, keys_ex]
 
     def build(sample: bool) -> tuple[Callable, Optional[SamplePass]]:
-        pass_ = SamplePass(config, dict(zip(names.positions, names.names)) if sample else {}, len(inputs))
+        pass_ = SamplePass(config, dict(zip(names.positions, names.names)) if sample else {}, len(inputs), names.aliases)
         patches = {**inductor_patches, "joint_custom_pre_pass": PassManager([pass_])}
         return compile_fx(gm, inputs, config_patches=patches), pass_
 
@@ -125,6 +125,7 @@ def compile(
     *,
     mode: Optional[str] = None,
     options: Optional[dict] = None,
+    inplace: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """`torch.compile(model, backend="pqt")` with a config object.
@@ -132,7 +133,9 @@ def compile(
     `mode` keeps its Inductor meaning and `options` takes Inductor config options (both may be
     given, unlike torch.compile's); other kwargs (dynamic, fullgraph) go to torch.compile. Also
     registers the model's parameter names, so keys match `reference.run(model, ...)` even when
-    blocks are compiled separately.
+    blocks are compiled separately. With `inplace=True` the module itself is compiled
+    (`nn.Module.compile`) and returned: for frameworks that expect the original class, such as
+    transformers' Trainer.
     """
     register(model)
     cfg = config or PQTConfig()
@@ -143,4 +146,7 @@ def compile(
     def pqt(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})
 
+    if inplace:
+        model.compile(backend=pqt, **kwargs)
+        return model
     return torch.compile(model, backend=pqt, **kwargs)

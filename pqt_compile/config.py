@@ -94,11 +94,17 @@ class PQTConfig:
         """block_size as the op's schema carries it: B > 0, 0 for "row", -1 for "tensor"."""
         return {"row": 0, "tensor": -1}.get(self.block_size, self.block_size)  # type: ignore[arg-type]
 
-    def admits(self, name: str) -> bool:
-        """Whether the weight with qualified name `name` passes include/exclude."""
-        if self.include and not any(re.search(p, name) for p in self.include):
+    def admits(self, name: str, aliases: tuple[str, ...] = ()) -> bool:
+        """Whether the weight named `name` passes include/exclude.
+
+        A tied weight has several names (GPT-2's lm_head.weight is transformer.wte.weight):
+        it is included if any of its names matches `include`, and excluded if any matches
+        `exclude`, so `exclude=["lm_head"]` means the tied head too.
+        """
+        names = (name, *aliases)
+        if self.include and not any(re.search(p, n) for p in self.include for n in names):
             return False
-        return not any(re.search(p, name) for p in self.exclude)
+        return not any(re.search(p, n) for p in self.exclude for n in names)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "PQTConfig":

@@ -22,12 +22,27 @@ from .op import sample
 from .passes import SkippedWeight, WeightEdge, find_weight_edges, insert_sample
 from .seeds import key_for_name
 
-__all__ = ["sampled_weights", "run", "trace_weight_edges", "linear_weight_axes"]
+__all__ = ["sampled_weights", "run", "trace_weight_edges", "linear_weight_axes", "parameter_aliases"]
 
 
 def _named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     # Deduplicated: a tied weight appears once, under its first registered name.
     return dict(model.named_parameters())
+
+
+def parameter_aliases(model: torch.nn.Module) -> dict[str, tuple[str, ...]]:
+    """{canonical name: its other names} for tied Parameters (GPT-2: wte.weight -> (lm_head.weight,))."""
+    canon = {id(p): n for n, p in _named_parameters(model).items()}
+    out: dict[str, tuple[str, ...]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if canon.get(id(p), n) != n:
+            out[canon[id(p)]] = (*out.get(canon[id(p)], ()), n)
+    return out
+
+
+def admits_fn(config: PQTConfig, aliases: dict[str, tuple[str, ...]]):
+    """config.admits, aware of each weight's other names."""
+    return lambda name: config.admits(name, aliases.get(name, ()))
 
 
 def linear_weight_axes(model: torch.nn.Module) -> dict[str, int]:
@@ -83,7 +98,7 @@ def trace_weight_edges(
     """Trace one forward and return the compiler's view: (sampled edges, skipped weights)."""
     config = config or PQTConfig()
     t = _Traced(model, args, kwargs)
-    return find_weight_edges(t.gm.graph, t.weights, config.admits)
+    return find_weight_edges(t.gm.graph, t.weights, admits_fn(config, parameter_aliases(model)))
 
 
 def sampled_weights(
@@ -107,7 +122,8 @@ def sampled_weights(
         edges, _ = trace_weight_edges(model, *(example_args or ()), config=config, **(example_kwargs or {}))
         axes = {e.name: e.axis for e in edges}
     else:
-        axes = {n: a for n, a in linear_weight_axes(model).items() if config.admits(n)}
+        admits = admits_fn(config, parameter_aliases(model))
+        axes = {n: a for n, a in linear_weight_axes(model).items() if admits(n)}
     with torch.no_grad():
         return {
             name: sample(params[name], seed=seed, key=key_for_name(name), axis=axis, config=config)
@@ -125,7 +141,7 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     config = config or PQTConfig()
     t = _Traced(model, args, kwargs)
     graph = t.gm.graph
-    edges, _ = find_weight_edges(graph, t.weights, config.admits)
+    edges, _ = find_weight_edges(graph, t.weights, admits_fn(config, parameter_aliases(model)))
     first = next(n for n in graph.nodes if n.op != "placeholder")
     with graph.inserting_before(first):
         seed_node = graph.placeholder("pqt_seed")

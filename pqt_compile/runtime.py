@@ -29,25 +29,43 @@ from .seeds import key_for_name, next_seed
 
 __all__ = ["register", "registered_name", "ParamNames", "PQTCompiled"]
 
-_REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (name, other names)
+
+
+def _names_of(model: torch.nn.Module, prefix: str = "") -> dict[int, tuple[str, tuple[str, ...]]]:
+    out: dict[int, tuple[str, tuple[str, ...]]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first, others = out.get(id(p), (prefix + name, ()))
+        out[id(p)] = (first, others if first == prefix + name else (*others, prefix + name))
+    return out
 
 
 def register(model: torch.nn.Module, prefix: str = "") -> None:
-    """Record the qualified names of `model`'s parameters (a tied weight: its first name)."""
-    for name, p in model.named_parameters():
-        _REGISTRY[p] = prefix + name
+    """Record the qualified names of `model`'s parameters (a tied weight: its first name,
+    and its other names, which include/exclude patterns also match)."""
+    names = _names_of(model, prefix)
+    for p in model.parameters():
+        _REGISTRY[p] = names[id(p)]
 
 
 def registered_name(p: torch.Tensor) -> Optional[str]:
-    return _REGISTRY.get(p)
+    entry = _REGISTRY.get(p)
+    return entry[0] if entry is not None else None
+
+
+def registered_aliases(p: torch.Tensor) -> tuple[str, ...]:
+    entry = _REGISTRY.get(p)
+    return entry[1] if entry is not None else ()
 
 
 class ParamNames:
     """The Parameter inputs of one Dynamo graph: positions, names, and runtime keys."""
 
-    def __init__(self, positions: list[int], names: list[str], objs: list[Any], root: Optional[torch.nn.Module]) -> None:
+    def __init__(self, positions: list[int], names: list[str], objs: list[Any], root: Optional[torch.nn.Module],
+                 aliases: Optional[dict[str, tuple[str, ...]]] = None) -> None:
         self.positions = positions
         self.names = names
+        self.aliases = aliases or {}  # name -> other names of the same (tied) Parameter
         self._first = [weakref.ref(o) for o in objs]
         self._root = weakref.ref(root) if root is not None else None
         self._extra: list[WeakIdKeyDictionary] = [WeakIdKeyDictionary() for _ in positions]
@@ -57,15 +75,22 @@ class ParamNames:
     def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> "ParamNames":
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         root = frame_root_module()
-        canonical = {id(p): n for n, p in root.named_parameters()} if root is not None else {}
-        positions, names, objs = [], [], []
+        canonical = _names_of(root) if root is not None else {}
+        positions, names, objs, aliases = [], [], [], {}
         for pos, (node, ex) in enumerate(zip(placeholders, example_inputs)):
             if isinstance(ex, torch.nn.Parameter):
-                name = registered_name(ex) or canonical.get(id(ex)) or placeholder_source_name(node) or f"input{pos}"
+                if registered_name(ex) is not None:
+                    name, others = registered_name(ex), registered_aliases(ex)
+                elif id(ex) in canonical:
+                    name, others = canonical[id(ex)]
+                else:
+                    name, others = placeholder_source_name(node) or f"input{pos}", ()
                 positions.append(pos)
                 names.append(name)
                 objs.append(ex)
-        return cls(positions, names, objs, root)
+                if others:
+                    aliases[name] = others
+        return cls(positions, names, objs, root, aliases)
 
     @property
     def root(self) -> Optional[torch.nn.Module]:

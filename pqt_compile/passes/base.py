@@ -10,16 +10,18 @@ that shapes the rewritten graph (the passes, the formula, the op and the lowerin
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-__all__ = ["PQTPass", "source_hash"]
+__all__ = ["PQTPass", "source_hash", "recording", "PassDump"]
 
 log = logging.getLogger("pqt_compile.passes")
 _PKG = Path(__file__).resolve().parent.parent
@@ -42,6 +44,20 @@ def source_hash() -> str:
 
 
 _SOURCE_HASH: Optional[str] = None
+
+PassDump = tuple[str, int, str, str]  # (pass name, run, "before" | "after", graph text)
+_RECORDER: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("pqt_pass_recorder", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list]:
+    """Collect every pass's graph before and after it runs (for explain / pqt-dump)."""
+    dumps: list = []
+    token = _RECORDER.set(dumps)
+    try:
+        yield dumps
+    finally:
+        _RECORDER.reset(token)
 
 
 class PQTPass(CustomGraphPass):
@@ -73,6 +89,18 @@ class PQTPass(CustomGraphPass):
         self._dump(graph, "after")
 
     def _dump(self, graph: torch.fx.Graph, when: str) -> None:
+        # Structured trace artifacts: free unless TORCH_TRACE is set (tlparse shows them
+        # next to PyTorch's own graphs).
+        from torch._logging import trace_structured
+
+        trace_structured(
+            "artifact",
+            metadata_fn=lambda: {"name": f"{self.name}_{when}", "encoding": "string"},
+            payload_fn=lambda: str(graph),
+        )
+        recorder = _RECORDER.get()
+        if recorder is not None:
+            recorder.append((self.name, self._runs, when, str(graph)))
         if not self.dump_dir:
             return
         os.makedirs(self.dump_dir, exist_ok=True)

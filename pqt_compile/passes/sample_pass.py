@@ -42,21 +42,24 @@ class SampleRecord:
 class SamplePass(PQTPass):
     name = "pqt_sample_pass"
 
-    def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int, dump_dir: Optional[str] = None) -> None:
+    def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
+                 aliases: Optional[dict[str, tuple[str, ...]]] = None, dump_dir: Optional[str] = None) -> None:
         """
         Args:
             config: the PQT settings.
             weight_inputs: {input position: qualified name} of the Parameter inputs.
             num_inputs: number of graph inputs, pqt_seed and pqt_keys (the last two) included.
+            aliases: {name: other names} of tied Parameters (include/exclude match them too).
         """
         super().__init__(dump_dir)
         self.config = config
+        self.aliases = dict(aliases or {})
         self.weight_inputs = dict(weight_inputs)
         self.num_inputs = num_inputs
         self.records: list[SampleRecord] = []
 
     def cache_key(self) -> tuple:
-        return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), self.num_inputs)
+        return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()), self.num_inputs)
 
     def run(self, graph: Graph) -> None:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -70,7 +73,7 @@ class SamplePass(PQTPass):
                 "this torch version lays out AOTAutograd inputs differently (please report it)"
             )
         weights = {primals[pos]: name for pos, name in self.weight_inputs.items()}
-        edges, skipped = find_weight_edges(graph, weights, self.config.admits)
+        edges, skipped = find_weight_edges(graph, weights, lambda n: self.config.admits(n, self.aliases.get(n, ())))
         record.edges, record.skipped = edges, skipped
         if not is_joint and not self.config.sample_in_eval:
             return

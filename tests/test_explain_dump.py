@@ -1,0 +1,102 @@
+"""explain / pqt-dump, checked against ground truth (the model's own matmul weights)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pqt_compile
+from pqt_compile import PQTConfig, dump
+from pqt_compile.formula import MIX_MUL_1
+
+
+def matmul_weights(model: nn.Module) -> set[str]:
+    """Ground truth without the compiler: Linear / Conv1D weights, tied ones under their first name."""
+    canon = {id(p): n for n, p in model.named_parameters()}
+    return {canon[id(m.weight)] for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"}
+
+
+@pytest.fixture(scope="module")
+def gpt2_report():
+    model, args = dump.build("gpt2-tiny", None, 2, 16, None)
+    return model, pqt_compile.explain(model, *args, config=PQTConfig(exclude=["lm_head"]))
+
+
+def test_sampled_are_the_admitted_matmul_weights(gpt2_report):
+    model, r = gpt2_report
+    truth = matmul_weights(model) - {"transformer.wte.weight"}  # excluded through its alias lm_head
+    assert {s.name for s in r.sampled} == truth
+    assert all(s.forward_uses >= 1 and s.backward_uses >= 1 for s in r.sampled)
+    assert all(s.axis == 0 for s in r.sampled)  # GPT-2's Conv1D stores [K, N]
+    reasons = {u.name: u.reason for u in r.unsampled}
+    assert "excluded" in reasons["transformer.wte.weight"]
+    assert reasons["transformer.wpe.weight"] == "not a matmul operand"
+    assert r.graphs == 1 and r.recompiles == 0 and r.graph_breaks == []
+
+
+def test_landing_and_marked_output_code(gpt2_report):
+    _, r = gpt2_report
+    assert all(s.landed.startswith(("fused into kernel cpp_", "materialised by its own kernel cpp_")) for s in r.sampled)
+    code = "\n".join(v for k, v in r.artifacts.items() if k.startswith("output_code"))
+    assert "# >>> PQT:" in code and str(MIX_MUL_1) in code
+
+
+def test_saved_files(gpt2_report, tmp_path):
+    _, r = gpt2_report
+    paths = r.save(str(tmp_path))
+    names = {os.path.basename(p) for p in paths}
+    assert {"summary.txt", "report.json", "00_dynamo_graph.txt", "partitioned_00_forward.txt", "partitioned_01_backward.txt"} <= names
+    assert any(n.startswith("joint_") and "before" in n for n in names) and any("after" in n for n in names)
+    after = next(p for p in paths if "after_pqt_sample_pass" in p)
+    assert "pqt.sample.default" in open(after).read()
+    assert "pqt.sample" not in open(next(p for p in paths if "before_pqt_sample_pass" in p)).read()
+    assert json.load(open(tmp_path / "report.json"))["graphs"] == 1
+    assert "transformer.h.0.mlp.c_fc.weight" in open(tmp_path / "summary.txt").read()
+
+
+class WithBreak(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.a(x)
+        print("a graph break")  # noqa: T201 - the break is the point
+        return self.b(h)
+
+
+def test_graph_break_is_reported_and_both_pieces_sampled():
+    r = pqt_compile.explain(WithBreak(), torch.randn(2, 8))
+    assert r.graphs == 2 and len(r.graph_breaks) >= 1
+    assert {s.name for s in r.sampled} == {"a.weight", "b.weight"}
+
+
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / "dumps"
+    res = subprocess.run([sys.executable, "-m", "pqt_compile.dump", "--preset", "llama-tiny", "--seq", "16", "--format", "fp4_e2m1",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "model.layers.0.self_attn.q_proj.weight" in res.stdout and "fp4_e2m1" in res.stdout
+    files = os.listdir(out)
+    assert len(files) >= 8 and all(os.path.getsize(out / f) > 100 for f in files)
+
+
+@pytest.mark.parametrize("argv,msg", [(["--preset", "nope"], "unknown"), (["--model", "no_such_mod:f"], "cannot import"),
+                                      (["--preset", "gpt2-tiny", "--format", "fp3"], "unknown format"),
+                                      (["--preset", "gpt2-tiny", "--block-size", "big"], "block-size"), ([], "--preset")])
+def test_cli_errors_are_one_line_and_nonzero(argv, msg, capsys):
+    assert dump.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1
+
+
+def test_cli_help_lists_every_config_field(capsys):
+    with pytest.raises(SystemExit):
+        dump.main(["--help"])
+    text = capsys.readouterr().out
+    for opt in ("--format", "--block-size", "--noise", "--noise-std", "--seed", "--include", "--exclude", "--sample-in-eval", "--preset", "--model", "--batch", "--seq", "--out"):
+        assert opt in text

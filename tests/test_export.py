@@ -1,0 +1,70 @@
+"""quantize_model and export.save / export.load."""
+
+import copy
+
+import pytest
+import torch
+
+import pqt_compile
+from models import MLP, TinyGPT
+from pqt_compile import PQTConfig, export, quantize, quantize_model
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0))
+
+
+def test_quantize_model_replaces_exactly_the_sampled_weights():
+    torch.manual_seed(0)
+    m = MLP()
+    cfg = PQTConfig(format="int4")
+    q = quantize_model(copy.deepcopy(m), cfg)
+    assert torch.equal(q.fc1.weight, quantize(m.fc1.weight, axis=1, config=cfg))
+    assert torch.equal(q.fc1.bias, m.fc1.bias) and torch.equal(q.norm.weight, m.norm.weight)
+
+
+def test_quantize_model_with_example_args_follows_the_compiler_rules():
+    torch.manual_seed(0)
+    m = TinyGPT()
+    idx = torch.randint(0, 64, (2, 16))
+    q = quantize_model(copy.deepcopy(m), PQTConfig(format="fp4_e2m1"), example_args=(idx,))
+    assert torch.equal(q.w_in, quantize(m.w_in, axis=0, config=PQTConfig(format="fp4_e2m1")))  # x @ W, axis 0
+    assert q.lm_head.weight is q.wte.weight  # still tied
+
+
+@pytest.mark.parametrize("fmt", ["fp4_e2m1", "fp8_e4m3", "int8"])
+def test_save_load_round_trip_equals_quantize_model(tmp_path, fmt):
+    torch.manual_seed(0)
+    m = _gpt2()
+    cfg = PQTConfig(format=fmt, block_size=16)
+    want = quantize_model(copy.deepcopy(m), cfg)
+    path = str(tmp_path / "m.pt")
+    export.save(m, path, cfg)
+    torch.manual_seed(1)
+    fresh = _gpt2()
+    export.load(path, fresh)
+    for (k, a), b in zip(want.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert fresh.lm_head.weight is fresh.transformer.wte.weight
+
+
+def test_load_refuses_another_format_and_damaged_files(tmp_path):
+    m = MLP()
+    path = str(tmp_path / "m.pt")
+    export.save(m, path, PQTConfig(format="fp4_e2m1"))
+    with pytest.raises(ValueError, match="fp4_e2m1.*int8"):
+        export.load(path, MLP(), PQTConfig(format="int8"))
+    blob = torch.load(path, weights_only=True)
+    blob["tensors"]["codes/fc1.weight"][0, 0] ^= 1  # one flipped bit
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="damaged"):
+        export.load(path, MLP())
+    with open(path, "wb") as f:
+        f.write(b"not a model")
+    with pytest.raises(ValueError, match="damaged or not a pqt_compile export"):
+        export.load(path, MLP())
+    export.save(m, path)
+    with pytest.raises(ValueError, match="does not fit|no parameter"):
+        export.load(path, TinyGPT())
