@@ -110,8 +110,21 @@ def _sample_op(
     noise_std: float,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    # CUDA runs the same torch formula for now; the Triton kernel is held to it bit for bit.
+    if w.is_cuda and w.dim() == 2 and _triton_available():
+        # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
+        from .kernels.sample import sample_triton
+
+        return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
     return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+
+
+def _triton_available() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+
+        return has_triton()
+    except ImportError:
+        return False
 
 
 @_sample_op.register_fake

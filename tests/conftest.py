@@ -8,6 +8,10 @@ import sys
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in Triton's interpreter (set before triton is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Test helpers (models.py, formula_py.py) live here; tests in subfolders import them too.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
