@@ -32,6 +32,13 @@ def explain(model, *example_args, config=None, **example_kwargs):
     return _explain(model, *example_args, config=config, **example_kwargs)
 
 
+def linear(x, weight, bias=None, *, seed, key=0, config=None):
+    """F.linear with the weight sampled inside a Triton GEMM (see `pqt_compile.kernels.linear`)."""
+    from .kernels.linear import linear as _linear
+
+    return _linear(x, weight, bias, seed=seed, key=key, config=config)
+
+
 def register(model, prefix: str = "") -> None:
     """Record `model`'s parameter names for keys (see `pqt_compile.runtime.register`)."""
     from .runtime import register as _register
@@ -43,6 +50,7 @@ __all__ = [
     "compile",
     "register",
     "explain",
+    "linear",
     "PQTConfig",
     "FormatSpec",
     "parse_format",

@@ -45,3 +45,16 @@ class TinyGPT(nn.Module):
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, -1))
         x = x + F.gelu(self.ln2(x) @ self.w_in) @ self.w_out * self.scale
         return self.lm_head(x)
+
+
+class WithGraphBreak(nn.Module):
+    """Two linears with a graph break between them: Dynamo compiles two graphs."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        torch._dynamo.graph_break()
+        return self.b(torch.relu(h))

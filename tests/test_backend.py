@@ -7,7 +7,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import pqt_compile
 from conftest import FP32_REL_TOL, max_rel_err
-from models import MLP
+from models import MLP, WithGraphBreak
 from pqt_compile import PQTConfig, key_for_name, reference, sample
 from pqt_compile.backend import pqt_backend
 
@@ -223,22 +223,11 @@ def test_dynamic_batch_and_sequence_do_not_recompile():
     assert counter["compiles"] == 1
 
 
-class Broken(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
-
-    def forward(self, x):
-        h = self.a(x)
-        torch._dynamo.graph_break()
-        return self.b(torch.relu(h))
-
-
 def test_graph_break_samples_every_piece():
     torch._dynamo.reset()
     torch.manual_seed(0)
     counter: dict = {}
-    m, x = Broken(), torch.randn(3, 16)
+    m, x = WithGraphBreak(), torch.randn(3, 16)
     cm = torch.compile(m, backend=counting_backend(counter))
     with pqt_compile.fixed_seed(6):
         y = cm(x)

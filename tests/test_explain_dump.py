@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import pqt_compile
+from models import WithGraphBreak
 from pqt_compile import PQTConfig, dump
 from pqt_compile.formula import MIX_MUL_1
 
@@ -58,19 +59,8 @@ def test_saved_files(gpt2_report, tmp_path):
     assert "transformer.h.0.mlp.c_fc.weight" in open(tmp_path / "summary.txt").read()
 
 
-class WithBreak(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
-
-    def forward(self, x):
-        h = self.a(x)
-        print("a graph break")  # noqa: T201 - the break is the point
-        return self.b(h)
-
-
 def test_graph_break_is_reported_and_both_pieces_sampled():
-    r = pqt_compile.explain(WithBreak(), torch.randn(2, 8))
+    r = pqt_compile.explain(WithGraphBreak(), torch.randn(2, 16))
     assert r.graphs == 2 and len(r.graph_breaks) >= 1
     assert {s.name for s in r.sampled} == {"a.weight", "b.weight"}
 

@@ -16,54 +16,16 @@ runtime int argument into a 1-element array, and `range()` over it fails under n
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from ..formats import parse_format
-from ..formula import FLT_MAX, KEY_SALT, STREAM_SALT, noise_scale
+from ..formula import noise_scale
 from ..op import block_amax, check_sample_args
+from .formula_tl import bf16_rne, sample_tile, stream_words
 
 __all__ = ["sample_triton"]
-
-
-@triton.jit
-def _mix32(x):
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x21F0AAAD
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def _floor_log2(x):
-    sub = x < 1.1754943508222875e-38
-    xs = tl.where(sub, x * 18446744073709551616.0, x)
-    field = (xs.to(tl.int32, bitcast=True) >> 23) & 255
-    return field - tl.where(sub, 191, 127)
-
-
-@triton.jit
-def _pow2(n):
-    normal = tl.maximum(n + 127, 1) << 23
-    sub = 1 << tl.minimum(tl.maximum(n + 149, 0), 22)
-    bits = tl.where(n > -127, normal, tl.where(n < -149, 0, sub))
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _bf16_rne(x):
-    """fp32 -> bf16 bits, round to nearest even; NaN -> 0x7FC0 as torch (c10::BFloat16) does.
-
-    Workaround: Triton 3.6's interpreter casts fp32 to bf16 by truncation (its cast_impl passes
-    no rounding mode); integer rounding is exact on every backend, so the GPU uses it too.
-    """
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    return tl.where(x != x, 0x7FC0, rounded).to(tl.uint16)
 
 
 @triton.jit
@@ -81,12 +43,7 @@ def _sample_kernel(
     start = pid_b * B
     stop = tl.minimum(start + B, K)
 
-    # Stream words (formula.stream_words): per program, not per element.
-    seed = tl.load(seed_ptr)
-    key = tl.load(key_ptr)
-    seed32 = (seed ^ (seed >> 32)).to(tl.uint32)
-    s1 = _mix32(seed32 ^ _mix32(key.to(tl.uint32) ^ 0x9E3779B9))
-    s2 = _mix32(s1 ^ 0x85EBCA6B)
+    s1, s2 = stream_words(seed_ptr, key_ptr)  # per program, not per element
 
     if AMAX_GIVEN:
         amax = tl.zeros([BLOCK_R], tl.float32) + tl.load(amax_ptr)
@@ -101,31 +58,17 @@ def _sample_kernel(
             a = tl.abs(w)
             nan_seen = nan_seen | (tl.max(tl.where(a != a, 1, 0), axis=1) > 0)  # tl.max does not propagate NaN
             amax = tl.maximum(amax, tl.max(tl.where(a != a, 0.0, a), axis=1))
-    valid = (amax > 0.0) & (amax <= 3.4028234663852886e38) & (~nan_seen)
-    k = _floor_log2(tl.where(valid, amax, 1.0)) - EMAX
+    amax = tl.where(nan_seen, float("nan"), amax)
 
     for c0 in range(0, B, CHUNK):
         cols = start + c0 + tl.arange(0, CHUNK)
         m = row_ok[:, None] & (cols < stop)[None, :]
-        w_in = tl.load(w_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=m, other=0.0)
-        w = w_in.to(tl.float32)
-        if IS_INT:
-            n = k[:, None] + tl.zeros([BLOCK_R, CHUNK], tl.int32)
-        else:
-            a = tl.abs(w)
-            a = tl.where(a <= 3.4028234663852886e38, a, 0.0)
-            n = tl.maximum(_floor_log2(a), k[:, None] + EMIN) - MBITS
-        delta = _pow2(n)
+        w = tl.load(w_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=m, other=0.0).to(tl.float32)
         idx = (rows[:, None].to(tl.int64) * index_r + cols[None, :].to(tl.int64) * index_k).to(tl.uint32)
-        h = _mix32(_mix32(idx ^ s1) ^ s2)
-        if GAUSSIAN:
-            z = ((h & 255) + ((h >> 8) & 255) + ((h >> 16) & 255) + (h >> 24)).to(tl.int32) - 510
-        else:
-            z = ((h >> 8) * 2).to(tl.int32) - 16777215
-        r = z.to(tl.float32) * SCALE
-        out = tl.where(valid[:, None], w + delta * r, w)
+        out = sample_tile(w, amax[:, None] + tl.zeros([BLOCK_R, CHUNK], tl.float32), idx, s1, s2,
+                          IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
         if OUT_BF16:
-            tl.store(out_ptr + rows[:, None] * K + cols[None, :], _bf16_rne(out), mask=m)
+            tl.store(out_ptr + rows[:, None] * K + cols[None, :], bf16_rne(out), mask=m)
         else:
             tl.store(out_ptr + rows[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
 

@@ -1,0 +1,82 @@
+"""formula.py in Triton: the device functions that the sample kernel and the GEMM prologue share.
+
+The 32-bit words are uint32 here (wrapping multiplies, logical shifts): the same words as the
+int64-masked arithmetic of formula.py. Held to it by tests/kernels (bit for bit).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["mix32", "floor_log2", "pow2", "bf16_rne", "stream_words", "sample_tile"]
+
+
+@triton.jit
+def mix32(x):
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x21F0AAAD
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def floor_log2(x):
+    sub = x < 1.1754943508222875e-38
+    xs = tl.where(sub, x * 18446744073709551616.0, x)
+    field = (xs.to(tl.int32, bitcast=True) >> 23) & 255
+    return field - tl.where(sub, 191, 127)
+
+
+@triton.jit
+def pow2(n):
+    normal = tl.maximum(n + 127, 1) << 23
+    sub = 1 << tl.minimum(tl.maximum(n + 149, 0), 22)
+    bits = tl.where(n > -127, normal, tl.where(n < -149, 0, sub))
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def bf16_rne(x):
+    """fp32 -> bf16 bits (uint16), round to nearest even; NaN -> 0x7FC0 as torch's scalar cast.
+
+    Workaround: Triton 3.6's interpreter casts fp32 to bf16 by truncation (its cast_impl passes
+    no rounding mode); integer rounding is exact on every backend, so the GPU uses it too.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(x != x, 0x7FC0, rounded).to(tl.uint16)
+
+
+@triton.jit
+def stream_words(seed_ptr, key_ptr):
+    """formula.stream_words from the int64 seed and key in memory."""
+    seed = tl.load(seed_ptr)
+    key = tl.load(key_ptr)
+    seed32 = (seed ^ (seed >> 32)).to(tl.uint32)
+    s1 = mix32(seed32 ^ mix32(key.to(tl.uint32) ^ 0x9E3779B9))
+    s2 = mix32(s1 ^ 0x85EBCA6B)
+    return s1, s2
+
+
+@triton.jit
+def sample_tile(w, amax, idx, s1, s2, IS_INT: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr,
+                MBITS: tl.constexpr, GAUSSIAN: tl.constexpr, SCALE: tl.constexpr):
+    """formula.sample_value on a tile: w (fp32), its blocks' amax (fp32, same shape), idx (uint32)."""
+    valid = (amax > 0.0) & (amax <= 3.4028234663852886e38)  # false for 0, Inf and NaN
+    k = floor_log2(tl.where(valid, amax, 1.0)) - EMAX
+    if IS_INT:
+        n = k
+    else:
+        a = tl.abs(w)
+        a = tl.where(a <= 3.4028234663852886e38, a, 0.0)
+        n = tl.maximum(floor_log2(a), k + EMIN) - MBITS
+    delta = pow2(n)
+    h = mix32(mix32(idx ^ s1) ^ s2)
+    if GAUSSIAN:
+        z = ((h & 255) + ((h >> 8) & 255) + ((h >> 16) & 255) + (h >> 24)).to(tl.int32) - 510
+    else:
+        z = ((h >> 8) * 2).to(tl.int32) - 16777215
+    r = z.to(tl.float32) * SCALE
+    return tl.where(valid, w + delta * r, w)
