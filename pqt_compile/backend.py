@@ -111,7 +111,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     inputs = [*example_inputs, seed_ex, keys_ex]
 
     def build(sample: bool) -> tuple[Callable, Optional[SamplePass]]:
-        pass_ = SamplePass(config, dict(zip(names.positions, names.names)) if sample else {}, len(inputs), names.aliases)
+        pass_ = SamplePass(config, dict(zip(names.positions, names.names)) if sample else {}, len(inputs), names.aliases, names.buffers)
         patches = {**inductor_patches, "joint_custom_pre_pass": PassManager([pass_])}
         return compile_fx(gm, inputs, config_patches=patches), pass_
 

@@ -62,9 +62,10 @@ class ParamNames:
     """The Parameter inputs of one Dynamo graph: positions, names, and runtime keys."""
 
     def __init__(self, positions: list[int], names: list[str], objs: list[Any], root: Optional[torch.nn.Module],
-                 aliases: Optional[dict[str, tuple[str, ...]]] = None) -> None:
+                 aliases: Optional[dict[str, tuple[str, ...]]] = None, buffers: Optional[dict[int, str]] = None) -> None:
         self.positions = positions
         self.names = names
+        self.buffers = buffers or {}  # position -> name of module buffers (never sampled; reported)
         self.aliases = aliases or {}  # name -> other names of the same (tied) Parameter
         self._first = [weakref.ref(o) for o in objs]
         self._root = weakref.ref(root) if root is not None else None
@@ -76,8 +77,11 @@ class ParamNames:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         root = frame_root_module()
         canonical = _names_of(root) if root is not None else {}
-        positions, names, objs, aliases = [], [], [], {}
+        positions, names, objs, aliases, buffers = [], [], [], {}, {}
         for pos, (node, ex) in enumerate(zip(placeholders, example_inputs)):
+            ga = node.meta.get("grapharg")
+            if not isinstance(ex, torch.nn.Parameter) and "_buffers" in str(getattr(getattr(ga, "source", None), "name", "")):
+                buffers[pos] = placeholder_source_name(node) or f"input{pos}"
             if isinstance(ex, torch.nn.Parameter):
                 if registered_name(ex) is not None:
                     name, others = registered_name(ex), registered_aliases(ex)
@@ -90,7 +94,7 @@ class ParamNames:
                 objs.append(ex)
                 if others:
                     aliases[name] = others
-        return cls(positions, names, objs, root, aliases)
+        return cls(positions, names, objs, root, aliases, buffers)
 
     @property
     def root(self) -> Optional[torch.nn.Module]:

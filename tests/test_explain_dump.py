@@ -65,6 +65,21 @@ def test_graph_break_is_reported_and_both_pieces_sampled():
     assert {s.name for s in r.sampled} == {"a.weight", "b.weight"}
 
 
+def test_buffer_feeding_a_matmul_is_reported_not_sampled():
+    class WithBuffer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.register_buffer("proj", torch.randn(8, 8))
+
+        def forward(self, x):
+            return self.fc(x) @ self.proj
+
+    r = pqt_compile.explain(WithBuffer(), torch.randn(2, 8))
+    assert {s.name for s in r.sampled} == {"fc.weight"}
+    assert {u.name: u.reason for u in r.unsampled}["proj"] == "not a Parameter (a buffer)"
+
+
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "dumps"
     res = subprocess.run([sys.executable, "-m", "pqt_compile.dump", "--preset", "llama-tiny", "--seq", "16", "--format", "fp4_e2m1",

@@ -43,17 +43,21 @@ class SamplePass(PQTPass):
     name = "pqt_sample_pass"
 
     def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
-                 aliases: Optional[dict[str, tuple[str, ...]]] = None, dump_dir: Optional[str] = None) -> None:
+                 aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
+                 dump_dir: Optional[str] = None) -> None:
         """
         Args:
             config: the PQT settings.
             weight_inputs: {input position: qualified name} of the Parameter inputs.
             num_inputs: number of graph inputs, pqt_seed and pqt_keys (the last two) included.
             aliases: {name: other names} of tied Parameters (include/exclude match them too).
+            buffer_inputs: {input position: name} of module buffers: never sampled; those that feed
+                a matmul are reported as skipped ("not a Parameter").
         """
         super().__init__(dump_dir)
         self.config = config
         self.aliases = dict(aliases or {})
+        self.buffer_inputs = dict(buffer_inputs or {})
         self.weight_inputs = dict(weight_inputs)
         self.num_inputs = num_inputs
         self.records: list[SampleRecord] = []
@@ -74,6 +78,9 @@ class SamplePass(PQTPass):
             )
         weights = {primals[pos]: name for pos, name in self.weight_inputs.items()}
         edges, skipped = find_weight_edges(graph, weights, lambda n: self.config.admits(n, self.aliases.get(n, ())))
+        buffers = {primals[pos]: name for pos, name in self.buffer_inputs.items()}
+        buffer_edges, _ = find_weight_edges(graph, buffers)
+        skipped += [SkippedWeight(e.name, "not a Parameter (a buffer)") for e in buffer_edges]
         record.edges, record.skipped = edges, skipped
         if not is_joint and not self.config.sample_in_eval:
             return
