@@ -13,7 +13,7 @@ from .formats import FormatSpec, parse_format
 from .op import sample
 from .export import quantize_model
 from .quantize import PackedTensor, pack, quantize, unpack
-from .seeds import fixed_seed, key_for_name, manual_seed, seed_state, set_seed_state
+from .seeds import PQTState, fixed_seed, key_for_name, manual_seed, seed_state, set_seed_state
 
 __version__ = "0.1.0"
 
@@ -66,5 +66,6 @@ __all__ = [
     "fixed_seed",
     "seed_state",
     "set_seed_state",
+    "PQTState",
     "reference",
 ]

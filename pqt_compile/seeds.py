@@ -16,7 +16,7 @@ import hashlib
 import threading
 from typing import Iterator, Optional
 
-__all__ = ["key_for_name", "manual_seed", "fixed_seed", "next_seed", "seed_state", "set_seed_state"]
+__all__ = ["key_for_name", "manual_seed", "fixed_seed", "next_seed", "seed_state", "set_seed_state", "PQTState"]
 
 
 def key_for_name(name: str) -> int:
@@ -82,3 +82,29 @@ def set_seed_state(state: dict[str, int]) -> None:
         _state.base, _state.counter = int(state["base"]), int(state["counter"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"pqt: not a seed state (expected keys 'base' and 'counter'): {state!r}") from e
+
+
+class PQTState:
+    """The PQT seed stream as a checkpointable object (`state_dict` / `load_state_dict`).
+
+    Put it in the state you checkpoint (e.g. torch.distributed.checkpoint's app state, or next
+    to the model and optimizer state dicts) so that a resumed run draws exactly the noise the
+    uninterrupted run would have drawn. Loading state saved with another PQT config is refused:
+    the noise stream would otherwise change silently.
+    """
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict:
+        return {**seed_state(), "config": repr(self.config)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or "counter" not in state:
+            raise ValueError("pqt: this checkpoint holds no PQT seed state; resuming would reseed the noise")
+        if state.get("config") != repr(self.config):
+            raise ValueError(
+                f"pqt: the checkpoint's PQT state was saved with {state.get('config')}, "
+                f"not with {self.config!r}; resume with the config it was trained with"
+            )
+        set_seed_state(state)

@@ -1,0 +1,43 @@
+"""Exact resume: 10 steps straight equal 5 steps, a checkpoint, a new process, 5 more."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pqt_compile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run(*args: str) -> None:
+    subprocess.run([sys.executable, os.path.join(HERE, "resume_worker.py"), *args], check=True, cwd=HERE,
+                   env={**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+
+def test_resume_in_a_new_process_is_exact(tmp_path):
+    straight, first, resumed = (str(tmp_path / n) for n in ("straight.pt", "first.pt", "resumed.pt"))
+    ck = str(tmp_path / "ck.pt")
+    _run("0", "10", "-", "-", straight)
+    _run("0", "5", "-", ck, first)
+    _run("5", "5", ck, "-", resumed)
+    a, b, half = (torch.load(p, weights_only=True) for p in (straight, resumed, first))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    assert not all(torch.equal(a[k], half[k]) for k in a)  # (and the last 5 steps did change the weights)
+
+
+def test_state_refuses_another_config_and_missing_state():
+    state = pqt_compile.PQTState(pqt_compile.PQTConfig(format="fp4_e2m1"))
+    saved = state.state_dict()
+    with pytest.raises(ValueError, match="saved with"):
+        pqt_compile.PQTState(pqt_compile.PQTConfig(format="int8")).load_state_dict(saved)
+    with pytest.raises(ValueError, match="no PQT seed state"):
+        state.load_state_dict({})
+    pqt_compile.manual_seed(3)
+    s1 = pqt_compile.seeds.next_seed()
+    saved = state.state_dict()
+    s2 = pqt_compile.seeds.next_seed()
+    state.load_state_dict(saved)
+    assert pqt_compile.seeds.next_seed() == s2 != s1
