@@ -139,6 +139,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--lower-format", default="int3", help="a second format to quantize both models to")
     p.add_argument("--block-size", default="32")
     p.add_argument("--noise-std", type=float, default=None, help="noise std in steps (default 1/sqrt(12))")
+    p.add_argument("--exclude", action="append", default=None, metavar="REGEX",
+                   help="weights kept out of PQT and of quantization (repeatable; default: none)")
     p.add_argument("--data", help="train on this text file instead of the standard library")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -153,7 +155,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def pqt_config(a: argparse.Namespace) -> PQTConfig:
     block = a.block_size if a.block_size in ("row", "tensor") else int(a.block_size)
     kw = {} if a.noise_std is None else {"noise_std": a.noise_std}
-    return PQTConfig(format=a.format, block_size=block, seed=a.seed, **kw)
+    return PQTConfig(format=a.format, block_size=block, seed=a.seed, exclude=tuple(a.exclude or ()), **kw)
 
 
 def train(a: argparse.Namespace) -> dict:
