@@ -147,6 +147,45 @@ def compile(
         return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})
 
     if inplace:
+        # No no-op guard here: hooks on the module itself would run inside the compiled call.
         model.compile(backend=pqt, **kwargs)
         return model
-    return torch.compile(model, backend=pqt, **kwargs)
+    compiled = torch.compile(model, backend=pqt, **kwargs)
+    _warn_if_nothing_sampled(compiled)
+    return compiled
+
+
+def _warn_if_nothing_sampled(module: torch.nn.Module) -> None:
+    """Warn (once) if a training call of `module` ran no PQT-compiled graph at all.
+
+    `module` is torch.compile's wrapper, whose hooks run eagerly around the compiled forward.
+
+    That happens when Dynamo compiles nothing: e.g. `torch.compile(DDP(nn.Sequential(...)))`,
+    where DDP's forward graph-breaks and torch's own Sequential.forward is not compiled as a
+    top-level frame (torch 2.11-2.13). The model then trains without PQT, which must not be
+    silent.
+    """
+    import warnings
+
+    from .runtime import SAMPLED_CALLS, unwrap
+
+    state = {"before": 0, "warned": False}
+
+    def pre(mod: torch.nn.Module, args: Any) -> None:
+        state["before"] = SAMPLED_CALLS[0]
+
+    def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
+        if state["warned"] or not torch.is_grad_enabled() or not unwrap(mod).training:
+            return
+        state["warned"] = True  # checked on the first training call only
+        if SAMPLED_CALLS[0] == state["before"]:
+            warnings.warn(
+                "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "
+                "(Dynamo compiled nothing here). Compile the module that holds the weights, "
+                "e.g. DDP(pqt_compile.compile(model)) instead of pqt_compile.compile(DDP(model)) "
+                "for a torch.nn container; pqt-dump shows what was compiled.",
+                stacklevel=2,
+            )
+
+    module.register_forward_pre_hook(pre)
+    module.register_forward_hook(post)

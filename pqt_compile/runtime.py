@@ -27,9 +27,10 @@ from .compat import frame_root_module, placeholder_source_name
 from .config import PQTConfig
 from .seeds import key_for_name, next_seed
 
-__all__ = ["register", "registered_name", "ParamNames", "PQTCompiled"]
+__all__ = ["register", "registered_name", "unwrap", "ParamNames", "PQTCompiled"]
 
 _REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (name, other names)
+SAMPLED_CALLS = [0]  # training calls of PQT-compiled graphs in this process (for the no-op guard)
 
 
 def _names_of(model: torch.nn.Module, prefix: str = "") -> dict[int, tuple[str, tuple[str, ...]]]:
@@ -40,9 +41,22 @@ def _names_of(model: torch.nn.Module, prefix: str = "") -> dict[int, tuple[str, 
     return out
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside wrappers that add a name prefix (DDP, DataParallel, torch.compile)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # OptimizedModule
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 def register(model: torch.nn.Module, prefix: str = "") -> None:
     """Record the qualified names of `model`'s parameters (a tied weight: its first name,
-    and its other names, which include/exclude patterns also match)."""
+    and its other names, which include/exclude patterns also match). Wrappers (DDP,
+    torch.compile) are looked through, so names do not depend on them."""
+    model = unwrap(model)
     names = _names_of(model, prefix)
     for p in model.parameters():
         _REGISTRY[p] = names[id(p)]
@@ -76,7 +90,7 @@ class ParamNames:
     def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> "ParamNames":
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         root = frame_root_module()
-        canonical = _names_of(root) if root is not None else {}
+        canonical = _names_of(unwrap(root)) if root is not None else {}
         positions, names, objs, aliases, buffers = [], [], [], {}, {}
         for pos, (node, ex) in enumerate(zip(placeholders, example_inputs)):
             ga = node.meta.get("grapharg")
@@ -149,6 +163,7 @@ class PQTCompiled:
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
         fn = self.fn
+        SAMPLED_CALLS[0] += 1
         if self._eval_mode():
             if self._clean is None:
                 self._clean = self._build_clean()

@@ -96,3 +96,28 @@ def test_activation_checkpointing_sees_the_same_sample():
             pqt_compile.compile(model)(x).square().sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert all(torch.allclose(grads[0][n], grads[1][n], rtol=0, atol=0) for n in grads[0])
+
+
+def test_a_training_call_that_samples_nothing_warns():
+    torch._dynamo.reset()
+
+    class Skipped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        @torch._dynamo.disable
+        def forward(self, x):
+            return self.fc(x)
+
+    import pytest
+
+    cm = pqt_compile.compile(Skipped())
+    with pytest.warns(UserWarning, match="no PQT-compiled graph"):
+        cm(torch.randn(2, 8))
+    ok = pqt_compile.compile(MLP())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ok(torch.randn(2, 32))  # a model that does compile: no warning
