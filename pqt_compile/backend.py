@@ -1,7 +1,7 @@
 """The `pqt` torch.compile backend.
 
-    torch.compile(model, backend="pqt", options={"format": "fp4_e2m1"}, mode="max-autotune")
-    pqt_compile.compile(model, config=PQTConfig(...))
+    torch.compile(model, backend="pqt", options={"format": "fp4_e2m1", "max_autotune": True})
+    pqt_compile.compile(model, config=PQTConfig(...), mode="max-autotune")
 
 The backend adds two inputs to the Dynamo graph, `pqt_seed` (a fresh int64 every training
 call) and `pqt_keys` (one int64 key per Parameter input, from its qualified name), and
@@ -89,14 +89,14 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
 
     from . import lowering  # noqa: F401  (registers the Inductor lowering of pqt.sample)
 
-    names = ParamNames.for_graph(gm, example_inputs)
-    if not names.positions:  # no Parameter inputs: nothing to sample
-        return compile_fx(gm, example_inputs, config_patches=inductor_patches or None)
-    if any(True for _ in gm.parameters()):
+    if any(True for _ in gm.parameters()):  # checked first: such a graph has no Parameter inputs
         raise RuntimeError(
             "pqt: this graph holds its parameters as attributes; pqt needs them as graph inputs, "
             "which is Dynamo's default: set torch._dynamo.config.inline_inbuilt_nn_modules = True"
         )
+    names = ParamNames.for_graph(gm, example_inputs)
+    if not names.positions:  # no Parameter inputs: nothing to sample
+        return compile_fx(gm, example_inputs, config_patches=inductor_patches or None)
     device = example_inputs[names.positions[0]].device
     gm = _copy_dynamo_graph(gm)
     first = next(n for n in gm.graph.nodes if n.op != "placeholder")
@@ -110,13 +110,19 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     keys_ex = torch.zeros(len(names.positions), dtype=torch.int64, device=device)
     inputs = [*example_inputs, seed_ex, keys_ex]
 
-    def build(sample: bool) -> tuple[Callable, Optional[SamplePass]]:
-        pass_ = SamplePass(config, dict(zip(names.positions, names.names)) if sample else {}, len(inputs), names.aliases, names.buffers)
+    def build(weight_names: Optional[list[str]], example: list) -> tuple[Callable, SamplePass]:
+        """Compile with the given names of the weight inputs (None: a graph that never samples)."""
+        weights = dict(zip(names.positions, weight_names)) if weight_names is not None else {}
+        pass_ = SamplePass(config, weights, len(example), names.aliases, names.buffers)
         patches = {**inductor_patches, "joint_custom_pre_pass": PassManager([pass_])}
-        return compile_fx(gm, inputs, config_patches=patches), pass_
+        return compile_fx(gm, example, config_patches=patches), pass_
 
-    fn, pass_ = build(True)
-    return PQTCompiled(fn, lambda: build(False)[0], names, config, device, pass_)
+    fn, pass_ = build(names.names, inputs)
+    # Whether this graph samples, decided here and not from the pass's records: on a cache hit
+    # (FX graph / AOTAutograd cache) the pass does not run again, but the cached graph samples.
+    # AOTAutograd builds a joint (training) graph when grad is on and an input requires grad.
+    training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
+    return PQTCompiled(fn, build, names, config, device, pass_, samples=training or config.sample_in_eval)
 
 
 def compile(

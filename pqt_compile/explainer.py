@@ -35,6 +35,7 @@ class SampledWeight:
     forward_uses: int
     backward_uses: int
     landed: str = "unknown"
+    notes: list = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class ExplainReport:
         parts = [head, "", "Sampled", tabulate(rows, headers=["weight", "shape", "dtype", "axis", "sample dtype", "fwd uses", "bwd uses", "landed"])]
         if self.unsampled:
             parts += ["", "Not sampled", tabulate([[u.name, u.reason] for u in self.unsampled], headers=["parameter", "reason"])]
+        notes = [f"- {s.name}: {n}" for s in self.sampled for n in s.notes]
+        if notes:
+            parts += ["", "Notes", *notes]
         if self.graph_breaks:
             parts += ["", "Graph breaks", *[f"- {b}" for b in self.graph_breaks]]
         return "\n".join(parts)
@@ -143,6 +147,7 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
     counters.clear()
     register(model)
     dynamo_graphs: list[str] = []
+    compile_ids: list = []
     compiled: list = []
     post_grad: list[str] = []
     weight_inputs: dict[str, str] = {}  # graph input name -> weight name, from the sample nodes
@@ -160,6 +165,7 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
         fn = pqt_backend_mod.pqt_backend(gm, example_inputs, options={"config": config, "post_grad_custom_post_pass": _PostGrad()})
         dynamo_graphs.append(gm.print_readable(print_output=False))
+        compile_ids.append(gm.meta.get("dynamo_compile_id"))
         compiled.append(fn)
         return fn
 
@@ -181,7 +187,8 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
 
     report = ExplainReport(config=config)
     report.graphs = len(compiled)
-    report.recompiles = max(0, int(counters["stats"].get("unique_graphs", 0)) - len(dynamo_graphs))
+    # A recompile is a compile of a frame that was compiled before (frame_compile_id > 0).
+    report.recompiles = sum(1 for cid in compile_ids if getattr(cid, "frame_compile_id", 0) > 0)
     report.graph_breaks = [f"{reason} (x{n})" for reason, n in counters["graph_break"].items()]
     params = dict(model.named_parameters())
     for i, g in enumerate(dynamo_graphs):
@@ -209,7 +216,8 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
                 report.sampled.append(SampledWeight(
                     e.name, tuple(p.shape) if p is not None else (), str(p.dtype).replace("torch.", "") if p is not None else "?",
                     e.axis, config.format, config.block_size, [str(d).replace("torch.", "") for d in e.dtypes],
-                    sum(not u.is_backward for u in e.uses), sum(u.is_backward for u in e.uses), landings.get(e.name, "not found in the output code")))
+                    sum(not u.is_backward for u in e.uses), sum(u.is_backward for u in e.uses), landings.get(e.name, "not found in the output code"),
+                    list(e.notes)))
             for s in rec.skipped:
                 if s.name not in seen_sampled and all(u.name != s.name for u in report.unsampled):
                     report.unsampled.append(UnsampledWeight(s.name, s.reason))

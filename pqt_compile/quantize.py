@@ -49,11 +49,16 @@ def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = N
     spec, w32, valid, n, k = _scales(w, axis, config)
     o = TorchOps(w.device)
     delta = pow2(o, n)
-    safe_delta = torch.where(valid, delta, torch.ones_like(delta))
+    usable = valid & (delta > 0)
+    safe_delta = torch.where(usable, delta, torch.ones_like(delta))
     q = torch.round(w32 / safe_delta) * safe_delta  # w / Δ is exact: Δ is a power of two
     limit = spec.max_value * pow2(o, k)
     q = torch.minimum(torch.maximum(q, -limit), limit)
-    return torch.where(valid, q, w32).to(w.dtype)
+    # Where Δ underflows fp32 (tiny blocks of wide-exponent formats), w already lies on the
+    # finer grid of fp32 subnormals, so it is its own round-to-nearest value.
+    q = torch.where(usable, q, w32)
+    # + 0.0 turns -0.0 into +0.0: one zero, as the packed codes hold it (an int code has no -0).
+    return (q + 0.0).to(w.dtype)
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,21 @@ def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None)
     spec, w32, valid, n, k = _scales(w, axis, config)
     if not bool(torch.isfinite(w32).all()):
         raise ValueError("pqt.pack: the weight holds NaN or Inf, which no format code represents; fix the weight first")
-    if bool(((k < -127) & valid).any()) or bool((k > 127).any()):
-        raise ValueError("pqt.pack: a block scale 2^k_b is outside the int8 exponent range [-127, 127]")
+    bad = ((k < -127) | (k > 127)) & valid
+    if bool(bad.any()):
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"pqt.pack: the block at element {at} has scale 2^{int(k[at])}, outside the int8 exponent range "
+            f"[-127, 127] that the packed form stores (its |w| are below ~2^{int(k[at]) + config.spec.emax + 1}); "
+            "set such negligible weights to zero, or keep this weight out of packing (config.exclude)"
+        )
     q = quantize(w, axis=axis, config=config).float()
     o = TorchOps(w.device)
     x = q / pow2(o, torch.where(valid, k, torch.zeros_like(k)))  # exact: value in format units
     if spec.is_int:
         codes = x.to(torch.int64) & ((1 << spec.bits) - 1)
     else:
-        sign = (x < 0) | ((x == 0) & (torch.signbit(x)))
+        sign = x < 0  # quantize's zeros are +0.0
         ax = x.abs()
         e = torch.maximum(floor_log2(o, ax), torch.tensor(spec.emin))
         field = torch.where(ax < 2.0**spec.emin, torch.zeros_like(e), e + spec.bias)

@@ -6,8 +6,9 @@ Keys. A key is `key_for_name(qualified name)`. Names come, in order of preferenc
 placeholder's Dynamo source. Keys are a runtime input because Dynamo shares one compiled graph
 between modules of the same structure (per-block compilation): a later block's weights arrive
 as other Parameter objects in the same graph. Such an unregistered weight is named
-"<name in the first block>#<n>" (n = 1, 2, ... in order of first use), so blocks never share
-noise; register the root model to get names that match `reference.run(root, ...)`.
+"<name in the first block>#<n>" (n = 1, 2, ... in order of first use). A block that gets a
+graph of its own is named relative to itself, like the first block: a warning then asks for
+`register(root)`, which also gives the names that `reference.run(root, ...)` uses.
 
 Eval. Dynamo recompiles for no_grad / inference_mode (a grad-mode guard) and the pass leaves
 inference graphs clean; but `model.eval()` with grad enabled reuses the training graph when
@@ -31,6 +32,30 @@ __all__ = ["register", "registered_name", "unwrap", "ParamNames", "PQTCompiled"]
 
 _REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (name, other names)
 SAMPLED_CALLS = [0]  # training calls of PQT-compiled graphs in this process (for the no-op guard)
+_COMPILED_NAMES: dict[str, "weakref.ref"] = {}  # unregistered name -> the Parameter compiled under it
+
+
+def _check_collision(name: str, p: Any) -> None:
+    """Warn if another live Parameter was compiled under the same unregistered name.
+
+    Blocks compiled one by one without `register(root)` are named relative to the block
+    ("fc.weight" in every block). Where they share one compiled graph they are told apart at
+    run time (`#n` names), but a block that gets a graph of its own would reuse the first
+    block's keys, hence its noise. Names stay as they are (stable, as the reference derives
+    them); the warning says how to fix it.
+    """
+    import warnings
+
+    held = _COMPILED_NAMES.get(name)
+    owner = held() if held is not None else None
+    if owner is not None and owner is not p:
+        warnings.warn(
+            f"pqt: two different weights were compiled under the name {name!r} (blocks compiled "
+            "one by one?); they would draw the same noise. Call pqt_compile.register(root_model) "
+            "before compiling the blocks, so that each weight is keyed by its full name.",
+            stacklevel=3,
+        )
+    _COMPILED_NAMES[name] = weakref.ref(p)
 
 
 def _names_of(model: torch.nn.Module, prefix: str = "") -> dict[int, tuple[str, tuple[str, ...]]]:
@@ -59,7 +84,14 @@ def register(model: torch.nn.Module, prefix: str = "") -> None:
     model = unwrap(model)
     names = _names_of(model, prefix)
     for p in model.parameters():
-        _REGISTRY[p] = names[id(p)]
+        new = names[id(p)]
+        old = _REGISTRY.get(p)
+        # A name from a wider root ends with the narrower one ("h.0.fc.weight" vs "fc.weight"):
+        # registering a block after its root must not replace the root's name, or blocks
+        # compiled one by one (`pqt_compile.compile(block)`) would share keys, hence noise.
+        if old is not None and old[0] != new[0] and old[0].endswith("." + new[0]):
+            continue
+        _REGISTRY[p] = new
 
 
 def registered_name(p: torch.Tensor) -> Optional[str]:
@@ -101,8 +133,10 @@ class ParamNames:
                     name, others = registered_name(ex), registered_aliases(ex)
                 elif id(ex) in canonical:
                     name, others = canonical[id(ex)]
+                    _check_collision(name, ex)
                 else:
                     name, others = placeholder_source_name(node) or f"input{pos}", ()
+                    _check_collision(name, ex)
                 positions.append(pos)
                 names.append(name)
                 objs.append(ex)
@@ -123,19 +157,23 @@ class ParamNames:
             return self.names[slot]
         extra = self._extra[slot]
         if p not in extra:
-            extra[p] = len(extra) + 1
-        return f"{self.names[slot]}#{extra[p]}"
+            extra[p] = f"{self.names[slot]}#{len(extra) + 1}"
+        return extra[p]
 
-    def keys(self, args: Sequence[Any], device: torch.device) -> torch.Tensor:
-        """The int64 keys of this call's weights (cached while the same objects come back)."""
+    def resolve(self, args: Sequence[Any], device: torch.device) -> tuple[list[str], torch.Tensor]:
+        """This call's weight names and int64 keys (cached while the same objects come back)."""
         objs = [args[pos] for pos in self.positions]
         ids = tuple(id(o) for o in objs)
-        last_ids, last_refs, last_keys = self._cache
+        last_ids, last_refs, last = self._cache
         if ids == last_ids and all(r() is o for r, o in zip(last_refs, objs)):
-            return last_keys  # type: ignore[return-value]
-        keys = torch.tensor([key_for_name(self.name_at(i, o)) for i, o in enumerate(objs)], dtype=torch.int64, device=device)
-        self._cache = (ids, [weakref.ref(o) for o in objs], keys)
-        return keys
+            return last  # type: ignore[return-value]
+        names = [self.name_at(i, o) for i, o in enumerate(objs)]
+        for n, o in zip(names, objs):
+            if registered_aliases(o):
+                self.aliases.setdefault(n, registered_aliases(o))
+        keys = torch.tensor([key_for_name(n) for n in names], dtype=torch.int64, device=device)
+        self._cache = (ids, [weakref.ref(o) for o in objs], (names, keys))
+        return names, keys
 
 
 class PQTCompiled:
@@ -146,27 +184,57 @@ class PQTCompiled:
     not describe its own convention).
     """
 
-    def __init__(self, fn: Callable, build_clean: Callable[[], Callable], names: ParamNames, config: PQTConfig, device: torch.device, sample_pass: Any) -> None:
+    def __init__(self, fn: Callable, build: Callable, names: ParamNames, config: PQTConfig, device: torch.device,
+                 sample_pass: Any, samples: bool = True) -> None:
+        """build(weight_names or None, example inputs) -> (compiled fn, its SamplePass);
+        samples: whether the graph samples (a training compile, or sample_in_eval)."""
+        self.samples = samples
         self.fn = fn
-        self._build_clean = build_clean
+        self._build = build
         self._clean: Optional[Callable] = None
         self.names = names
         self.config = config
         self.device = device
         self.sample_pass = sample_pass
         self.calls = 0
+        # NOTE [shared graphs]: include/exclude is decided at compile time from the names of the
+        # weights of the first call; a module sharing this graph (per-block compilation) may
+        # decide otherwise, and then gets its own variant, compiled on first use.
+        self._decisions = self._decide(names.names)
+        self._variants: dict = {}
+
 
     def _eval_mode(self) -> bool:
         root = self.names.root
         return root is not None and not root.training and not self.config.sample_in_eval
 
+    def _decide(self, names: Sequence[str]) -> tuple[bool, ...]:
+        return tuple(self.config.admits(n, self.names.aliases.get(n, ())) for n in names)
+
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
         fn = self.fn
-        SAMPLED_CALLS[0] += 1
+        call_names, keys = self.names.resolve(args, self.device)
+        if call_names != self.names.names:
+            decisions = self._decide(call_names)
+            if decisions != self._decisions:
+                if decisions not in self._variants:
+                    self._variants[decisions] = self._build(call_names, self._example(args))
+                fn = self._variants[decisions][0]
+        sampling = self.samples
         if self._eval_mode():
             if self._clean is None:
-                self._clean = self._build_clean()
-            fn = self._clean
-        seed = torch.tensor(next_seed(self.config.seed), dtype=torch.int64, device=self.device)
-        return fn(*args, seed, self.names.keys(args, self.device))
+                self._clean = self._build(None, self._example(args))[0]
+            fn, sampling = self._clean, False
+        # The seed stream advances only on calls that sample: evaluating on one rank only (or
+        # any extra no_grad call) must not shift the noise of the training calls after it.
+        seed_value = next_seed(self.config.seed) if sampling else 0
+        if sampling:
+            SAMPLED_CALLS[0] += 1
+        seed = torch.tensor(seed_value, dtype=torch.int64, device=self.device)
+        return fn(*args, seed, keys)
+
+    def _example(self, args: Sequence[Any]) -> list:
+        """Example inputs for a compile on first use: this call's own (no earlier batch is kept)."""
+        return [*args, torch.zeros((), dtype=torch.int64, device=self.device),
+                torch.zeros(len(self.names.positions), dtype=torch.int64, device=self.device)]

@@ -73,3 +73,27 @@ def sample_element(w: float, amax: float, i: int, seed: int, key: int, fmt: dict
         n = e - fmt["M"]
     delta = np.float32(math.ldexp(1.0, n)) if n >= -149 else np.float32(0.0)
     return round_to(np.float32(w32 + np.float32(delta * draw(seed, key, i, noise, std))), out)
+
+
+def block_amax_np(w: np.ndarray, axis: int, block) -> np.ndarray:
+    """Per-element block amax (float32), with numpy: blocks of `block` elements along `axis`
+    (the last one shorter), "row" = the whole axis, "tensor" = the whole tensor. NaN propagates."""
+    a = np.abs(w.astype(np.float32))
+    if block == "tensor":
+        return np.full(a.shape, np.max(a), dtype=np.float32)
+    a = np.moveaxis(a, axis, -1)
+    k = a.shape[-1]
+    b = k if block == "row" else min(int(block), k)
+    out = np.empty_like(a)
+    for start in range(0, k, b):
+        out[..., start : start + b] = np.max(a[..., start : start + b], axis=-1, keepdims=True)
+    return np.moveaxis(out, -1, axis)
+
+
+def step_np(w: float, amax: float, fmt: dict) -> float:
+    """Δ of one element (method.md step 3), with math.frexp."""
+    k = floor_log2(amax) - fmt["emax"]
+    if fmt["is_int"]:
+        return math.ldexp(1.0, k)
+    e = max(floor_log2(abs(w)) if w != 0 else -(10**9), k + fmt["emin"])
+    return math.ldexp(1.0, e - fmt["M"])

@@ -46,7 +46,7 @@ def test_save_load_round_trip_equals_quantize_model(tmp_path, fmt):
     fresh = _gpt2()
     export.load(path, fresh)
     for (k, a), b in zip(want.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), k
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.int32), b.view(torch.int32)), k  # bit for bit
     assert fresh.lm_head.weight is fresh.transformer.wte.weight
 
 

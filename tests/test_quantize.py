@@ -53,12 +53,14 @@ def test_idempotent_and_half_step_and_saturation(fmt):
     w = _w(1)
     q = quantize(w, axis=1, config=cfg)
     assert torch.equal(quantize(q, axis=1, config=cfg), q)
-    o = TorchOps(torch.device("cpu"))
-    amax = block_amax(w, 1, 32)
-    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-    delta = pow2(o, step_log2(o, w.abs(), safe, cfg.spec))
-    k = floor_log2(o, safe) - cfg.spec.emax
-    limit = cfg.spec.max_value * pow2(o, k)
+    # Δ and the range from the independent re-implementation (tests/formula_py.py), not pqt code.
+    from conftest import fmt_dict
+    from formula_py import block_amax_np, floor_log2 as flog2, step_np
+
+    amax = block_amax_np(w.numpy(), 1, 32)
+    fd = fmt_dict(cfg.spec)
+    delta = torch.tensor([[step_np(float(v), float(a), fd) if a > 0 else 1.0 for v, a in zip(rw, ra)] for rw, ra in zip(w.tolist(), amax.tolist())])
+    limit = torch.tensor([[cfg.spec.max_value * math.ldexp(1.0, flog2(a) - cfg.spec.emax) if a > 0 else 0.0 for a in ra] for ra in amax.tolist()])
     inside = w.abs() <= limit
     assert ((q - w).abs() <= delta / 2)[inside].all()
     # beyond the range: saturate to +-max * 2^k
@@ -70,6 +72,21 @@ def test_saturation_is_exercised():
     q = quantize(w, axis=1, config=PQTConfig(format="fp4_e2m1"))
     assert torch.equal(q, torch.full((1, 32), 6.0))
     assert torch.equal(quantize(torch.full((1, 8), 127.6), axis=1, config=PQTConfig(format="int8")), torch.full((1, 8), 127.0))
+
+
+def test_negative_values_that_round_to_zero_give_plus_zero():
+    w = torch.tensor([[-1e-3, 1.0, -0.0, 5e-4] * 8])
+    for fmt in ("int4", "fp4_e2m1"):
+        q = quantize(w, axis=1, config=PQTConfig(format=fmt))
+        zeros = q == 0
+        assert zeros.any() and not torch.signbit(q[zeros]).any()
+
+
+def test_tiny_blocks_of_wide_formats_do_not_turn_into_nan():
+    w = torch.randn(2, 32) * 1e-36  # fp8_e5m2's step underflows fp32 here
+    w[0, 3] = 0.0
+    q = quantize(w, axis=1, config=PQTConfig(format="fp8_e5m2"))
+    assert torch.isfinite(q).all() and (q - w).abs().max() <= w.abs().max()
 
 
 def test_special_blocks():
@@ -93,8 +110,10 @@ def test_pack_unpack_exact(fmt, block, axis):
     nb = {32: math.ceil(w.shape[axis] / 32), 5: math.ceil(w.shape[axis] / 5), "row": 1}.get(block)
     if nb:
         assert p.exponents.shape[axis] == nb
-    assert torch.equal(unpack(p), quantize(w, axis=axis, config=cfg))
-    assert int(p.codes.max()) < 2 ** cfg.spec.bits or cfg.spec.bits > 8
+    bits = torch.int32  # compare bit patterns: +0.0 and -0.0 must not be confused
+    assert torch.equal(unpack(p).view(bits), quantize(w, axis=axis, config=cfg).view(bits))
+    if cfg.spec.bits < 8:
+        assert int(p.codes.max()) < 2**cfg.spec.bits  # codes use only the format's bits
 
 
 def test_pack_bf16_and_errors():

@@ -39,16 +39,17 @@ def _linear_kernel(
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m64, offs_n64 = offs_m.to(tl.int64), offs_n.to(tl.int64)  # int32 offsets overflow at 2^31 elements
     s1, s2 = stream_words(seed_ptr, key_ptr)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xm = (offs_m[:, None] < M) & (offs_k[None, :] < K)
         wm = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=xm, other=0.0)
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=wm, other=0.0).to(tl.float32)
-        amax = tl.load(amax_ptr + offs_n[:, None] * NB + offs_k[None, :] // B, mask=wm, other=0.0)
-        idx = (offs_n[:, None] * K + offs_k[None, :]).to(tl.uint32)  # logical row-major index of [N, K]
+        x = tl.load(x_ptr + offs_m64[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=xm, other=0.0)
+        w = tl.load(w_ptr + offs_n64[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=wm, other=0.0).to(tl.float32)
+        amax = tl.load(amax_ptr + offs_n64[:, None] * NB + offs_k[None, :] // B, mask=wm, other=0.0)
+        idx = (offs_n64[:, None] * K + offs_k[None, :]).to(tl.uint32)  # logical row-major index of [N, K]
         w_hat = sample_tile(w, amax, idx, s1, s2, IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
         w_hat = tl.where(wm, w_hat, 0.0)
         if BF16:
@@ -66,9 +67,9 @@ def _linear_kernel(
         acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     ym = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if BF16:
-        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], bf16_rne(acc), mask=ym)
+        tl.store(y_ptr + offs_m64[:, None] * N + offs_n[None, :], bf16_rne(acc), mask=ym)
     else:
-        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=ym)
+        tl.store(y_ptr + offs_m64[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=ym)
 
 
 def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: torch.Tensor,

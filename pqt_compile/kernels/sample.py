@@ -40,6 +40,7 @@ def _sample_kernel(
     pid_b = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
+    rows = rows.to(tl.int64)  # offsets of weights with >= 2^31 elements overflow int32
     start = pid_b * B
     stop = tl.minimum(start + B, K)
 

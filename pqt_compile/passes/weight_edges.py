@@ -21,12 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+import logging
+
 import torch
 from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 __all__ = ["MatmulUse", "WeightEdge", "SkippedWeight", "find_weight_edges", "backward_nodes", "MATMUL_OPERANDS"]
 
+log = logging.getLogger("pqt_compile.passes")
 aten = torch.ops.aten
 prims = torch.ops.prims
 
@@ -246,7 +249,11 @@ def find_weight_edges(
             continue
         edge = WeightEdge(node, name, axes[0], uses)
         if len(set(axes)) > 1:
-            edge.notes.append(f"forward matmuls contract axes {sorted(set(axes))}; blocks follow axis {axes[0]}")
+            # Blocks follow the lowest contracted axis (not the first use, whose order could
+            # differ between the traced reference graph and the joint graph).
+            edge.axis = min(axes)
+            edge.notes.append(f"forward matmuls contract axes {sorted(set(axes))}; blocks follow axis {edge.axis}")
+            log.warning("pqt: %s", f"{name}: {edge.notes[-1]}")
         edges.append(edge)
     return edges, skipped
 

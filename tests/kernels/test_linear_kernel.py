@@ -27,6 +27,15 @@ def test_prologue_sample_is_bit_exact(cfg):
     assert torch.equal(y.t().cpu(), want.cpu())
 
 
+def test_bf16_prologue_sample_is_bit_exact():
+    torch.manual_seed(3)
+    w = (torch.randn(24, 64) * 0.1).to(DEVICE)
+    x = torch.eye(64, device=DEVICE, dtype=torch.bfloat16)  # an identity: y^T is the bf16 sample, exactly
+    y = pqt_compile.linear(x, w, seed=6, key=7, config=PQTConfig(format="fp4_e2m1"))
+    want = sample(w, seed=6, key=7, axis=1, config=PQTConfig(format="fp4_e2m1"), out_dtype=torch.bfloat16)
+    assert torch.equal(y.t().cpu().view(torch.int16), want.cpu().view(torch.int16))
+
+
 def test_bias_batch_dims_and_bf16():
     torch.manual_seed(1)
     w = (torch.randn(40, 64) * 0.1).to(DEVICE)

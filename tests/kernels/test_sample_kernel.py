@@ -31,8 +31,8 @@ def test_kernel_is_bit_exact(shape, axis, cfg, dtype, out):
     torch.manual_seed(sum(shape))
     w = (torch.randn(shape) * torch.logspace(-3, 1, shape[-1])).to(dtype).to(DEVICE)
     flat = w.view(-1)
-    flat[:5] = 0.0
     if w.numel() > 40:
+        flat[:5] = 0.0
         flat[37] = float("nan")
         flat[w.numel() - 3] = float("inf")
     args = (torch.tensor(-(2**40) + 17), torch.tensor(2**31 + 9), axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out)

@@ -40,8 +40,8 @@ CASES = [
 def test_lowering_is_bit_exact(shape, axis, cfg, dtype, out):
     torch.manual_seed(sum(shape))
     w = (torch.randn(shape) * torch.logspace(-4, 1, shape[-1])).to(dtype)
-    w.view(-1)[:7] = 0.0
     if w.numel() > 40:
+        w.view(-1)[:7] = 0.0
         w.view(-1)[40] = float("nan")  # one NaN block stays put
     seed, key = torch.tensor(-(2**40) + 3), torch.tensor(2**31 + 5)
     f, cf = _compiled(cfg, axis, out)
