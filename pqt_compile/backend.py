@@ -20,7 +20,7 @@ import torch
 from .config import PQTConfig
 from .passes.manager import PassManager
 from .passes.sample_pass import SamplePass
-from .runtime import PQTCompiled, ParamNames, register
+from .runtime import PQTCompiled, ParamNames, register, with_seed_and_keys
 
 __all__ = ["pqt_backend", "compile", "register", "split_options", "PQTCompiled"]
 
@@ -106,9 +106,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
             # that user code does not hold (as the DDP optimizer's inputs), torch 2.11-2.13.
             gm.graph.placeholder(name)._dynamo_source = None  # type: ignore[attr-defined]
     gm.recompile()
-    seed_ex = torch.zeros((), dtype=torch.int64, device=device)
-    keys_ex = torch.zeros(len(names.positions), dtype=torch.int64, device=device)
-    inputs = [*example_inputs, seed_ex, keys_ex]
+    inputs = with_seed_and_keys(example_inputs, len(names.positions), device)
 
     def build(weight_names: Optional[list[str]], example: list) -> tuple[Callable, SamplePass]:
         """Compile with the given names of the weight inputs (None: a graph that never samples)."""

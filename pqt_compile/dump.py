@@ -12,7 +12,6 @@ or `--vocab`), or a tuple (model, example_args).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import os
 import sys

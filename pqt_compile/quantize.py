@@ -84,7 +84,7 @@ def _block_view(t: torch.Tensor, axis: int, block_code: int) -> torch.Tensor:
         return t.reshape(-1)[:1]
     k = t.shape[axis]
     b = k if block_code == 0 else min(block_code, k)
-    return t.narrow(axis, 0, k).index_select(axis, torch.arange(0, k, b, device=t.device))
+    return t.index_select(axis, torch.arange(0, k, b, device=t.device))
 
 
 def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None) -> PackedTensor:

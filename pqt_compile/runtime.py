@@ -116,7 +116,7 @@ class ParamNames:
         self._first = [weakref.ref(o) for o in objs]
         self._root = weakref.ref(root) if root is not None else None
         self._extra: list[WeakIdKeyDictionary] = [WeakIdKeyDictionary() for _ in positions]
-        self._cache: tuple[tuple, list, Optional[torch.Tensor]] = ((), [], None)
+        self._cache: tuple[tuple, list, Any] = ((), [], None)  # (ids, weakrefs, (names, keys))
 
     @classmethod
     def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> "ParamNames":
@@ -196,23 +196,25 @@ class PQTCompiled:
         self.config = config
         self.device = device
         self.sample_pass = sample_pass
-        self.calls = 0
         # NOTE [shared graphs]: include/exclude is decided at compile time from the names of the
         # weights of the first call; a module sharing this graph (per-block compilation) may
         # decide otherwise, and then gets its own variant, compiled on first use.
+        self._decided: dict[tuple[str, ...], tuple[bool, ...]] = {}
         self._decisions = self._decide(names.names)
         self._variants: dict = {}
-
 
     def _eval_mode(self) -> bool:
         root = self.names.root
         return root is not None and not root.training and not self.config.sample_in_eval
 
     def _decide(self, names: Sequence[str]) -> tuple[bool, ...]:
-        return tuple(self.config.admits(n, self.names.aliases.get(n, ())) for n in names)
+        """include/exclude for these names, memoised: a shared graph asks on every call."""
+        key = tuple(names)
+        if key not in self._decided:
+            self._decided[key] = tuple(self.config.admits(n, self.names.aliases.get(n, ())) for n in key)
+        return self._decided[key]
 
     def __call__(self, *args: Any) -> Any:
-        self.calls += 1
         fn = self.fn
         call_names, keys = self.names.resolve(args, self.device)
         if call_names != self.names.names:
@@ -236,5 +238,9 @@ class PQTCompiled:
 
     def _example(self, args: Sequence[Any]) -> list:
         """Example inputs for a compile on first use: this call's own (no earlier batch is kept)."""
-        return [*args, torch.zeros((), dtype=torch.int64, device=self.device),
-                torch.zeros(len(self.names.positions), dtype=torch.int64, device=self.device)]
+        return with_seed_and_keys(args, len(self.names.positions), self.device)
+
+
+def with_seed_and_keys(args: Sequence[Any], num_keys: int, device: torch.device) -> list:
+    """`args` followed by example pqt_seed and pqt_keys inputs (the layout the backend compiles)."""
+    return [*args, torch.zeros((), dtype=torch.int64, device=device), torch.zeros(num_keys, dtype=torch.int64, device=device)]

@@ -35,3 +35,15 @@ def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # relative to the output's scale covers that with room, and is 1000x below the PQT noise
 # (~2^-4 relative for fp6_e3m2), so a wrong sample cannot pass.
 FP32_REL_TOL = 2.0**-16
+
+
+def assert_matches_reference(call, model, *args, seed: int, config=None, **kwargs) -> torch.Tensor:
+    """Run `call(*args, **kwargs)` (a compiled model) under fixed_seed(seed) and check it against
+    reference.run on `model` within FP32_REL_TOL; returns the compiled output."""
+    import pqt_compile
+
+    with pqt_compile.fixed_seed(seed):
+        out = call(*args, **kwargs)
+    ref = pqt_compile.reference.run(model, *args, seed=seed, config=config, **kwargs)
+    assert max_rel_err(out, ref) < FP32_REL_TOL
+    return out

@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import pqt_compile
-from conftest import FP32_REL_TOL, max_rel_err
+from conftest import FP32_REL_TOL, assert_matches_reference, max_rel_err
 from models import MLP, WithGraphBreak
 from pqt_compile import PQTConfig, key_for_name, reference, sample
 from pqt_compile.backend import pqt_backend
@@ -158,9 +158,7 @@ def test_per_block_compilation_gives_each_block_its_own_noise():
     assert not torch.allclose(y0, y1)  # same weights, same seed, different keys
     # Registering the root gives the names reference.run uses.
     pqt_compile.register(root)
-    with pqt_compile.fixed_seed(3):
-        y = root(x)
-    assert max_rel_err(y, reference.run(root, x, seed=3)) < FP32_REL_TOL
+    assert_matches_reference(root, root, x, seed=3)
 
 
 def test_cache_hit_still_samples():
@@ -276,9 +274,7 @@ def test_include_exclude_holds_for_blocks_that_share_a_graph():
     for block in root:
         block.compile(backend="pqt", options={"config": cfg})
     x = torch.randn(4, 32)
-    with pqt_compile.fixed_seed(2):
-        y = root(x)
-    assert max_rel_err(y, reference.run(root, x, seed=2, config=cfg)) < FP32_REL_TOL
+    assert_matches_reference(root, root, x, seed=2, config=cfg)
     with pqt_compile.fixed_seed(2):
         h1 = root[1](x)
     assert max_rel_err(h1, root[1].forward(x)) < FP32_REL_TOL  # forward: the uncompiled code, clean weights

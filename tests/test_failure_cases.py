@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import pqt_compile
-from conftest import FP32_REL_TOL, max_rel_err
+from conftest import FP32_REL_TOL, assert_matches_reference, max_rel_err
 from models import MLP
 from pqt_compile import PQTConfig, key_for_name, reference, sample
 
@@ -42,9 +42,7 @@ def test_fullgraph_and_non_contiguous_parameter():
 
     m, x = T(), torch.randn(3, 48)
     cm = pqt_compile.compile(m, fullgraph=True)
-    with pqt_compile.fixed_seed(2):
-        y = cm(x)
-    assert max_rel_err(y, reference.run(m, x, seed=2)) < FP32_REL_TOL
+    assert_matches_reference(cm, m, x, seed=2)
 
 
 def test_requires_grad_change_recompiles_and_stays_correct():

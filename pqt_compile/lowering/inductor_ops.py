@@ -55,9 +55,6 @@ class InductorOps:
     def gt(self, a: Any, b: Any) -> Any:
         return ops.gt(a, b)
 
-    def eq(self, a: Any, b: Any) -> Any:
-        return ops.eq(a, b)
-
     def logical_and(self, a: Any, b: Any) -> Any:
         return ops.logical_and(a, b)
 

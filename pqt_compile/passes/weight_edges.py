@@ -19,7 +19,7 @@ step's forward and backward see one sample.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import logging
 
@@ -257,7 +257,3 @@ def find_weight_edges(
         edges.append(edge)
     return edges, skipped
 
-
-def matmul_weight_names(edges: Iterable[WeightEdge]) -> list[str]:
-    """The names of the sampled weights, in graph order."""
-    return [e.name for e in edges]
