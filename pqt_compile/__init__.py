@@ -13,7 +13,7 @@ from .formats import FormatSpec, parse_format
 from .op import sample
 from .export import quantize_model
 from .quantize import PackedTensor, pack, quantize, unpack
-from .seeds import PQTState, fixed_seed, key_for_name, manual_seed, seed_state, set_seed_state
+from .seeds import PQTState, fixed_seed, key_for_name, manual_seed, rank_seed, seed_state, set_seed_state
 
 __version__ = "0.1.0"
 
@@ -64,6 +64,7 @@ __all__ = [
     "key_for_name",
     "manual_seed",
     "fixed_seed",
+    "rank_seed",
     "seed_state",
     "set_seed_state",
     "PQTState",

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["frame_root_module", "placeholder_source_name"]
+__all__ = ["frame_root_module", "placeholder_source_name", "fsdp2_unsharded_params"]
 
 
 def frame_root_module() -> Optional[torch.nn.Module]:
@@ -43,6 +43,38 @@ def placeholder_source_name(node: torch.fx.Node) -> Optional[str]:
 
     parts = re.findall(r"\[['\"]([^'\"]+)['\"]\]|\.([A-Za-z_][A-Za-z_0-9]*)", src.name)
     names = [a or b for a, b in parts]
-    drop = {"self", "fn", "_modules", "_parameters", "_buffers", "L", "G"}
+    drop = {"self", "fn", "_modules", "_parameters", "_buffers", "_orig_mod", "L", "G"}
     out = [n for n in names if n not in drop]
     return ".".join(out) or None
+
+
+def fsdp2_unsharded_params(root: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]]:
+    """(qualified name, sharded Parameter, unsharded Parameter) of every FSDP2-managed
+    parameter under `root` that has been all-gathered at least once.
+
+    Workaround: FSDP2 (`fully_shard`) swaps a module's Parameters for unsharded ones around
+    its forward, so a block compiled under it sees Parameter objects that the model's
+    `named_parameters()` never lists (it lists the sharded DTensors). FSDP2 keeps one
+    unsharded Parameter per parameter for the life of the module (created at the first
+    all-gather). We read the private `_get_fsdp_state()._fsdp_param_group.fsdp_params` and
+    each FSDPParam's `_module_info` / `_unsharded_param` (torch 2.11 to 2.13); if that API
+    moves, this returns nothing and names fall back to the frame's (a warning says so).
+    """
+    paths = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+    out: list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]] = []
+    try:
+        for module in root.modules():
+            get_state = getattr(module, "_get_fsdp_state", None)
+            group = get_state()._fsdp_param_group if callable(get_state) else None
+            for fp in getattr(group, "fsdp_params", None) or ():
+                unsharded = getattr(fp, "_unsharded_param", None)
+                if unsharded is None:
+                    continue
+                info = fp._module_info
+                prefix = paths.get(id(info.module))
+                if prefix is None:
+                    continue
+                out.append((f"{prefix}.{info.param_name}" if prefix else info.param_name, fp.sharded_param, unsharded))
+    except Exception:  # noqa: BLE001 - a changed private API means "no FSDP2 names"
+        return []
+    return out

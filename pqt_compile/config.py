@@ -53,6 +53,11 @@ class PQTConfig:
         exclude: regular expressions; weights whose qualified name matches one are not sampled.
         sample_in_eval: also sample in graphs compiled for inference (no_grad, inference_mode,
             eval). Off by default: evaluation sees the clean weights.
+        per_rank_noise: under torch.distributed, give each rank its own draw of every weight
+            (the call's seed is mixed with the rank). Off by default: every rank draws the
+            same sample, so N ranks with a global batch train exactly as one process with that
+            batch. On: the averaged gradient averages N draws, a lower-variance estimate of
+            the gradient of the noisy loss, but the run then depends on the world size.
     """
 
     format: str = "fp6_e3m2"
@@ -63,6 +68,7 @@ class PQTConfig:
     include: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     sample_in_eval: bool = False
+    per_rank_noise: bool = False
 
     def __post_init__(self) -> None:
         parse_format(self.format)  # raises ValueError naming the accepted formats
@@ -83,6 +89,8 @@ class PQTConfig:
         object.__setattr__(self, "exclude", _check_patterns("exclude", self.exclude))
         if not isinstance(self.sample_in_eval, bool):
             raise ValueError(f"PQTConfig.sample_in_eval must be a bool, got {self.sample_in_eval!r}")
+        if not isinstance(self.per_rank_noise, bool):
+            raise ValueError(f"PQTConfig.per_rank_noise must be a bool, got {self.per_rank_noise!r}")
 
     @property
     def spec(self) -> FormatSpec:
@@ -117,6 +125,10 @@ class PQTConfig:
                 f"unknown pqt option(s) {unknown}; accepted: {sorted(known)}"
             )
         return cls(**options)
+
+    def to_options(self) -> dict[str, Any]:
+        """This config as `torch.compile(backend="pqt", options=...)` takes it (from_options' inverse)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def replace(self, **changes: Any) -> "PQTConfig":
         """A copy with some fields changed (validated again)."""

@@ -24,15 +24,19 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .compat import frame_root_module, placeholder_source_name
+from .compat import frame_root_module, fsdp2_unsharded_params, placeholder_source_name
 from .config import PQTConfig
-from .seeds import key_for_name, next_seed
+from .seeds import key_for_name, next_seed, rank_seed
 
-__all__ = ["register", "registered_name", "unwrap", "ParamNames", "PQTCompiled"]
+__all__ = ["register", "registered_name", "canonical_name", "unwrap", "ParamNames", "PQTCompiled"]
 
 _REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (name, other names)
 SAMPLED_CALLS = [0]  # training calls of PQT-compiled graphs in this process (for the no-op guard)
 _COMPILED_NAMES: dict[str, "weakref.ref"] = {}  # unregistered name -> the Parameter compiled under it
+_ROOTS: list["weakref.ref"] = []  # registered models, searched for FSDP2 unsharded Parameters
+_NOT_FSDP: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters searched for and not found
+_SEEN: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters that entered a PQT-compiled graph
+_CHECKED_ROOTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # models checked by check_unseen_weights
 
 
 def _check_collision(name: str, p: Any) -> None:
@@ -58,9 +62,17 @@ def _check_collision(name: str, p: Any) -> None:
     _COMPILED_NAMES[name] = weakref.ref(p)
 
 
+def canonical_name(name: str) -> str:
+    """A qualified name without torch.compile's wrapper segments ("h.0._orig_mod.fc.weight" ->
+    "h.0.fc.weight"): a block swapped for its compiled wrapper (per-block compilation, as in
+    torchtitan) keeps the key, hence the noise, of the plain model's weight."""
+    return name.replace("._orig_mod.", ".").removeprefix("_orig_mod.")
+
+
 def _names_of(model: torch.nn.Module, prefix: str = "") -> dict[int, tuple[str, tuple[str, ...]]]:
     out: dict[int, tuple[str, tuple[str, ...]]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
+        name = canonical_name(name)
         first, others = out.get(id(p), (prefix + name, ()))
         out[id(p)] = (first, others if first == prefix + name else (*others, prefix + name))
     return out
@@ -92,15 +104,43 @@ def register(model: torch.nn.Module, prefix: str = "") -> None:
         if old is not None and old[0] != new[0] and old[0].endswith("." + new[0]):
             continue
         _REGISTRY[p] = new
+    _ROOTS[:] = [r for r in _ROOTS if r() is not None and r() is not model]
+    _ROOTS.append(weakref.ref(model))
+
+
+def _entry(p: Any) -> Optional[tuple[str, tuple[str, ...]]]:
+    """The registered (name, other names) of `p`, also for FSDP2's unsharded Parameters.
+
+    NOTE [FSDP2 names]: under `fully_shard`, a forward sees unsharded Parameters that no
+    `named_parameters()` lists. They are named after the sharded parameter they stand for
+    (its registered name, else its module path in the registered model), so the key, hence
+    the noise, does not depend on the sharding: the sample is taken on the full weight with
+    the key of the full name, exactly as in one process. A miss is remembered (a Parameter
+    object is an unsharded one from its creation, or never).
+    """
+    entry = _REGISTRY.get(p)
+    if entry is not None or not isinstance(p, torch.nn.Parameter) or p in _NOT_FSDP:
+        return entry
+    for ref in list(_ROOTS):
+        root = ref()
+        if root is None:
+            continue
+        for name, sharded, unsharded in fsdp2_unsharded_params(root):
+            if unsharded not in _REGISTRY:
+                _REGISTRY[unsharded] = _REGISTRY.get(sharded) or (canonical_name(name), ())
+    entry = _REGISTRY.get(p)
+    if entry is None:
+        _NOT_FSDP[p] = True
+    return entry
 
 
 def registered_name(p: torch.Tensor) -> Optional[str]:
-    entry = _REGISTRY.get(p)
+    entry = _entry(p)
     return entry[0] if entry is not None else None
 
 
 def registered_aliases(p: torch.Tensor) -> tuple[str, ...]:
-    entry = _REGISTRY.get(p)
+    entry = _entry(p)
     return entry[1] if entry is not None else ()
 
 
@@ -138,6 +178,7 @@ class ParamNames:
                     name, others = placeholder_source_name(node) or f"input{pos}", ()
                     _check_collision(name, ex)
                 positions.append(pos)
+                _SEEN[ex] = True
                 names.append(name)
                 objs.append(ex)
                 if others:
@@ -172,8 +213,59 @@ class ParamNames:
             if registered_aliases(o):
                 self.aliases.setdefault(n, registered_aliases(o))
         keys = torch.tensor([key_for_name(n) for n in names], dtype=torch.int64, device=device)
+        for o in objs:
+            _SEEN[o] = True
         self._cache = (ids, [weakref.ref(o) for o in objs], (names, keys))
         return names, keys
+
+
+def _rank() -> int:
+    """This process's rank in the default process group (0 when there is none)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def check_unseen_weights(config: PQTConfig, used: Sequence[Any]) -> None:
+    """Warn, once per registered model that holds `used` (this graph's weights), about its
+    weights that no PQT-compiled graph has seen.
+
+    Precondition: one whole training step has run (the caller waits until a graph is called
+    again with the same weights). Such a weight was used by code that Dynamo ran eagerly, so
+    it trains without noise: a frame skipped for a graph break inside a loop (torch 2.11-2.13;
+    e.g. the root of a model whose blocks are each `fully_shard`-ed, compiled whole: FSDP2's
+    hooks break the graph inside the loop over the blocks), or code under
+    `torch._dynamo.disable`. Only weights that could feed a matmul (floating, 2-D or more)
+    and that the config admits are listed.
+    """
+    import warnings
+
+    used_ids = {id(p) for p in used}
+    for ref in list(_ROOTS):
+        root = ref()
+        if root is None or root in _CHECKED_ROOTS:
+            continue
+        stand_ins = {id(sharded): unsharded for _, sharded, unsharded in fsdp2_unsharded_params(root)}
+        params = list(root.parameters())
+        if not any(id(p) in used_ids or id(stand_ins.get(id(p))) in used_ids for p in params):
+            continue  # another model
+        _CHECKED_ROOTS[root] = True
+        named = _names_of(root)
+        unseen = [
+            named[id(p)][0] for p in params
+            if p.dim() >= 2 and p.is_floating_point() and config.admits(*named[id(p)])
+            and p not in _SEEN and (id(p) not in stand_ins or stand_ins[id(p)] not in _SEEN)
+        ]
+        if unseen:
+            warnings.warn(
+                f"pqt: {len(unseen)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph, so "
+                f"they are not sampled (they train without noise if they feed a matmul): {', '.join(unseen[:8])}"
+                f"{', ...' if len(unseen) > 8 else ''}. Dynamo ran the code that uses them eagerly: a frame "
+                "skipped for a graph break inside a loop (e.g. a model whose blocks and root are each "
+                "fully_shard-ed, compiled whole), or code under torch._dynamo.disable. Compile the modules "
+                "that own them (e.g. model.head = torch.compile(model.head, backend='pqt')), or exclude them "
+                "in the PQTConfig to silence this; pqt_compile.explain(...) lists the graph breaks.",
+                stacklevel=3,
+            )
 
 
 class PQTCompiled:
@@ -202,6 +294,7 @@ class PQTCompiled:
         self._decided: dict[tuple[str, ...], tuple[bool, ...]] = {}
         self._decisions = self._decide(names.names)
         self._variants: dict = {}
+        self._signatures: Optional[dict] = {}  # weight ids -> calls, until check_unseen_weights ran
 
     def _eval_mode(self) -> bool:
         root = self.names.root
@@ -231,10 +324,25 @@ class PQTCompiled:
         # The seed stream advances only on calls that sample: evaluating on one rank only (or
         # any extra no_grad call) must not shift the noise of the training calls after it.
         seed_value = next_seed(self.config.seed) if sampling else 0
+        if sampling and self.config.per_rank_noise:
+            seed_value = rank_seed(seed_value, _rank())
         if sampling:
             SAMPLED_CALLS[0] += 1
+            self._after_a_step(args)
         seed = torch.tensor(seed_value, dtype=torch.int64, device=self.device)
         return fn(*args, seed, keys)
+
+    def _after_a_step(self, args: Sequence[Any]) -> None:
+        """Run check_unseen_weights once, when this graph sees the same weights a third time:
+        a whole step, with every graph of the model, has then run between the second and the
+        third time (the first call may have been a partial one, such as a single block's)."""
+        if self._signatures is None:
+            return
+        ids = tuple(id(args[pos]) for pos in self.names.positions)
+        self._signatures[ids] = self._signatures.get(ids, 0) + 1
+        if self._signatures[ids] == 3:
+            self._signatures = None
+            check_unseen_weights(self.config, [args[pos] for pos in self.names.positions])
 
     def _example(self, args: Sequence[Any]) -> list:
         """Example inputs for a compile on first use: this call's own (no earlier batch is kept)."""

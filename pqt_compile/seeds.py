@@ -16,7 +16,7 @@ import hashlib
 import threading
 from typing import Iterator, Optional
 
-__all__ = ["key_for_name", "manual_seed", "fixed_seed", "next_seed", "seed_state", "set_seed_state", "PQTState"]
+__all__ = ["key_for_name", "manual_seed", "fixed_seed", "next_seed", "rank_seed", "seed_state", "set_seed_state", "PQTState"]
 
 
 def key_for_name(name: str) -> int:
@@ -57,6 +57,14 @@ def next_seed(base_offset: int = 0) -> int:
         return _state.fixed
     _state.counter += 1
     return _mix64(_mix64(_state.base + base_offset) ^ _state.counter)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed rank `rank` uses for a call seeded `seed` under `PQTConfig(per_rank_noise=True)`
+    (pass it to `reference.run(..., seed=rank_seed(seed, rank))` to reproduce that rank)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"pqt: a rank is an int >= 0, got {rank!r}")
+    return _mix64(seed ^ _mix64(0x632BE59BD9B4E019 + rank))
 
 
 @contextlib.contextmanager

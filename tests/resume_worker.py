@@ -1,4 +1,9 @@
-"""Run N training steps of a compiled model, optionally resuming from / saving to a checkpoint."""
+"""Run N training steps of a compiled model, optionally resuming from / saving to a checkpoint.
+
+A checkpoint path ending in ".dcp" is written with torch.distributed.checkpoint (a directory,
+the model and optimizer through `get_state_dict`, PQTState as a Stateful), any other with
+torch.save of the three state dicts.
+"""
 
 import sys
 
@@ -8,6 +13,24 @@ import pqt_compile
 from models import MLP
 
 
+class _App:
+    """Model and optimizer as one Stateful, as torch.distributed.checkpoint's recipe has it."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        self.model, self.opt = model, opt
+
+    def state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, opt_sd = get_state_dict(self.model, self.opt)
+        return {"model": model_sd, "opt": opt_sd}
+
+    def load_state_dict(self, sd: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.opt, model_state_dict=sd["model"], optim_state_dict=sd["opt"])
+
+
 def main(start: int, steps: int, load: str, save: str, out: str) -> None:
     torch.manual_seed(0)
     model = MLP()
@@ -15,7 +38,11 @@ def main(start: int, steps: int, load: str, save: str, out: str) -> None:
     cfg = pqt_compile.PQTConfig(format="fp4_e2m1")
     state = pqt_compile.PQTState(cfg)
     pqt_compile.manual_seed(7)
-    if load != "-":
+    if load.endswith(".dcp"):
+        import torch.distributed.checkpoint as dcp
+
+        dcp.load({"app": _App(model, opt), "pqt": state}, checkpoint_id=load)
+    elif load != "-":
         ck = torch.load(load, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
@@ -26,7 +53,11 @@ def main(start: int, steps: int, load: str, save: str, out: str) -> None:
         cm(x).square().mean().backward()
         opt.step()
         opt.zero_grad()
-    if save != "-":
+    if save.endswith(".dcp"):
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save({"app": _App(model, opt), "pqt": state}, checkpoint_id=save)
+    elif save != "-":
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pqt": state.state_dict()}, save)
     torch.save(model.state_dict(), out)
 

@@ -308,3 +308,54 @@ def test_unregistered_blocks_compiled_separately_warn_about_shared_names():
     root[0](x)  # block 0: names relative to the block
     with pytest.warns(UserWarning, match="register"):
         root[1](root[0](x))  # block 1's input requires grad: a graph of its own, the same names
+
+
+def test_weights_that_never_reach_a_graph_are_named_after_a_step():
+    """A weight used by code Dynamo runs eagerly is not sampled: that must not pass silently."""
+    import warnings
+
+    torch._dynamo.reset()
+
+    class Head(nn.Linear):
+        @torch._dynamo.disable  # stands for any eager island (a frame Dynamo skipped)
+        def forward(self, x):
+            return super().forward(x)
+
+    class Model(nn.Module):
+        def __init__(self, head: nn.Module) -> None:
+            super().__init__()
+            self.body, self.head = MLP(), head
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    x = torch.randn(4, 32)
+    for head, excluded, expect in ((Head(32, 8), (), True), (Head(32, 8), ("head",), False), (nn.Linear(32, 8), (), False)):
+        torch.manual_seed(0)
+        cm = pqt_compile.compile(Model(head), PQTConfig(exclude=excluded))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):  # the check runs when a graph sees its weights for the third time
+                cm(x).sum().backward()
+        named = [str(w.message) for w in caught if "never reached a PQT-compiled graph" in str(w.message)]
+        assert len(named) == int(expect), (excluded, named)
+        if expect:
+            assert ": head.weight." in named[0] and "body." not in named[0]
+
+
+def test_compiled_submodule_keeps_the_plain_models_keys():
+    """torchtitan-style: a block swapped for its torch.compile wrapper (`_orig_mod` in its
+    parameter names) draws the noise of the plain model's weight."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    root = nn.Sequential(MLP(), MLP())
+    plain = nn.Sequential(*[MLP() for _ in range(2)])
+    plain.load_state_dict(root.state_dict())
+    root[1] = torch.compile(root[1], backend="pqt")
+    root[0] = torch.compile(root[0], backend="pqt")
+    assert "1._orig_mod.fc1.weight" in dict(root.named_parameters())
+    pqt_compile.register(root)
+    x = torch.randn(4, 32)
+    with pqt_compile.fixed_seed(6):
+        y = root(x)
+    assert max_rel_err(y, reference.run(plain, x, seed=6)) < FP32_REL_TOL

@@ -85,3 +85,16 @@ def test_from_options():
     assert PQTConfig.from_options(None) == PQTConfig()
     with pytest.raises(ValueError, match="formt"):
         PQTConfig.from_options({"formt": "int8"})
+    c = PQTConfig(format="int4", exclude=("head",), per_rank_noise=True)
+    assert PQTConfig.from_options(c.to_options()) == c  # to_options is the inverse
+
+
+def test_per_rank_noise_and_rank_seed_validate():
+    with pytest.raises(ValueError, match="per_rank_noise must be a bool"):
+        PQTConfig(per_rank_noise=1)  # type: ignore[arg-type]
+    from pqt_compile import rank_seed
+
+    with pytest.raises(ValueError, match="rank"):
+        rank_seed(3, -1)
+    seeds = {rank_seed(3, r) for r in range(64)} | {rank_seed(4, 0), 3}
+    assert len(seeds) == 66 and all(0 <= s < 2**63 for s in seeds)  # distinct, and fit the int64 input

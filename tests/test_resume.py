@@ -18,14 +18,35 @@ def _run(*args: str) -> None:
 
 
 def test_resume_in_a_new_process_is_exact(tmp_path):
-    straight, first, resumed = (str(tmp_path / n) for n in ("straight.pt", "first.pt", "resumed.pt"))
-    ck = str(tmp_path / "ck.pt")
+    """10 steps straight = 5 steps, a checkpoint (torch.save, and torch.distributed.checkpoint),
+    a new process, 5 more; and a checkpoint without the PQT state refuses to resume."""
+    straight, first = str(tmp_path / "straight.pt"), str(tmp_path / "first.pt")
     _run("0", "10", "-", "-", straight)
-    _run("0", "5", "-", ck, first)
-    _run("5", "5", ck, "-", resumed)
-    a, b, half = (torch.load(p, weights_only=True) for p in (straight, resumed, first))
-    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
-    assert not all(torch.equal(a[k], half[k]) for k in a)  # (and the last 5 steps did change the weights)
+    a = torch.load(straight, weights_only=True)
+    for ck in (str(tmp_path / "ck.pt"), str(tmp_path / "ck.dcp")):
+        resumed = ck + ".resumed.pt"
+        _run("0", "5", "-", ck, first)
+        _run("5", "5", ck, "-", resumed)
+        b, half = (torch.load(p, weights_only=True) for p in (resumed, first))
+        assert all(torch.equal(a[k], b[k]) for k in a), ck  # bit for bit
+        assert not all(torch.equal(a[k], half[k]) for k in a)  # (and the last 5 steps did change the weights)
+
+
+def test_dcp_checkpoint_without_or_with_other_pqt_state_is_refused(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from models import MLP
+
+    cfg = pqt_compile.PQTConfig(format="fp4_e2m1")
+    model = MLP()
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "no_pqt"))
+    # DCP refuses, naming the missing key (its CheckpointException is a BaseException, torch 2.13).
+    with pytest.raises(BaseException) as refused:
+        dcp.load({"model": model.state_dict(), "pqt": pqt_compile.PQTState(cfg)}, checkpoint_id=str(tmp_path / "no_pqt"))
+    assert "Missing key in checkpoint state_dict: pqt." in str(refused.value)
+    dcp.save({"pqt": pqt_compile.PQTState(cfg)}, checkpoint_id=str(tmp_path / "fp4"))
+    with pytest.raises(ValueError, match="saved with"):
+        dcp.load({"pqt": pqt_compile.PQTState(cfg.replace(format="int8"))}, checkpoint_id=str(tmp_path / "fp4"))
 
 
 def test_state_refuses_another_config_and_missing_state():

@@ -1,0 +1,151 @@
+"""PQT under FSDP2 (`fully_shard`): launch with torchrun (CPU/gloo or GPU/nccl).
+
+    torchrun --nproc-per-node 2 examples/fsdp_train.py --steps 20 --shard blocks
+
+Two layouts, both checked against one process by tests/distributed/test_fsdp.py:
+
+* `--shard whole`: `fully_shard(model)` once, then `pqt_compile.compile(model)`: one graph.
+* `--shard blocks` (torchtitan's layout): `fully_shard` every block and then the root; each
+  block is compiled on its own (`block.compile(backend="pqt")`), and so are the root's own
+  matmul modules (`model.head = torch.compile(model.head, backend="pqt")`). Compiling the root
+  whole instead does not work in torch 2.11-2.13: FSDP2's hooks break the graph inside the
+  loop over the blocks, Dynamo then runs the root's forward eagerly, and its weights would
+  train without noise (pqt_compile warns, naming them, after the first step).
+
+The sample is taken on the full weight: FSDP2 all-gathers a block's parameters before its
+forward (and again before its backward), the compiled block reads the unsharded weight, and
+its key is that of the weight's full name (`pqt_compile.register(model)`), so the noise does
+not depend on the sharding or the world size. PQT adds no communication: every rank computes
+the sample locally from the weight it already gathered (the same sample on every rank, or its
+own with `PQTConfig(per_rank_noise=True)`). Per rank it costs one pass of the sampler over
+each unsharded weight in the forward and one in the backward's recompute, as in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pqt_compile  # noqa: E402
+
+CONFIG = pqt_compile.PQTConfig(format="fp4_e2m1")
+
+
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 2 * d)
+        self.fc2 = nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class Net(nn.Module):
+    """A stem, a stack of residual blocks and a head: the shape of a transformer's layout."""
+
+    def __init__(self, d_in: int = 16, d: int = 32, d_out: int = 4, layers: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Linear(d_in, d)
+        self.blocks = nn.ModuleList(Block(d) for _ in range(layers))
+        self.head = nn.Linear(d, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def make_model() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def batch(step: int, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(20_000 + step)
+    return torch.randn(global_batch, 16, generator=g), torch.randn(global_batch, 4, generator=g)
+
+
+def shard_and_compile(model: Net, shard: str, config: pqt_compile.PQTConfig = CONFIG) -> nn.Module:
+    """Apply FSDP2 (if a process group is up) and PQT compilation in the given layout."""
+    from torch.distributed.fsdp import fully_shard
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if shard == "whole":
+        if distributed:
+            fully_shard(model)
+        return pqt_compile.compile(model, config)  # registers the full names too
+    if shard != "blocks":
+        raise ValueError(f"--shard must be 'whole' or 'blocks', got {shard!r}")
+    if distributed:
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    # Full names for keys: FSDP2's unsharded parameters are named after these.
+    pqt_compile.register(model)
+    options = config.to_options()
+    for block in model.blocks:
+        block.compile(backend="pqt", options=options)
+    # torch.nn's own modules are not compiled by `Module.compile` (their forward is a skipped
+    # frame, torch 2.11-2.13): wrap them instead; keys ignore the wrapper (`_orig_mod`).
+    model.stem = torch.compile(model.stem, backend="pqt", options=options)
+    model.head = torch.compile(model.head, backend="pqt", options=options)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded parameters by their plain names (DTensors gathered, `_orig_mod.` dropped)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        full = t.full_tensor() if hasattr(t, "full_tensor") else t
+        out[pqt_compile.runtime.canonical_name(name)] = full.detach().clone()
+    return out
+
+
+def train(steps: int, global_batch: int, shard: str = "whole", config: pqt_compile.PQTConfig = CONFIG) -> dict:
+    """Train with FSDP2 if a process group is up, else in one process; return the full state."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch.device("cuda" if distributed and torch.cuda.is_available() else "cpu")
+    model = make_model().to(device)
+    compiled = shard_and_compile(model, shard, config)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    per_rank = global_batch // world
+    for step in range(steps):
+        x, y = batch(step, global_batch)
+        x, y = (t[rank * per_rank : (rank + 1) * per_rank].to(device) for t in (x, y))
+        # One seed per step, however many graphs the model compiled into (see ddp_train.py).
+        with pqt_compile.fixed_seed(1_000_003 * step + 1):
+            loss = F.mse_loss(compiled(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return full_state_dict(model)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--shard", choices=("whole", "blocks"), default="blocks")
+    a = p.parse_args()
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    state = train(a.steps, a.global_batch, a.shard)
+    if dist.get_rank() == 0:
+        print("trained; head weight checksum", float(state["head.weight"].sum()))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
