@@ -33,8 +33,9 @@ __all__ = ["register", "registered_name", "canonical_name", "unwrap", "ParamName
 _REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (name, other names)
 SAMPLED_CALLS = [0]  # training calls of PQT-compiled graphs in this process (for the no-op guard)
 _COMPILED_NAMES: dict[str, "weakref.ref"] = {}  # unregistered name -> the Parameter compiled under it
-_ROOTS: list["weakref.ref"] = []  # registered models, searched for FSDP2 unsharded Parameters
-_NOT_FSDP: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters searched for and not found
+_ROOTS: list[tuple["weakref.ref", str]] = []  # registered models and prefixes, searched on a miss
+_UNKNOWN: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters searched for and not found
+_VERSION = [0]  # bumped by register(): cached names are stale
 _SEEN: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters that entered a PQT-compiled graph
 _CHECKED_ROOTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # models checked by check_unseen_weights
 
@@ -104,33 +105,44 @@ def register(model: torch.nn.Module, prefix: str = "") -> None:
         if old is not None and old[0] != new[0] and old[0].endswith("." + new[0]):
             continue
         _REGISTRY[p] = new
-    _ROOTS[:] = [r for r in _ROOTS if r() is not None and r() is not model]
-    _ROOTS.append(weakref.ref(model))
+    _ROOTS[:] = [(r, pre) for r, pre in _ROOTS if r() is not None and r() is not model]
+    _ROOTS.append((weakref.ref(model), prefix))
+    _UNKNOWN.clear()
+    _VERSION[0] += 1
 
 
 def _entry(p: Any) -> Optional[tuple[str, tuple[str, ...]]]:
-    """The registered (name, other names) of `p`, also for FSDP2's unsharded Parameters.
+    """The registered (name, other names) of `p`, also for Parameters that a registered model
+    acquired after `register` (meta-device init, FSDP2's unsharded Parameters).
 
-    NOTE [FSDP2 names]: under `fully_shard`, a forward sees unsharded Parameters that no
-    `named_parameters()` lists. They are named after the sharded parameter they stand for
-    (its registered name, else its module path in the registered model), so the key, hence
-    the noise, does not depend on the sharding: the sample is taken on the full weight with
-    the key of the full name, exactly as in one process. A miss is remembered (a Parameter
-    object is an unsharded one from its creation, or never).
+    A Parameter object that is not in the registry is looked for in the registered models:
+    * among their parameters: `to_empty()` (materialising a model built on the meta device)
+      and `load_state_dict(assign=True)` replace Parameter objects after registration; the
+      model is registered again;
+    * NOTE [FSDP2 names]: under `fully_shard`, a forward sees unsharded Parameters that no
+      `named_parameters()` lists. They are named after the sharded parameter they stand for
+      (its registered name, else its module path in the registered model), so the key, hence
+      the noise, does not depend on the sharding: the sample is taken on the full weight
+      with the key of the full name, exactly as in one process.
+    A miss is remembered until the next `register`.
     """
     entry = _REGISTRY.get(p)
-    if entry is not None or not isinstance(p, torch.nn.Parameter) or p in _NOT_FSDP:
+    if entry is not None or not isinstance(p, torch.nn.Parameter) or p in _UNKNOWN:
         return entry
-    for ref in list(_ROOTS):
+    for ref, prefix in list(_ROOTS):
         root = ref()
-        if root is None:
+        if root is not None and any(q is p for q in root.parameters()):
+            register(root, prefix)
+    for ref, _ in list(_ROOTS):
+        root = ref()
+        if root is None or p in _REGISTRY:
             continue
         for name, sharded, unsharded in fsdp2_unsharded_params(root):
             if unsharded not in _REGISTRY:
                 _REGISTRY[unsharded] = _REGISTRY.get(sharded) or (canonical_name(name), ())
     entry = _REGISTRY.get(p)
     if entry is None:
-        _NOT_FSDP[p] = True
+        _UNKNOWN[p] = True
     return entry
 
 
@@ -156,7 +168,7 @@ class ParamNames:
         self._first = [weakref.ref(o) for o in objs]
         self._root = weakref.ref(root) if root is not None else None
         self._extra: list[WeakIdKeyDictionary] = [WeakIdKeyDictionary() for _ in positions]
-        self._cache: tuple[tuple, list, Any] = ((), [], None)  # (ids, weakrefs, (names, keys))
+        self._cache: tuple[tuple, list, Any] = ((), [], None)  # (ids + version, weakrefs, (names, keys))
 
     @classmethod
     def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> "ParamNames":
@@ -204,7 +216,7 @@ class ParamNames:
     def resolve(self, args: Sequence[Any], device: torch.device) -> tuple[list[str], torch.Tensor]:
         """This call's weight names and int64 keys (cached while the same objects come back)."""
         objs = [args[pos] for pos in self.positions]
-        ids = tuple(id(o) for o in objs)
+        ids = (*(id(o) for o in objs), _VERSION[0])  # a later register() renames
         last_ids, last_refs, last = self._cache
         if ids == last_ids and all(r() is o for r, o in zip(last_refs, objs)):
             return last  # type: ignore[return-value]
@@ -240,7 +252,7 @@ def check_unseen_weights(config: PQTConfig, used: Sequence[Any]) -> None:
     import warnings
 
     used_ids = {id(p) for p in used}
-    for ref in list(_ROOTS):
+    for ref, _ in list(_ROOTS):
         root = ref()
         if root is None or root in _CHECKED_ROOTS:
             continue
