@@ -269,13 +269,13 @@ def check_unseen_weights(config: PQTConfig, used: Sequence[Any]) -> None:
         ]
         if unseen:
             warnings.warn(
-                f"pqt: {len(unseen)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph, so "
-                f"they are not sampled (they train without noise if they feed a matmul): {', '.join(unseen[:8])}"
-                f"{', ...' if len(unseen) > 8 else ''}. Dynamo ran the code that uses them eagerly: a frame "
-                "skipped for a graph break inside a loop (e.g. a model whose blocks and root are each "
-                "fully_shard-ed, compiled whole), or code under torch._dynamo.disable. Compile the modules "
-                "that own them (e.g. model.head = torch.compile(model.head, backend='pqt')), or exclude them "
-                "in the PQTConfig to silence this; pqt_compile.explain(...) lists the graph breaks.",
+                f"pqt: {len(unseen)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph: "
+                f"{', '.join(unseen[:8])}{', ...' if len(unseen) > 8 else ''}. Unless they are unused, code that "
+                "Dynamo ran eagerly uses them, and they train without noise: a frame skipped for a graph break "
+                "inside a loop (e.g. a model whose blocks and root are each fully_shard-ed, compiled whole), or "
+                "code under torch._dynamo.disable. Compile the modules that own them (e.g. model.head = "
+                "torch.compile(model.head, backend='pqt')), or exclude them in the PQTConfig to silence this; "
+                "pqt_compile.explain(...) lists the graph breaks.",
                 stacklevel=3,
             )
 
