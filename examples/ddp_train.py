@@ -42,11 +42,12 @@ def batch(step: int, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(global_batch, 32, generator=g), torch.randn(global_batch, 8, generator=g)
 
 
-def train(steps: int, global_batch: int, bucket_cap_mb: float = 25.0) -> torch.nn.Module:
-    """Train with DDP if a process group is up, else in one process; return the module."""
-    distributed = dist.is_available() and dist.is_initialized()
+def train(steps: int, global_batch: int, bucket_cap_mb: float = 25.0, single: bool = False) -> torch.nn.Module:
+    """Train with DDP if a process group is up (and not `single`), else in one process; return the module."""
+    distributed = not single and dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    model = make_model()
+    device = torch.device("cuda" if distributed and torch.cuda.is_available() else "cpu")
+    model = make_model().to(device)
     pqt_compile.register(model)  # keys from the model's own names, with or without the wrapper
     compiled = pqt_compile.compile(model, pqt_compile.PQTConfig(format="fp4_e2m1"))
     if distributed:
@@ -56,7 +57,7 @@ def train(steps: int, global_batch: int, bucket_cap_mb: float = 25.0) -> torch.n
     per_rank = global_batch // world
     for step in range(steps):
         x, y = batch(step, global_batch)
-        x, y = x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]
+        x, y = (t[rank * per_rank : (rank + 1) * per_rank].to(device) for t in (x, y))
         with pqt_compile.fixed_seed(1_000_003 * step + 1):  # one seed per step, however many graphs
             loss = torch.nn.functional.mse_loss(compiled(x), y)
         loss.backward()
@@ -69,11 +70,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--check", action="store_true", help="rank 0 also trains in one process (on CPU) and prints the difference")
     a = p.parse_args()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     model = train(a.steps, a.global_batch)
     if dist.get_rank() == 0:
         print("trained; first weight checksum", float(model[0].weight.sum()))
+        if a.check:
+            one = train(a.steps, a.global_batch, single=True).state_dict()
+            diff = max(float((v.cpu() - one[k]).abs().max()) for k, v in model.state_dict().items())
+            moved = min(float((one[k] - v).abs().max()) for k, v in make_model().state_dict().items() if k.endswith("weight"))
+            print(f"one process with the global batch: max |difference| {diff:.3g} (the least-moved weight moved {moved:.3g})")
     dist.destroy_process_group()
 
 

@@ -75,11 +75,15 @@ def batch(step: int, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(global_batch, 16, generator=g), torch.randn(global_batch, 4, generator=g)
 
 
-def shard_and_compile(model: Net, shard: str, config: pqt_compile.PQTConfig = CONFIG) -> nn.Module:
-    """Apply FSDP2 (if a process group is up) and PQT compilation in the given layout."""
+def _distributed(single: bool) -> bool:
+    return not single and dist.is_available() and dist.is_initialized()
+
+
+def shard_and_compile(model: Net, shard: str, config: pqt_compile.PQTConfig = CONFIG, single: bool = False) -> nn.Module:
+    """Apply FSDP2 (if a process group is up and not `single`) and PQT compilation in the given layout."""
     from torch.distributed.fsdp import fully_shard
 
-    distributed = dist.is_available() and dist.is_initialized()
+    distributed = _distributed(single)
     if shard == "whole":
         if distributed:
             fully_shard(model)
@@ -111,13 +115,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def train(steps: int, global_batch: int, shard: str = "whole", config: pqt_compile.PQTConfig = CONFIG) -> dict:
-    """Train with FSDP2 if a process group is up, else in one process; return the full state."""
-    distributed = dist.is_available() and dist.is_initialized()
+def train(steps: int, global_batch: int, shard: str = "whole", config: pqt_compile.PQTConfig = CONFIG,
+          single: bool = False) -> dict:
+    """Train with FSDP2 if a process group is up (and not `single`), else in one process;
+    return the full state."""
+    distributed = _distributed(single)
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = torch.device("cuda" if distributed and torch.cuda.is_available() else "cpu")
     model = make_model().to(device)
-    compiled = shard_and_compile(model, shard, config)
+    compiled = shard_and_compile(model, shard, config, single)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     per_rank = global_batch // world
     for step in range(steps):
@@ -137,6 +143,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--global-batch", type=int, default=16)
     p.add_argument("--shard", choices=("whole", "blocks"), default="blocks")
+    p.add_argument("--check", action="store_true", help="rank 0 also trains in one process (on CPU) and prints the difference")
     a = p.parse_args()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
@@ -144,6 +151,11 @@ def main() -> None:
     state = train(a.steps, a.global_batch, a.shard)
     if dist.get_rank() == 0:
         print("trained; head weight checksum", float(state["head.weight"].sum()))
+        if a.check:
+            one = train(a.steps, a.global_batch, "whole", single=True)
+            diff = max(float((state[k].cpu() - one[k]).abs().max()) for k in one)
+            moved = min(float((one[k] - v).abs().max()) for k, v in full_state_dict(make_model()).items() if k.endswith("weight"))
+            print(f"one process with the global batch: max |difference| {diff:.3g} (the least-moved weight moved {moved:.3g})")
     dist.destroy_process_group()
 
 
