@@ -53,12 +53,13 @@ def main(start: int, steps: int, load: str, save: str, out: str) -> None:
         cm(x).square().mean().backward()
         opt.step()
         opt.zero_grad()
-    if save.endswith(".dcp"):
-        import torch.distributed.checkpoint as dcp
+    for path in save.split(",") if save != "-" else ():  # several: the same state, in each form
+        if path.endswith(".dcp"):
+            import torch.distributed.checkpoint as dcp
 
-        dcp.save({"app": _App(model, opt), "pqt": state}, checkpoint_id=save)
-    elif save != "-":
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pqt": state.state_dict()}, save)
+            dcp.save({"app": _App(model, opt), "pqt": state}, checkpoint_id=path)
+        else:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pqt": state.state_dict()}, path)
     torch.save(model.state_dict(), out)
 
 
