@@ -57,8 +57,9 @@ def fsdp2_unsharded_params(root: torch.nn.Module) -> list[tuple[str, torch.nn.Pa
     `named_parameters()` never lists (it lists the sharded DTensors). FSDP2 keeps one
     unsharded Parameter per parameter for the life of the module (created at the first
     all-gather). We read the private `_get_fsdp_state()._fsdp_param_group.fsdp_params` and
-    each FSDPParam's `_module_info` / `_unsharded_param` (torch 2.11 to 2.13); if that API
-    moves, this returns nothing and names fall back to the frame's (a warning says so).
+    each FSDPParam's `_module_info` / `_unsharded_param` (torch 2.11 to 2.13). If that API
+    moves, this returns nothing; names then still come from the registered model, whose
+    `parameters()` list the unsharded Parameters while its forward runs (runtime._entry).
     """
     paths = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
     out: list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]] = []

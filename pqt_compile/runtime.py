@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import coverage
 from .compat import frame_root_module, fsdp2_unsharded_params, placeholder_source_name
 from .config import PQTConfig
 from .seeds import key_for_name, next_seed, rank_seed
@@ -36,8 +37,6 @@ _COMPILED_NAMES: dict[str, "weakref.ref"] = {}  # unregistered name -> the Param
 _ROOTS: list[tuple["weakref.ref", str]] = []  # registered models and prefixes, searched on a miss
 _UNKNOWN: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters searched for and not found
 _VERSION = [0]  # bumped by register(): cached names are stale
-_SEEN: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameters that entered a PQT-compiled graph
-_CHECKED_ROOTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # models checked by check_unseen_weights
 
 
 def _check_collision(name: str, p: Any) -> None:
@@ -67,7 +66,7 @@ def canonical_name(name: str) -> str:
     """A qualified name without torch.compile's wrapper segments ("h.0._orig_mod.fc.weight" ->
     "h.0.fc.weight"): a block swapped for its compiled wrapper (per-block compilation, as in
     torchtitan) keeps the key, hence the noise, of the plain model's weight."""
-    return name.replace("._orig_mod.", ".").removeprefix("_orig_mod.")
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
 def _names_of(model: torch.nn.Module, prefix: str = "") -> dict[int, tuple[str, tuple[str, ...]]]:
@@ -168,7 +167,7 @@ class ParamNames:
         self._first = [weakref.ref(o) for o in objs]
         self._root = weakref.ref(root) if root is not None else None
         self._extra: list[WeakIdKeyDictionary] = [WeakIdKeyDictionary() for _ in positions]
-        self._cache: tuple[tuple, list, Any] = ((), [], None)  # (ids + version, weakrefs, (names, keys))
+        self._cache: dict[tuple, tuple[list, Any]] = {}  # ids + version -> (weakrefs, (names, keys))
 
     @classmethod
     def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> "ParamNames":
@@ -190,7 +189,7 @@ class ParamNames:
                     name, others = placeholder_source_name(node) or f"input{pos}", ()
                     _check_collision(name, ex)
                 positions.append(pos)
-                _SEEN[ex] = True
+                coverage.mark_seen([ex])
                 names.append(name)
                 objs.append(ex)
                 if others:
@@ -217,67 +216,27 @@ class ParamNames:
         """This call's weight names and int64 keys (cached while the same objects come back)."""
         objs = [args[pos] for pos in self.positions]
         ids = (*(id(o) for o in objs), _VERSION[0])  # a later register() renames
-        last_ids, last_refs, last = self._cache
-        if ids == last_ids and all(r() is o for r, o in zip(last_refs, objs)):
-            return last  # type: ignore[return-value]
+        hit = self._cache.get(ids)
+        # One entry per set of weights: blocks sharing this graph (per-block compilation) each
+        # hit their own entry, so a steady-state call hashes no names and builds no tensor.
+        if hit is not None and all(r() is o for r, o in zip(hit[0], objs)):
+            return hit[1]  # type: ignore[return-value]
         names = [self.name_at(i, o) for i, o in enumerate(objs)]
         for n, o in zip(names, objs):
             if registered_aliases(o):
                 self.aliases.setdefault(n, registered_aliases(o))
         keys = torch.tensor([key_for_name(n) for n in names], dtype=torch.int64, device=device)
-        for o in objs:
-            _SEEN[o] = True
-        self._cache = (ids, [weakref.ref(o) for o in objs], (names, keys))
+        coverage.mark_seen(objs)
+        if len(self._cache) >= 256:  # bounded: Parameters replaced over and over (a rebuilt model)
+            self._cache.clear()
+        self._cache[ids] = ([weakref.ref(o) for o in objs], (names, keys))
         return names, keys
 
 
-def _rank() -> int:
-    """This process's rank in the default process group (0 when there is none)."""
+def _rank() -> Optional[int]:
+    """This process's rank in the default process group (None when there is none)."""
     dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def check_unseen_weights(config: PQTConfig, used: Sequence[Any]) -> None:
-    """Warn, once per registered model that holds `used` (this graph's weights), about its
-    weights that no PQT-compiled graph has seen.
-
-    Precondition: one whole training step has run (the caller waits until a graph is called
-    again with the same weights). Such a weight was used by code that Dynamo ran eagerly, so
-    it trains without noise: a frame skipped for a graph break inside a loop (torch 2.11-2.13;
-    e.g. the root of a model whose blocks are each `fully_shard`-ed, compiled whole: FSDP2's
-    hooks break the graph inside the loop over the blocks), or code under
-    `torch._dynamo.disable`. Only weights that could feed a matmul (floating, 2-D or more)
-    and that the config admits are listed.
-    """
-    import warnings
-
-    used_ids = {id(p) for p in used}
-    for ref, _ in list(_ROOTS):
-        root = ref()
-        if root is None or root in _CHECKED_ROOTS:
-            continue
-        stand_ins = {id(sharded): unsharded for _, sharded, unsharded in fsdp2_unsharded_params(root)}
-        params = list(root.parameters())
-        if not any(id(p) in used_ids or id(stand_ins.get(id(p))) in used_ids for p in params):
-            continue  # another model
-        _CHECKED_ROOTS[root] = True
-        named = _names_of(root)
-        unseen = [
-            named[id(p)][0] for p in params
-            if p.dim() >= 2 and p.is_floating_point() and config.admits(*named[id(p)])
-            and p not in _SEEN and (id(p) not in stand_ins or stand_ins[id(p)] not in _SEEN)
-        ]
-        if unseen:
-            warnings.warn(
-                f"pqt: {len(unseen)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph: "
-                f"{', '.join(unseen[:8])}{', ...' if len(unseen) > 8 else ''}. Unless they are unused, code that "
-                "Dynamo ran eagerly uses them, and they train without noise: a frame skipped for a graph break "
-                "inside a loop (e.g. a model whose blocks and root are each fully_shard-ed, compiled whole), or "
-                "code under torch._dynamo.disable. Compile the modules that own them (e.g. model.head = "
-                "torch.compile(model.head, backend='pqt')), or exclude them in the PQTConfig to silence this; "
-                "pqt_compile.explain(...) lists the graph breaks.",
-                stacklevel=3,
-            )
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
 
 
 class PQTCompiled:
@@ -306,7 +265,7 @@ class PQTCompiled:
         self._decided: dict[tuple[str, ...], tuple[bool, ...]] = {}
         self._decisions = self._decide(names.names)
         self._variants: dict = {}
-        self._signatures: Optional[dict] = {}  # weight ids -> calls, until check_unseen_weights ran
+        self._watched = False
 
     def _eval_mode(self) -> bool:
         root = self.names.root
@@ -336,25 +295,16 @@ class PQTCompiled:
         # The seed stream advances only on calls that sample: evaluating on one rank only (or
         # any extra no_grad call) must not shift the noise of the training calls after it.
         seed_value = next_seed(self.config.seed) if sampling else 0
-        if sampling and self.config.per_rank_noise:
-            seed_value = rank_seed(seed_value, _rank())
+        rank = _rank() if sampling and self.config.per_rank_noise else None
+        if rank is not None:  # without a process group, one process: the plain seed
+            seed_value = rank_seed(seed_value, rank)
         if sampling:
             SAMPLED_CALLS[0] += 1
-            self._after_a_step(args)
+            if not self._watched:  # coverage check at the next optimizer step
+                self._watched = True
+                coverage.watch(self.config, [args[pos] for pos in self.names.positions])
         seed = torch.tensor(seed_value, dtype=torch.int64, device=self.device)
         return fn(*args, seed, keys)
-
-    def _after_a_step(self, args: Sequence[Any]) -> None:
-        """Run check_unseen_weights once, when this graph sees the same weights a third time:
-        a whole step, with every graph of the model, has then run between the second and the
-        third time (the first call may have been a partial one, such as a single block's)."""
-        if self._signatures is None:
-            return
-        ids = tuple(id(args[pos]) for pos in self.names.positions)
-        self._signatures[ids] = self._signatures.get(ids, 0) + 1
-        if self._signatures[ids] == 3:
-            self._signatures = None
-            check_unseen_weights(self.config, [args[pos] for pos in self.names.positions])
 
     def _example(self, args: Sequence[Any]) -> list:
         """Example inputs for a compile on first use: this call's own (no earlier batch is kept)."""

@@ -110,9 +110,30 @@ class PQTState:
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or "counter" not in state:
             raise ValueError("pqt: this checkpoint holds no PQT seed state; resuming would reseed the noise")
-        if state.get("config") != repr(self.config):
+        saved = state.get("config")
+        if _config_fields(saved) != _config_fields(repr(self.config)):
             raise ValueError(
-                f"pqt: the checkpoint's PQT state was saved with {state.get('config')}, "
+                f"pqt: the checkpoint's PQT state was saved with {saved}, "
                 f"not with {self.config!r}; resume with the config it was trained with"
             )
         set_seed_state(state)
+
+
+def _config_fields(text: object) -> Optional[dict]:
+    """A saved config (its repr) as {field: value}, fields at their default left out.
+
+    Comparing reprs as strings would refuse every checkpoint written before a new field was
+    added to PQTConfig, though its value there is the default the old code used.
+    """
+    import ast
+    import dataclasses
+
+    try:
+        call = ast.parse(str(text), mode="eval").body
+        fields = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}  # type: ignore[attr-defined]
+    except (SyntaxError, ValueError, AttributeError):
+        return None  # not a config repr: equal to nothing
+    from .config import PQTConfig
+
+    defaults = {f.name: getattr(PQTConfig(), f.name) for f in dataclasses.fields(PQTConfig)}
+    return {k: v for k, v in fields.items() if k not in defaults or defaults[k] != v}

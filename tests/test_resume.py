@@ -64,3 +64,16 @@ def test_state_refuses_another_config_and_missing_state():
     s2 = pqt_compile.seeds.next_seed()
     state.load_state_dict(saved)
     assert pqt_compile.seeds.next_seed() == s2 != s1
+
+
+def test_state_from_before_a_new_config_field_still_loads():
+    # Written by pqt_compile 8e8ff2a, before PQTConfig had per_rank_noise: the same config.
+    old = {"base": 1, "counter": 4, "config": "PQTConfig(format='fp4_e2m1', block_size=32, noise='gaussian', "
+           "noise_std=0.2886751345948129, seed=0, include=(), exclude=(), sample_in_eval=False)"}
+    pqt_compile.PQTState(pqt_compile.PQTConfig(format="fp4_e2m1")).load_state_dict(old)
+    assert pqt_compile.seed_state() == {"base": 1, "counter": 4}
+    for other in (pqt_compile.PQTConfig(format="fp4_e2m1", per_rank_noise=True), pqt_compile.PQTConfig(format="int4")):
+        with pytest.raises(ValueError, match="saved with"):
+            pqt_compile.PQTState(other).load_state_dict(old)
+    with pytest.raises(ValueError, match="saved with"):
+        pqt_compile.PQTState(pqt_compile.PQTConfig()).load_state_dict({**old, "config": "not a config"})
