@@ -2,15 +2,17 @@
 
     torchrun --nproc-per-node 2 examples/fsdp_train.py --steps 20 --shard blocks
 
-Two layouts, both checked against one process by tests/distributed/test_fsdp.py:
+Three layouts, each checked against one process by tests/distributed/test_fsdp.py:
 
 * `--shard whole`: `fully_shard(model)` once, then `pqt_compile.compile(model)`: one graph.
-* `--shard blocks` (torchtitan's layout): `fully_shard` every block and then the root; each
+* `--shard blocks` (per-block sharding, as in torchtitan): `fully_shard` every block, then the root; each
   block is compiled on its own (`block.compile(backend="pqt")`), and so are the root's own
   matmul modules (`model.head = torch.compile(model.head, backend="pqt")`). Compiling the root
   whole instead does not work in torch 2.11-2.13: FSDP2's hooks break the graph inside the
   loop over the blocks, Dynamo then runs the root's forward eagerly, and its weights would
-  train without noise (pqt_compile warns, naming them, after the first step).
+  train without noise (pqt_compile warns, naming them, at the first optimizer step).
+* `--shard compiled-blocks`: the same, in torchtitan's order: every block (and the stem and
+  head) is swapped for its `torch.compile(..., backend="pqt")` wrapper first, then sharded.
 
 The sample is taken on the full weight: FSDP2 all-gathers a block's parameters before its
 forward (and again before its backward), the compiled block reads the unsharded weight, and
@@ -88,21 +90,27 @@ def shard_and_compile(model: Net, shard: str, config: pqt_compile.PQTConfig = CO
         if distributed:
             fully_shard(model)
         return pqt_compile.compile(model, config)  # registers the full names too
-    if shard != "blocks":
-        raise ValueError(f"--shard must be 'whole' or 'blocks', got {shard!r}")
+    if shard not in ("blocks", "compiled-blocks"):
+        raise ValueError(f"--shard must be 'whole', 'blocks' or 'compiled-blocks', got {shard!r}")
+    options = config.to_options()
+    if shard == "compiled-blocks":  # torchtitan's order: compile, then shard the compiled wrappers
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = torch.compile(block, backend="pqt", options=options)
+        model.stem = torch.compile(model.stem, backend="pqt", options=options)
+        model.head = torch.compile(model.head, backend="pqt", options=options)
     if distributed:
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
     # Full names for keys: FSDP2's unsharded parameters are named after these.
     pqt_compile.register(model)
-    options = config.to_options()
-    for block in model.blocks:
-        block.compile(backend="pqt", options=options)
-    # torch.nn's own modules are not compiled by `Module.compile` (their forward is a skipped
-    # frame, torch 2.11-2.13): wrap them instead; keys ignore the wrapper (`_orig_mod`).
-    model.stem = torch.compile(model.stem, backend="pqt", options=options)
-    model.head = torch.compile(model.head, backend="pqt", options=options)
+    if shard == "blocks":
+        for block in model.blocks:
+            block.compile(backend="pqt", options=options)
+        # torch.nn's own modules are not compiled by `Module.compile` (their forward is a skipped
+        # frame, torch 2.11-2.13): wrap them instead; keys ignore the wrapper (`_orig_mod`).
+        model.stem = torch.compile(model.stem, backend="pqt", options=options)
+        model.head = torch.compile(model.head, backend="pqt", options=options)
     return model
 
 
@@ -142,7 +150,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--global-batch", type=int, default=16)
-    p.add_argument("--shard", choices=("whole", "blocks"), default="blocks")
+    p.add_argument("--shard", choices=("whole", "blocks", "compiled-blocks"), default="blocks")
     p.add_argument("--check", action="store_true", help="rank 0 also trains in one process (on CPU) and prints the difference")
     a = p.parse_args()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -2,7 +2,8 @@
 
 One spawn runs every case (process start-up and compiles dominate the cost):
   * `fully_shard(model)` + `pqt_compile.compile(model)` (one graph),
-  * per-block `fully_shard` and per-block compilation (torchtitan's layout),
+  * per-block `fully_shard` and per-block compilation, in both orders (shard then compile,
+    and torchtitan's compile then shard),
   * `per_rank_noise`: each rank's own draw, reproducible from `rank_seed`,
   * the root compiled whole over per-block shards: Dynamo runs the root eagerly (torch
     2.11-2.13), and the weights it owns must be named in a warning, not silently left clean.
@@ -21,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 STEPS, GLOBAL_BATCH = 5, 8
+LAYOUTS = ("whole", "blocks", "compiled-blocks")
 
 
 def _free_port() -> int:
@@ -52,8 +54,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     import pqt_compile
 
-    results = {"whole": fsdp_train.train(STEPS, GLOBAL_BATCH, "whole")}
-    results["blocks"] = fsdp_train.train(STEPS, GLOBAL_BATCH, "blocks")
+    results = {layout: fsdp_train.train(STEPS, GLOBAL_BATCH, layout) for layout in LAYOUTS}
     results["shared"] = _per_rank_outputs(False)
     results["per_rank"] = _per_rank_outputs(True)
     model = fsdp_train.make_model()
@@ -88,7 +89,7 @@ def test_fsdp2_matches_one_process(tmp_path):
     single = fsdp_train.train(STEPS, GLOBAL_BATCH, "whole")
     start = {k: v for k, v in fsdp_train.make_model().state_dict().items()}
     clean = fsdp_train.train(STEPS, GLOBAL_BATCH, "whole", pqt_compile.PQTConfig(format="fp4_e2m1", exclude=(".",)))
-    for layout in ("whole", "blocks"):
+    for layout in LAYOUTS:
         assert set(got[layout]) == set(single), layout
         for k in single:
             # Gradients are averaged over ranks (a reduce-scatter of two fp32 halves): a few ulps.
