@@ -93,24 +93,23 @@ def shard_and_compile(model: Net, shard: str, config: pqt_compile.PQTConfig = CO
     if shard not in ("blocks", "compiled-blocks"):
         raise ValueError(f"--shard must be 'whole', 'blocks' or 'compiled-blocks', got {shard!r}")
     options = config.to_options()
-    if shard == "compiled-blocks":  # torchtitan's order: compile, then shard the compiled wrappers
+    # torch.nn's own modules are not compiled by `Module.compile` (their forward is a skipped
+    # frame, torch 2.11-2.13): the root's stem and head are swapped for their compiled
+    # wrappers (keys ignore the wrapper's `_orig_mod`); so are the blocks in torchtitan's order.
+    model.stem = torch.compile(model.stem, backend="pqt", options=options)
+    model.head = torch.compile(model.head, backend="pqt", options=options)
+    if shard == "compiled-blocks":  # compile, then shard the compiled wrappers
         for i, block in enumerate(model.blocks):
             model.blocks[i] = torch.compile(block, backend="pqt", options=options)
-        model.stem = torch.compile(model.stem, backend="pqt", options=options)
-        model.head = torch.compile(model.head, backend="pqt", options=options)
     if distributed:
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
     # Full names for keys: FSDP2's unsharded parameters are named after these.
     pqt_compile.register(model)
-    if shard == "blocks":
+    if shard == "blocks":  # shard, then compile each block in place
         for block in model.blocks:
             block.compile(backend="pqt", options=options)
-        # torch.nn's own modules are not compiled by `Module.compile` (their forward is a skipped
-        # frame, torch 2.11-2.13): wrap them instead; keys ignore the wrapper (`_orig_mod`).
-        model.stem = torch.compile(model.stem, backend="pqt", options=options)
-        model.head = torch.compile(model.head, backend="pqt", options=options)
     return model
 
 

@@ -48,34 +48,27 @@ def placeholder_source_name(node: torch.fx.Node) -> Optional[str]:
     return ".".join(out) or None
 
 
-def fsdp2_unsharded_params(root: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]]:
-    """(qualified name, sharded Parameter, unsharded Parameter) of every FSDP2-managed
-    parameter under `root` that has been all-gathered at least once.
+def fsdp2_unsharded_params(root: torch.nn.Module) -> dict[int, torch.nn.Parameter]:
+    """{id(sharded Parameter): its unsharded Parameter} for every FSDP2-managed parameter
+    under `root` that has been all-gathered at least once.
 
     Workaround: FSDP2 (`fully_shard`) swaps a module's Parameters for unsharded ones around
-    its forward, so a block compiled under it sees Parameter objects that the model's
-    `named_parameters()` never lists (it lists the sharded DTensors). FSDP2 keeps one
-    unsharded Parameter per parameter for the life of the module (created at the first
-    all-gather). We read the private `_get_fsdp_state()._fsdp_param_group.fsdp_params` and
-    each FSDPParam's `_module_info` / `_unsharded_param` (torch 2.11 to 2.13). If that API
-    moves, this returns nothing; names then still come from the registered model, whose
-    `parameters()` list the unsharded Parameters while its forward runs (runtime._entry).
+    its forward; outside the forward, `parameters()` lists only the sharded DTensors. The
+    coverage check runs after the step, so it needs this map to tell whether a sharded
+    weight's unsharded stand-in reached a compiled graph. We read the private
+    `_get_fsdp_state()._fsdp_param_group.fsdp_params` and each FSDPParam's `sharded_param` /
+    `_unsharded_param` (torch 2.11 to 2.13); if that API moves, this returns nothing and the
+    coverage check can only err towards warning.
     """
-    paths = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
-    out: list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]] = []
+    out: dict[int, torch.nn.Parameter] = {}
     try:
         for module in root.modules():
             get_state = getattr(module, "_get_fsdp_state", None)
             group = get_state()._fsdp_param_group if callable(get_state) else None
             for fp in getattr(group, "fsdp_params", None) or ():
                 unsharded = getattr(fp, "_unsharded_param", None)
-                if unsharded is None:
-                    continue
-                info = fp._module_info
-                prefix = paths.get(id(info.module))
-                if prefix is None:
-                    continue
-                out.append((f"{prefix}.{info.param_name}" if prefix else info.param_name, fp.sharded_param, unsharded))
-    except Exception:  # noqa: BLE001 - a changed private API means "no FSDP2 names"
-        return []
+                if unsharded is not None:
+                    out[id(fp.sharded_param)] = unsharded
+    except Exception:  # noqa: BLE001 - a changed private API means "no FSDP2 stand-ins"
+        return {}
     return out

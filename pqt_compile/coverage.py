@@ -66,7 +66,7 @@ def check_unseen_weights(config: PQTConfig, used: Sequence[Any]) -> None:
         root = ref()
         if root is None or root in _CHECKED_ROOTS:
             continue
-        stand_ins = {id(sharded): unsharded for _, sharded, unsharded in fsdp2_unsharded_params(root)}
+        stand_ins = fsdp2_unsharded_params(root)
         params = list(root.parameters())
         if not any(id(p) in used_ids or id(stand_ins.get(id(p))) in used_ids for p in params):
             continue  # another model

@@ -25,7 +25,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import coverage
-from .compat import frame_root_module, fsdp2_unsharded_params, placeholder_source_name
+from .compat import frame_root_module, placeholder_source_name
 from .config import PQTConfig
 from .seeds import key_for_name, next_seed, rank_seed
 
@@ -112,17 +112,17 @@ def register(model: torch.nn.Module, prefix: str = "") -> None:
 
 def _entry(p: Any) -> Optional[tuple[str, tuple[str, ...]]]:
     """The registered (name, other names) of `p`, also for Parameters that a registered model
-    acquired after `register` (meta-device init, FSDP2's unsharded Parameters).
+    acquired after `register`.
 
-    A Parameter object that is not in the registry is looked for in the registered models:
-    * among their parameters: `to_empty()` (materialising a model built on the meta device)
-      and `load_state_dict(assign=True)` replace Parameter objects after registration; the
-      model is registered again;
-    * NOTE [FSDP2 names]: under `fully_shard`, a forward sees unsharded Parameters that no
-      `named_parameters()` lists. They are named after the sharded parameter they stand for
-      (its registered name, else its module path in the registered model), so the key, hence
-      the noise, does not depend on the sharding: the sample is taken on the full weight
-      with the key of the full name, exactly as in one process.
+    A Parameter object that is not in the registry is looked for among the registered models'
+    current parameters, and a model that holds it is registered again. Two cases need it:
+    * `to_empty()` (materialising a model built on the meta device) and
+      `load_state_dict(assign=True)` replace Parameter objects after registration;
+    * NOTE [FSDP2 names]: under `fully_shard`, a forward sees unsharded Parameters, new
+      objects that FSDP2 swaps into the modules for the forward (and out after it). Looked up
+      while the forward runs (a compile, or a call), they are the modules' parameters and get
+      the full name of the weight they stand for: the sample is taken on the full weight with
+      the key of the full name, exactly as in one process, whatever the sharding.
     A miss is remembered until the next `register`.
     """
     entry = _REGISTRY.get(p)
@@ -132,13 +132,6 @@ def _entry(p: Any) -> Optional[tuple[str, tuple[str, ...]]]:
         root = ref()
         if root is not None and any(q is p for q in root.parameters()):
             register(root, prefix)
-    for ref, _ in list(_ROOTS):
-        root = ref()
-        if root is None or p in _REGISTRY:
-            continue
-        for name, sharded, unsharded in fsdp2_unsharded_params(root):
-            if unsharded not in _REGISTRY:
-                _REGISTRY[unsharded] = _REGISTRY.get(sharded) or (canonical_name(name), ())
     entry = _REGISTRY.get(p)
     if entry is None:
         _UNKNOWN[p] = True

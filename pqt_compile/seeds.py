@@ -111,7 +111,7 @@ class PQTState:
         if not isinstance(state, dict) or "counter" not in state:
             raise ValueError("pqt: this checkpoint holds no PQT seed state; resuming would reseed the noise")
         saved = state.get("config")
-        if _config_fields(saved) != _config_fields(repr(self.config)):
+        if _parse_config(saved) != self.config:
             raise ValueError(
                 f"pqt: the checkpoint's PQT state was saved with {saved}, "
                 f"not with {self.config!r}; resume with the config it was trained with"
@@ -119,21 +119,20 @@ class PQTState:
         set_seed_state(state)
 
 
-def _config_fields(text: object) -> Optional[dict]:
-    """A saved config (its repr) as {field: value}, fields at their default left out.
+def _parse_config(text: object) -> Optional[object]:
+    """The PQTConfig whose repr `text` is (None if it is not one).
 
-    Comparing reprs as strings would refuse every checkpoint written before a new field was
-    added to PQTConfig, though its value there is the default the old code used.
+    Compared as a config, not as a string: a checkpoint written before a field was added to
+    PQTConfig lacks the field in its repr, and the field's default is what the old code did.
     """
     import ast
-    import dataclasses
+
+    from .config import PQTConfig
 
     try:
         call = ast.parse(str(text), mode="eval").body
-        fields = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}  # type: ignore[attr-defined]
-    except (SyntaxError, ValueError, AttributeError):
-        return None  # not a config repr: equal to nothing
-    from .config import PQTConfig
-
-    defaults = {f.name: getattr(PQTConfig(), f.name) for f in dataclasses.fields(PQTConfig)}
-    return {k: v for k, v in fields.items() if k not in defaults or defaults[k] != v}
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "PQTConfig"):
+            return None
+        return PQTConfig(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})  # type: ignore[misc]
+    except (SyntaxError, ValueError, TypeError):  # not a repr, an unknown field, a bad value
+        return None
