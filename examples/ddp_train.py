@@ -2,20 +2,16 @@
 
     torchrun --nproc-per-node 2 examples/ddp_train.py --steps 20
 
-Every rank draws the same sample of a weight in a step (seeds are a pure function of the base
-seed and a counter, and keys come from qualified names), so N ranks with a global batch train
-as one process with that batch. The sample is computed locally on each rank from its replica
-of the weight: PQT adds no communication.
+Every rank draws the same sample of a weight in a step (the seed is a pure function of the run
+seed, the training step and the micro-batch; keys come from qualified names), so N ranks with
+a global batch train as one process with that batch, however DDP's optimizer splits the
+compiled graph. The sample is computed locally on each rank from its replica of the weight:
+PQT adds no communication.
 
 The model is compiled inside DDP: `DDP(pqt_compile.compile(model))`. The other order,
 `pqt_compile.compile(DDP(model))`, compiles nothing for a torch.nn container such as
 Sequential (DDP's forward graph-breaks and torch's own Sequential.forward is not compiled as
-a top-level frame, torch 2.11-2.13); pqt_compile warns when a training call sampled nothing.
-
-The loop pins each step's seed (`pqt_compile.fixed_seed(step_seed)`): by default the seed
-advances with every compiled graph call, so a model that compiles into several graphs (graph
-breaks, DDP's bucket-splitting optimizer) would otherwise draw a stream that depends on how it
-was split; pinned, the noise depends only on the step.
+a top-level frame, torch 2.13); pqt_compile warns when a training call sampled nothing.
 """
 
 from __future__ import annotations
@@ -58,8 +54,7 @@ def train(steps: int, global_batch: int, bucket_cap_mb: float = 25.0, single: bo
     for step in range(steps):
         x, y = batch(step, global_batch)
         x, y = (t[rank * per_rank : (rank + 1) * per_rank].to(device) for t in (x, y))
-        with pqt_compile.fixed_seed(1_000_003 * step + 1):  # one seed per step, however many graphs
-            loss = torch.nn.functional.mse_loss(compiled(x), y)
+        loss = torch.nn.functional.mse_loss(compiled(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad()

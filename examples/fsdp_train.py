@@ -118,7 +118,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in model.state_dict().items():
         full = t.full_tensor() if hasattr(t, "full_tensor") else t
-        out[pqt_compile.runtime.canonical_name(name)] = full.detach().clone()
+        out[pqt_compile.naming.canonical_name(name)] = full.detach().clone()
     return out
 
 
@@ -132,13 +132,12 @@ def train(steps: int, global_batch: int, shard: str = "whole", config: pqt_compi
     model = make_model().to(device)
     compiled = shard_and_compile(model, shard, config, single)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    pqt_compile.manual_seed(1)  # the noise of step s is then a function of s alone, in any layout
     per_rank = global_batch // world
     for step in range(steps):
         x, y = batch(step, global_batch)
         x, y = (t[rank * per_rank : (rank + 1) * per_rank].to(device) for t in (x, y))
-        # One seed per step, however many graphs the model compiled into (see ddp_train.py).
-        with pqt_compile.fixed_seed(1_000_003 * step + 1):
-            loss = F.mse_loss(compiled(x), y)
+        loss = F.mse_loss(compiled(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -155,7 +155,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def pqt_config(a: argparse.Namespace) -> PQTConfig:
     block = a.block_size if a.block_size in ("row", "tensor") else int(a.block_size)
     kw = {} if a.noise_std is None else {"noise_std": a.noise_std}
-    return PQTConfig(format=a.format, block_size=block, seed=a.seed, exclude=tuple(a.exclude or ()), **kw)
+    return PQTConfig(format=a.format, block_size=block, exclude=tuple(a.exclude or ()), **kw)
 
 
 def train(a: argparse.Namespace) -> dict:

@@ -3,31 +3,40 @@
     model = torch.compile(model, backend="pqt")   # every matmul weight sampled at each step
 
 Importing this package registers the `pqt::sample` op and nothing else; the compiler parts
-load on first use.
+(pqt_compile.compiler) load on first use.
+
+The package follows the data path of a training step:
+config, formats, blocks, formula -> op (the sample) -> naming, selection (which weights, keyed
+how) -> compiler/ (backend, graph_abi, passes, lowering, wrapper) -> seeds, steps (the seed of
+each step and micro-batch) -> guards (what must not pass silently); beside it reference (the
+eager twin), quantize and export (deployment), kernels (Triton), tools (explain, pqt-dump),
+compat (every private torch API).
 """
 
 from . import op as _op  # registers torch.ops.pqt.sample
 from . import export, reference
 from .config import PQTConfig
-from .formats import FormatSpec, parse_format
-from .op import sample
 from .export import quantize_model
+from .formats import FormatSpec, parse_format
+from .naming import register
+from .op import sample
 from .quantize import PackedTensor, pack, quantize, unpack
-from .seeds import PQTState, fixed_seed, key_for_name, manual_seed, rank_seed, seed_state, set_seed_state
+from .seeds import (PQTState, current_seed, fixed_seed, key_for_name, manual_seed, rank_seed, seed_state,
+                    set_seed_state, step_seed)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def compile(model, config=None, **kwargs):  # noqa: A001 - mirrors torch.compile
-    """`torch.compile(model, backend="pqt")` with a PQTConfig; see `pqt_compile.backend.compile`."""
-    from .backend import compile as _compile
+    """`torch.compile(model, backend="pqt")` with a PQTConfig; see `pqt_compile.compiler.backend.compile`."""
+    from .compiler.backend import compile as _compile
 
     return _compile(model, config, **kwargs)
 
 
 def explain(model, *example_args, config=None, **example_kwargs):
-    """Compile, run one training step, and report what PQT did (see `pqt_compile.explainer`)."""
-    from .explainer import explain as _explain
+    """Compile, run one training step, and report what PQT did (see `pqt_compile.tools.explain`)."""
+    from .tools.explain import explain as _explain
 
     return _explain(model, *example_args, config=config, **example_kwargs)
 
@@ -37,13 +46,6 @@ def linear(x, weight, bias=None, *, seed, key=0, config=None):
     from .kernels.linear import linear as _linear
 
     return _linear(x, weight, bias, seed=seed, key=key, config=config)
-
-
-def register(model, prefix: str = "") -> None:
-    """Record `model`'s parameter names for keys (see `pqt_compile.runtime.register`)."""
-    from .runtime import register as _register
-
-    _register(model, prefix)
 
 
 __all__ = [
@@ -63,6 +65,8 @@ __all__ = [
     "PackedTensor",
     "key_for_name",
     "manual_seed",
+    "step_seed",
+    "current_seed",
     "fixed_seed",
     "rank_seed",
     "seed_state",

@@ -1,31 +1,110 @@
-"""Version-sensitive PyTorch internals, isolated in one place (torch 2.11 to 2.13)."""
+"""Every private PyTorch API that pqt_compile uses, in one place, with the versions checked.
+
+NOTE [private API]: torch.compile gives a backend a graph and example inputs and nothing else;
+doing more (naming weights after the module being compiled, a custom Inductor lowering,
+observing the end of a backward pass) needs internals that move between releases. Each one is
+resolved here, lazily (importing pqt_compile imports none of them), through `require`, which
+fails with `CompatError` naming the torch version, the symbol and the feature that needs it,
+rather than with an AttributeError deep in a compile. Where a feature can degrade instead
+(names from Dynamo sources when the compiled module cannot be read), the accessor says so and
+returns a neutral value.
+
+Checked on: torch 2.13.0 (CPU build) with triton 3.9.0. `TORCH_CHECKED` lists the releases
+the test suite has run on; `tests/test_compat.py` resolves every symbol listed in `SYMBOLS`.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import importlib
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-__all__ = ["frame_root_module", "placeholder_source_name", "fsdp2_unsharded_params"]
+__all__ = [
+    "TORCH_CHECKED",
+    "SYMBOLS",
+    "CompatError",
+    "require",
+    "frame_root_module",
+    "placeholder_source_name",
+    "is_buffer_placeholder",
+    "mark_added_input",
+    "copy_dynamo_graph_attrs",
+    "fsdp2_unsharded_params",
+    "inductor_config_options",
+    "compile_fx",
+    "custom_graph_pass_base",
+    "inductor_lowering_api",
+    "floor_div",
+    "has_triton",
+    "current_graph_task_id",
+    "queue_backward_callback",
+    "pytree",
+    "allow_nested_fx_trace",
+    "trace_artifact",
+    "mode_options",
+    "dynamo_counters",
+    "capture_output_code",
+]
 
+#: torch releases this module's symbols were checked on.
+TORCH_CHECKED = ("2.13",)
+
+#: (module, attribute, what needs it): every private symbol resolved through `require`.
+SYMBOLS: tuple[tuple[str, str, str], ...] = (
+    ("torch._dynamo.symbolic_convert", "InstructionTranslator", "naming weights after the compiled module"),
+    ("torch._inductor.config", "_config", "telling Inductor options from unknown ones"),
+    ("torch._inductor.compile_fx", "compile_fx", "the pqt backend (Inductor's entry point)"),
+    ("torch._inductor.custom_graph_pass", "CustomGraphPass", "the cache-safe joint-graph pass"),
+    ("torch._inductor.lowering", "register_lowering", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.ir", "Reduction", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.ir", "Pointwise", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.virtualized", "ops", "the Inductor lowering of pqt.sample"),
+    ("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering"),
+    ("torch.utils._triton", "has_triton", "the Triton kernel of the eager op on CUDA"),
+    ("torch._C", "_current_graph_task_id", "the seed rule (a recompute inside a backward)"),
+    ("torch.utils._pytree", "tree_flatten", "the eager reference and explain"),
+    ("torch._logging", "trace_structured", "pass graphs in TORCH_TRACE"),
+    ("torch._inductor", "list_mode_options", "mode= with pqt_compile.compile"),
+    ("torch._dynamo.utils", "counters", "explain (graph breaks)"),
+    ("torch._inductor.graph", "GraphLowering", "explain (the output code)"),
+)
+
+
+class CompatError(RuntimeError):
+    """A private torch API that pqt_compile needs is missing from this torch release."""
+
+
+def require(module: str, attr: str, needed_for: str) -> Any:
+    """`module.attr`, or a CompatError naming the torch version, the symbol and what needs it."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise CompatError(
+            f"pqt_compile: {needed_for} needs {module}.{attr}, which torch {torch.__version__} does not have "
+            f"({type(e).__name__}: {e}); pqt_compile was checked on torch {', '.join(TORCH_CHECKED)}"
+        ) from None
+
+
+# ---- Dynamo: the module being compiled and its placeholders --------------------------------
 
 def frame_root_module() -> Optional[torch.nn.Module]:
     """The nn.Module whose frame Dynamo is compiling (its `self`), or None.
 
-    Workaround: a torch.compile backend is only handed the graph and example inputs, not the
-    module; its training flag and parameter names are read from the translator that called
-    the backend (`InstructionTranslator.current_tx()`, present in torch 2.11 to 2.13). If the
-    API moves, we fall back to names from the placeholders' sources.
+    A backend is only handed the graph; the module is read from the translator that called it
+    (`InstructionTranslator.current_tx()`, torch 2.13). If that moves, names fall back to the
+    placeholders' sources (blocks compiled separately then warn about shared keys) and the eval
+    switch to each weight's registered module.
     """
     try:
-        from torch._dynamo.symbolic_convert import InstructionTranslator
-
-        tx = InstructionTranslator.current_tx()
+        tx = require("torch._dynamo.symbolic_convert", "InstructionTranslator", "").current_tx()
         f_locals = tx.output.root_tx.f_locals if tx is not None else {}
     except Exception:  # noqa: BLE001 - any change of the private API means "unknown"
         return None
-    # A module's forward frame holds it as `self`; when Dynamo starts from a module call
-    # that it inlines whole (e.g. a bare nn.Linear), the frame holds it as `fn`.
+    # A module's forward frame holds it as `self`; when Dynamo starts from a module call that
+    # it inlines whole (e.g. a bare nn.Linear), the frame holds it as `fn`.
     for name in ("self", "fn"):
         root = f_locals.get(name)
         if isinstance(root, torch.nn.Module):
@@ -33,32 +112,58 @@ def frame_root_module() -> Optional[torch.nn.Module]:
     return None
 
 
+def _source_name(node: torch.fx.Node) -> Optional[str]:
+    # Dynamo keeps each placeholder's GraphArg in node.meta["grapharg"] (torch 2.13).
+    return getattr(getattr(node.meta.get("grapharg"), "source", None), "name", None)
+
+
 def placeholder_source_name(node: torch.fx.Node) -> Optional[str]:
     """A Dynamo placeholder's source as a qualified name: L['self']._modules['fc']._parameters['weight'] -> fc.weight."""
-    ga = node.meta.get("grapharg")
-    src = getattr(ga, "source", None)
-    if src is None:
-        return None
     import re
 
-    parts = re.findall(r"\[['\"]([^'\"]+)['\"]\]|\.([A-Za-z_][A-Za-z_0-9]*)", src.name)
-    names = [a or b for a, b in parts]
+    src = _source_name(node)
+    if src is None:
+        return None
+    parts = re.findall(r"\[['\"]([^'\"]+)['\"]\]|\.([A-Za-z_][A-Za-z_0-9]*)", src)
     drop = {"self", "fn", "_modules", "_parameters", "_buffers", "_orig_mod", "L", "G"}
-    out = [n for n in names if n not in drop]
-    return ".".join(out) or None
+    return ".".join(n for n in (a or b for a, b in parts) if n not in drop) or None
 
+
+def is_buffer_placeholder(node: torch.fx.Node) -> bool:
+    """Whether a Dynamo placeholder stands for a module buffer (its source goes through _buffers)."""
+    return "_buffers" in (_source_name(node) or "")
+
+
+def mark_added_input(node: torch.fx.Node) -> None:
+    """Mark a placeholder that the backend added to Dynamo's graph.
+
+    AOTAutograd maps every Dynamo placeholder to a source; None marks an input that user code
+    does not hold, as the DDP optimizer's inputs do (torch 2.13)."""
+    node._dynamo_source = None  # type: ignore[attr-defined]
+
+
+def copy_dynamo_graph_attrs(src: torch.fx.GraphModule, dst: torch.fx.GraphModule, val_map: dict) -> None:
+    """Carry over what AOTAutograd reads from a Dynamo graph module to a copy of it: `meta`,
+    `_param_name_to_source` and each placeholder's `_dynamo_source` (torch 2.13)."""
+    for old, new in val_map.items():
+        if hasattr(old, "_dynamo_source"):
+            new._dynamo_source = old._dynamo_source
+    dst.meta = dict(src.meta)
+    if hasattr(src, "_param_name_to_source"):
+        dst._param_name_to_source = src._param_name_to_source
+
+
+# ---- FSDP2 ------------------------------------------------------------------------------
 
 def fsdp2_unsharded_params(root: torch.nn.Module) -> dict[int, torch.nn.Parameter]:
-    """{id(sharded Parameter): its unsharded Parameter} for every FSDP2-managed parameter
-    under `root` that has been all-gathered at least once.
+    """{id(sharded Parameter): its unsharded Parameter} for every FSDP2-managed parameter under
+    `root` that has been all-gathered at least once.
 
-    Workaround: FSDP2 (`fully_shard`) swaps a module's Parameters for unsharded ones around
-    its forward; outside the forward, `parameters()` lists only the sharded DTensors. The
-    coverage check runs after the step, so it needs this map to tell whether a sharded
-    weight's unsharded stand-in reached a compiled graph. We read the private
+    Outside the forward, `parameters()` lists only FSDP2's sharded DTensors; the guards need
+    to know which unsharded stand-in reached a compiled graph. Reads the private
     `_get_fsdp_state()._fsdp_param_group.fsdp_params` and each FSDPParam's `sharded_param` /
-    `_unsharded_param` (torch 2.11 to 2.13); if that API moves, this returns nothing and the
-    coverage check can only err towards warning.
+    `_unsharded_param` (torch 2.13); if that moves, this returns nothing and the unseen-weights
+    warning can only err towards warning.
     """
     out: dict[int, torch.nn.Parameter] = {}
     try:
@@ -72,3 +177,126 @@ def fsdp2_unsharded_params(root: torch.nn.Module) -> dict[int, torch.nn.Paramete
     except Exception:  # noqa: BLE001 - a changed private API means "no FSDP2 stand-ins"
         return {}
     return out
+
+
+# ---- Inductor -------------------------------------------------------------------------------
+
+def inductor_config_options() -> set[str]:
+    """The names of Inductor's config options (to refuse an unknown torch.compile option)."""
+    return set(require("torch._inductor.config", "_config", "telling Inductor options from unknown ones"))
+
+
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict]) -> Callable:
+    """Inductor's `compile_fx` (torch 2.13), with config patches applied to this compile only."""
+    fn = require("torch._inductor.compile_fx", "compile_fx", "the pqt backend")
+    return fn(gm, example_inputs, config_patches=config_patches or None)
+
+
+def custom_graph_pass_base() -> type:
+    """Inductor's CustomGraphPass (a pass with a uuid() for its caches; torch 2.13)."""
+    return require("torch._inductor.custom_graph_pass", "CustomGraphPass", "the cache-safe joint-graph pass")
+
+
+def inductor_lowering_api() -> SimpleNamespace:
+    """What the lowering of pqt.sample uses: register_lowering, ir (Reduction.create,
+    Pointwise.create, make_loader, realize), the virtualized `ops` handler and FloorDiv
+    (signatures as in torch 2.13)."""
+    need = "the Inductor lowering of pqt.sample"
+    return SimpleNamespace(
+        register_lowering=require("torch._inductor.lowering", "register_lowering", need),
+        ir=importlib.import_module("torch._inductor.ir"),
+        Reduction=require("torch._inductor.ir", "Reduction", need),
+        Pointwise=require("torch._inductor.ir", "Pointwise", need),
+        ops=require("torch._inductor.virtualized", "ops", need),
+        FloorDiv=floor_div(),
+    )
+
+
+def floor_div() -> Any:
+    """torch's sympy FloorDiv (block indices of dynamic shapes; torch 2.13)."""
+    return require("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering")
+
+
+def mode_options(mode: str) -> dict:
+    """The Inductor options of torch.compile's `mode` (torch 2.13: torch._inductor.list_mode_options)."""
+    return dict(require("torch._inductor", "list_mode_options", "mode= with pqt_compile.compile")(mode))
+
+
+def trace_artifact(name: str, payload: Callable[[], str]) -> None:
+    """A structured-trace artifact (free unless TORCH_TRACE is set; tlparse shows it)."""
+    require("torch._logging", "trace_structured", "pass graphs in TORCH_TRACE")(
+        "artifact", metadata_fn=lambda: {"name": name, "encoding": "string"}, payload_fn=payload
+    )
+
+
+def has_triton() -> bool:
+    """Whether Triton can run here (torch.utils._triton.has_triton, torch 2.13)."""
+    try:
+        return bool(require("torch.utils._triton", "has_triton", "the Triton kernel of the eager op")())
+    except CompatError:
+        return False
+
+
+def dynamo_counters() -> Any:
+    """Dynamo's event counters (counters["graph_break"], torch 2.13)."""
+    return require("torch._dynamo.utils", "counters", "explain (graph breaks)")
+
+
+@contextlib.contextmanager
+def capture_output_code() -> Iterator[list[str]]:
+    """Collect the source of every module Inductor writes inside the block.
+
+    Replaces `GraphLowering.save_output_code` (a hook Inductor calls with each module's source,
+    torch 2.13) for the block. Not `torch._inductor.utils.run_and_get_code`: that one calls
+    `torch._dynamo.reset()` first, which would drop every other compiled model's code.
+    """
+    lowering = require("torch._inductor.graph", "GraphLowering", "explain (the output code)")
+    codes: list[str] = []
+    had = "save_output_code" in lowering.__dict__
+    previous = lowering.__dict__.get("save_output_code")
+    lowering.save_output_code = staticmethod(codes.append)
+    try:
+        yield codes
+    finally:
+        if had:
+            lowering.save_output_code = previous
+        else:
+            del lowering.save_output_code
+
+
+# ---- Autograd: where a backward pass begins and ends ---------------------------------------
+
+def current_graph_task_id() -> int:
+    """The id of the backward pass the autograd engine is running in this thread, -1 outside
+    one (a recompute of activation checkpointing runs inside one). torch._C._current_graph_task_id
+    (torch 2.13)."""
+    return int(require("torch._C", "_current_graph_task_id", "the seed rule")())
+
+
+def queue_backward_callback(fn: Callable[[], None]) -> None:
+    """Run `fn` when the current backward pass ends (call it from a backward hook).
+
+    `Variable._execution_engine.queue_callback`, as DDP and FSDP use it (torch 2.13)."""
+    engine = getattr(torch.autograd.Variable, "_execution_engine", None)
+    if engine is None or not hasattr(engine, "queue_callback"):
+        raise CompatError(
+            f"pqt_compile: the seed rule needs torch.autograd.Variable._execution_engine.queue_callback, which "
+            f"torch {torch.__version__} does not have; pqt_compile was checked on torch {', '.join(TORCH_CHECKED)}"
+        )
+    engine.queue_callback(fn)
+
+
+# ---- Tracing helpers -----------------------------------------------------------------------
+
+def pytree() -> Any:
+    """torch.utils._pytree (tree_flatten / tree_unflatten / tree_leaves; torch 2.13)."""
+    require("torch.utils._pytree", "tree_flatten", "the eager reference and explain")
+    return importlib.import_module("torch.utils._pytree")
+
+
+def allow_nested_fx_trace() -> Any:
+    """A context in which make_fx may trace a model holding compiled parts (Dynamo runs their
+    original code): torch._dynamo.config.patch(error_on_nested_fx_trace=False), torch 2.13."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(error_on_nested_fx_trace=False)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Mapping, Optional, Union
 
+from .blocks import block_code
 from .formats import FormatSpec, parse_format
 
 __all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD"]
@@ -47,7 +48,6 @@ class PQTConfig:
             as in OCP MX), or "row" (the whole reduction axis) or "tensor" (one block).
         noise: "gaussian" (default) or "uniform".
         noise_std: noise standard deviation in units of the step Δ, default 1/sqrt(12).
-        seed: base seed of the run (an int); each training call derives its own seed from it.
         include: regular expressions; if non-empty, only weights whose qualified name matches
             one of them (re.search) are sampled.
         exclude: regular expressions; weights whose qualified name matches one are not sampled.
@@ -64,13 +64,20 @@ class PQTConfig:
     block_size: BlockSize = 32
     noise: str = "gaussian"
     noise_std: float = DEFAULT_NOISE_STD
-    seed: int = 0
     include: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     sample_in_eval: bool = False
     per_rank_noise: bool = False
+    # Removed in 0.2: the run's seed has one home, pqt_compile.manual_seed (an InitVar, so that
+    # an old call is refused with the fix instead of a bare "unexpected keyword").
+    seed: InitVar[Optional[int]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, seed: Optional[int]) -> None:
+        if seed is not None:
+            raise ValueError(
+                "PQTConfig.seed was removed: the run's seed is set once, with pqt_compile.manual_seed(seed) "
+                "before training (a seed in the config would also split Inductor's cache by seed)"
+            )
         parse_format(self.format)  # raises ValueError naming the accepted formats
         b = self.block_size
         if isinstance(b, bool) or not (isinstance(b, int) and b > 0 or b in ("row", "tensor")):
@@ -83,8 +90,6 @@ class PQTConfig:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
             raise ValueError(f"PQTConfig.noise_std must be a finite number > 0 (units of the step), got {s!r}")
         object.__setattr__(self, "noise_std", float(s))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"PQTConfig.seed must be an int, got {self.seed!r}")
         object.__setattr__(self, "include", _check_patterns("include", self.include))
         object.__setattr__(self, "exclude", _check_patterns("exclude", self.exclude))
         if not isinstance(self.sample_in_eval, bool):
@@ -100,25 +105,13 @@ class PQTConfig:
     @property
     def block_code(self) -> int:
         """block_size as the op's schema carries it: B > 0, 0 for "row", -1 for "tensor"."""
-        return {"row": 0, "tensor": -1}.get(self.block_size, self.block_size)  # type: ignore[arg-type]
-
-    def admits(self, name: str, aliases: tuple[str, ...] = ()) -> bool:
-        """Whether the weight named `name` passes include/exclude.
-
-        A tied weight has several names (GPT-2's lm_head.weight is transformer.wte.weight):
-        it is included if any of its names matches `include`, and excluded if any matches
-        `exclude`, so `exclude=["lm_head"]` means the tied head too.
-        """
-        names = (name, *aliases)
-        if self.include and not any(re.search(p, n) for p in self.include for n in names):
-            return False
-        return not any(re.search(p, n) for p in self.exclude for n in names)
+        return block_code(self.block_size)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "PQTConfig":
         """Build a config from a `torch.compile(options=...)` dict; unknown keys are refused."""
         options = dict(options or {})
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"seed"}  # seed: refused with its fix
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(
@@ -133,3 +126,4 @@ class PQTConfig:
     def replace(self, **changes: Any) -> "PQTConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+

@@ -5,9 +5,9 @@ other tensors of the state dict as they are, the config and the format, and a sh
 all. `load` checks the digest and the format, and restores weights equal to what
 `quantize_model` gives, bit for bit.
 
-Which weights: those the compiler samples. Without example inputs the module-type rules of
-`reference.linear_weight_axes` decide (nn.Linear, HF Conv1D, tied embeddings); pass
-`example_args` to trace the forward and apply the compiler's own rules instead.
+Which weights: those the compiler samples (`reference.sampled_axes`). Without example inputs
+the module-type rules of `selection.module_rule_axes` decide (nn.Linear, HF Conv1D, tied
+embeddings); pass `example_args` to trace the forward and apply the compiler's own rules.
 """
 
 from __future__ import annotations
@@ -20,28 +20,20 @@ from typing import Any, Optional
 import torch
 
 from .config import PQTConfig
+from .naming import canonical_name, named_parameters
 from .quantize import PackedTensor, pack, quantize, unpack
-from .reference import admits_fn, linear_weight_axes, parameter_aliases, trace_weight_edges
+from .reference import sampled_axes
 
-__all__ = ["quantize_model", "save", "load", "sampled_axes", "FILE_VERSION"]
+__all__ = ["quantize_model", "save", "load", "FILE_VERSION"]
 
 FILE_VERSION = 1
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 
-def sampled_axes(model: torch.nn.Module, config: PQTConfig, example_args: Optional[tuple] = None) -> dict[str, int]:
-    """{qualified name: reduction axis} of the weights the compiler samples."""
-    if example_args is not None:
-        edges, _ = trace_weight_edges(model, *example_args, config=config)
-        return {e.name: e.axis for e in edges}
-    admits = admits_fn(config, parameter_aliases(model))
-    return {n: a for n, a in linear_weight_axes(model).items() if admits(n)}
-
-
 def quantize_model(model: torch.nn.Module, config: Optional[PQTConfig] = None, example_args: Optional[tuple] = None) -> torch.nn.Module:
     """Replace every sampled weight of `model` by its round-to-nearest value, in place."""
     config = config or PQTConfig()
-    params = dict(model.named_parameters())
+    params = named_parameters(model)
     with torch.no_grad():
         for name, axis in sampled_axes(model, config, example_args).items():
             params[name].copy_(quantize(params[name], axis=axis, config=config))
@@ -63,8 +55,8 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     """Write `model` as it would be deployed in the config's format (see the module docstring)."""
     config = config or PQTConfig()
     axes = sampled_axes(model, config, example_args)
-    state = model.state_dict()
-    params = dict(model.named_parameters())
+    state = {canonical_name(k): v for k, v in model.state_dict().items()}  # names as the keys' (naming.py)
+    params = named_parameters(model)
     tensors: dict[str, torch.Tensor] = {}
     weights: dict[str, dict] = {}
     for name, axis in axes.items():
@@ -105,14 +97,15 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
         raise ValueError(f"pqt_compile.export.load: {path} is damaged (its sha256 does not match its contents)")
     if meta.get("file_version") != FILE_VERSION:
         raise ValueError(f"pqt_compile.export.load: {path} has file version {meta.get('file_version')}; this pqt_compile reads {FILE_VERSION}")
-    saved_cfg = PQTConfig(**meta["config"])
+    saved_cfg = PQTConfig(**{k: v for k, v in meta["config"].items() if k != "seed"})  # seed: pqt_compile 0.1
     if config is not None and (config.format, config.block_size) != (saved_cfg.format, saved_cfg.block_size):
         raise ValueError(
             f"pqt_compile.export.load: {path} holds format {saved_cfg.format!r} with block_size {saved_cfg.block_size!r}, "
             f"but the config asks for {config.format!r} with {config.block_size!r}; load it with its own config (or config=None)"
         )
-    params = dict(model.named_parameters())
-    state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+    params = named_parameters(model)
+    own = {canonical_name(k): k for k in model.state_dict()}  # a compiled wrapper's keys hold `_orig_mod`
+    state = {own.get(k[len("state/"):], k[len("state/"):]): v for k, v in tensors.items() if k.startswith("state/")}
     missing = [n for n in meta["weights"] if n not in params]
     if missing:
         raise ValueError(f"pqt_compile.export.load: the model has no parameter(s) {missing} that {path} holds")
@@ -123,7 +116,7 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
             params[name].copy_(unpack(packed).to(params[name].device))
         result = model.load_state_dict(state, strict=False)
     unexpected = [k for k in result.unexpected_keys]
-    absent = [k for k in result.missing_keys if k not in meta["weights"] and k not in meta["tied"]]
+    absent = [k for k in result.missing_keys if canonical_name(k) not in meta["weights"] and canonical_name(k) not in meta["tied"]]
     if unexpected or absent:
         raise ValueError(f"pqt_compile.export.load: {path} does not fit this model (missing {absent}, unexpected {unexpected})")
     return model

@@ -220,7 +220,8 @@ def sample_value(
     """w_hat in fp32 before the final cast: w + Δ r where the block is finite and non-zero, else w.
 
     w32: the weight in fp32; amax: its block's max |w| in fp32 (NaN or Inf if the block holds
-    one); index: the element's logical row-major index (int64, < 2^32); seed, key: int64.
+    one); index: the element's logical row-major index (int64, < 2^32); seed, key: int64
+    (key in [0, 2^32), or negative: no noise).
     """
     absw = o.where(o.lt(w32, o.f32(0.0)), o.sub(o.f32(0.0), w32), w32)
     valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))
@@ -230,4 +231,7 @@ def sample_value(
     delta = pow2(o, step_log2(o, safe_absw, safe_amax, spec))
     s1, s2 = stream_words(o, seed, key)
     r = noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
+    # A negative key switches the weight's sample off (w_hat = w, cast): the compiled path's
+    # runtime switch for eval mode and excluded weights (compiler/graph_abi.py, DISABLED_KEY).
+    valid = o.logical_and(valid, o.gt(key, o.i64(-1)))
     return o.where(valid, o.add(w32, o.mul(delta, r)), w32)

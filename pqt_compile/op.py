@@ -4,7 +4,8 @@ Schema: sample(Tensor w, Tensor seed, Tensor key, int axis, str format, int bloc
 str noise, float noise_std, ScalarType out_dtype) -> Tensor. `seed` and `key` are int64
 tensors with one element (runtime values: a new seed never recompiles a graph);
 `block_size` is B > 0, 0 for "row", -1 for "tensor". The output is contiguous, of w's shape,
-in `out_dtype`. The gradient to `w` is the identity, cast to w's dtype.
+in `out_dtype`. The gradient to `w` is the identity, cast to w's dtype. A negative `key`
+switches the noise off (the compiled path's runtime switch; `sample()` refuses one).
 """
 
 from __future__ import annotations
@@ -12,60 +13,17 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 
+from .blocks import block_amax, check_sample_args
+from .compat import has_triton
 from .config import PQTConfig
-from .formats import FormatSpec, check_resolution, parse_format
+from .formats import parse_format
 from .formula import TorchOps, sample_value
 
-__all__ = ["sample", "sample_eager", "block_amax", "check_sample_args", "SUPPORTED_DTYPES"]
+__all__ = ["sample", "sample_eager"]
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Elements per chunk of the eager formula: bounds the int64 temporaries (~100 B/element).
 _CHUNK = 1 << 20
-
-
-def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, block_size: int, out_dtype: torch.dtype) -> int:
-    """Validate the inputs of a sample or a quantize; return the axis made non-negative."""
-    if w.is_complex() or not w.is_floating_point():
-        raise TypeError(f"pqt: weight must be float32, bfloat16 or float16, got {w.dtype}")
-    if w.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"pqt: weight dtype {w.dtype} is not supported: use float32, bfloat16 or float16")
-    if out_dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"pqt: out_dtype {out_dtype} is not supported: use float32, bfloat16 or float16")
-    if w.dim() < 2:
-        raise ValueError(
-            f"pqt: weight must have at least 2 dims (a matmul weight), got shape {tuple(w.shape)}; "
-            "for a vector, view it as (1, K)"
-        )
-    if not -w.dim() <= axis < w.dim():
-        raise ValueError(f"pqt: axis {axis} is out of range for a weight of shape {tuple(w.shape)}")
-    if w.numel() == 0:
-        raise ValueError(f"pqt: weight of shape {tuple(w.shape)} is empty; there is nothing to sample")
-    if w.numel() > 2**32:
-        raise ValueError(f"pqt: weight has {w.numel()} elements; at most 2^32 are supported (the counter is 32-bit)")
-    if block_size < -1:
-        raise ValueError(f"pqt: block_size code {block_size} is invalid (B > 0, 0 = row, -1 = tensor)")
-    check_resolution(spec, out_dtype)
-    return axis % w.dim()
-
-
-def block_amax(w: torch.Tensor, axis: int, block_size: int) -> torch.Tensor:
-    """Per-element amax (fp32, contiguous, w's shape) of the block holding each element.
-
-    NaN propagates (torch's max reductions propagate NaN), so a block holding a NaN reports NaN.
-    """
-    a = w.detach().float().abs()
-    if block_size == -1:
-        return a.amax().expand(w.shape).contiguous()
-    a = a.movedim(axis, -1)
-    k = a.shape[-1]
-    b = k if block_size == 0 else min(block_size, k)
-    nb = -(-k // b)
-    padded = F.pad(a, (0, nb * b - k))  # zeros do not change a max of |w|
-    amax = padded.reshape(*a.shape[:-1], nb, b).amax(dim=-1)
-    per_elem = amax.repeat_interleave(b, dim=-1)[..., :k]
-    return per_elem.movedim(-1, axis).contiguous()
 
 
 def sample_eager(
@@ -110,21 +68,12 @@ def _sample_op(
     noise_std: float,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    if w.is_cuda and w.dim() == 2 and _triton_available():
+    if w.is_cuda and w.dim() == 2 and has_triton():
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
         from .kernels.sample import sample_triton
 
         return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
     return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
-
-
-def _triton_available() -> bool:
-    try:
-        from torch.utils._triton import has_triton
-
-        return has_triton()
-    except ImportError:
-        return False
 
 
 @_sample_op.register_fake
@@ -145,16 +94,20 @@ def _backward(ctx, grad: torch.Tensor):
 _sample_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _as_int64_tensor(v: Union[int, torch.Tensor], name: str, device: torch.device) -> torch.Tensor:
+def _as_int64_tensor(v: Union[int, torch.Tensor], name: str, device: torch.device, low: int, high: int) -> torch.Tensor:
+    """`v` as a 0-d int64 tensor on `device`, refused unless low <= v < high."""
     if isinstance(v, torch.Tensor):
         if v.numel() != 1 or v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
             raise ValueError(f"pqt: {name} must be an int or an integer tensor with one element, got {v!r}")
-        return v.reshape(()).to(device=device, dtype=torch.int64)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"pqt: {name} must be an int or an integer tensor, got {v!r}")
-    if not -(2**63) <= v < 2**63:
-        raise ValueError(f"pqt: {name} {v} does not fit in int64")
-    return torch.tensor(v, dtype=torch.int64, device=device)
+        t = v.reshape(()).to(device=device, dtype=torch.int64)
+        value = int(t) if t.device.type == "cpu" else None  # no device sync to check a GPU value
+    else:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"pqt: {name} must be an int or an integer tensor, got {v!r}")
+        value, t = v, None
+    if value is not None and not low <= value < high:
+        raise ValueError(f"pqt: {name} {value} is out of range: it must be in [{low}, {high})")
+    return t if t is not None else torch.tensor(v, dtype=torch.int64, device=device)
 
 
 def sample(
@@ -171,7 +124,7 @@ def sample(
     Args:
         w: the weight (float32, bfloat16 or float16, at least 2-D).
         seed: the step's seed (int or one-element integer tensor).
-        key: the weight's 32-bit key (see `pqt_compile.key_for_name`).
+        key: the weight's 32-bit key, 0 <= key < 2^32 (see `pqt_compile.key_for_name`).
         axis: the reduction axis of the consuming matmul (1 for nn.Linear's [N, K] weight).
         config: format, block size and noise (default `PQTConfig()`).
         out_dtype: dtype of the result (default: w's dtype).
@@ -179,8 +132,8 @@ def sample(
     config = config or PQTConfig()
     return torch.ops.pqt.sample(
         w,
-        _as_int64_tensor(seed, "seed", w.device),
-        _as_int64_tensor(key, "key", w.device),
+        _as_int64_tensor(seed, "seed", w.device, -(2**63), 2**63),
+        _as_int64_tensor(key, "key", w.device, 0, 2**32),
         axis,
         config.format,
         config.block_code,

@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
+from .blocks import block_amax, block_code, block_starts, check_sample_args, expand_blocks
 from .config import PQTConfig
 from .formats import FormatSpec, parse_format
 from .formula import TorchOps, floor_log2, pow2, step_log2
-from .op import block_amax, check_sample_args
 
 __all__ = ["quantize", "pack", "unpack", "PackedTensor"]
 
@@ -78,15 +78,6 @@ class PackedTensor:
     dtype: torch.dtype
 
 
-def _block_view(t: torch.Tensor, axis: int, block_code: int) -> torch.Tensor:
-    """One value per block, taken at each block's first element."""
-    if block_code == -1:
-        return t.reshape(-1)[:1]
-    k = t.shape[axis]
-    b = k if block_code == 0 else min(block_code, k)
-    return t.index_select(axis, torch.arange(0, k, b, device=t.device))
-
-
 def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None) -> PackedTensor:
     """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible)."""
     config = config or PQTConfig()
@@ -119,7 +110,7 @@ def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None)
     exps = torch.where(valid, k, torch.full_like(k, ZERO_BLOCK))
     return PackedTensor(
         codes=codes,
-        exponents=_block_view(exps, axis, config.block_code).to(torch.int8),
+        exponents=block_starts(exps, axis, config.block_code).to(torch.int8),
         shape=tuple(w.shape),
         axis=axis,
         format=config.format,
@@ -128,19 +119,10 @@ def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None)
     )
 
 
-def _expand_blocks(exps: torch.Tensor, shape: tuple[int, ...], axis: int, block_code: int) -> torch.Tensor:
-    if block_code == -1:
-        return exps.reshape(()).expand(shape)
-    k = shape[axis]
-    b = k if block_code == 0 else min(block_code, k)
-    return exps.repeat_interleave(b, dim=axis).narrow(axis, 0, k)
-
-
 def unpack(p: PackedTensor) -> torch.Tensor:
     """The values of a packed tensor, in its original dtype (equal to `quantize`'s)."""
     spec: FormatSpec = parse_format(p.format)
-    block_code = PQTConfig(format=p.format, block_size=p.block_size).block_code  # type: ignore[arg-type]
-    k = _expand_blocks(p.exponents.to(torch.int64), p.shape, p.axis, block_code)
+    k = expand_blocks(p.exponents.to(torch.int64), p.shape, p.axis, block_code(p.block_size))  # type: ignore[arg-type]
     zero = k == ZERO_BLOCK
     o = TorchOps(p.codes.device)
     c = p.codes.to(torch.int64) & ((1 << spec.bits) - 1)

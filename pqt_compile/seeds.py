@@ -1,12 +1,23 @@
-"""Keys (one stable 32-bit id per weight) and seeds (one fresh value per training call).
+"""Keys (one stable 32-bit id per weight) and the seed stream (one seed per training step and
+micro-batch).
 
-A weight's key is a hash of its qualified name (`blake2b`, 4 bytes, little-endian): stable
-across processes, runs and machines, unlike Python's `hash`. The compiled path and the eager
-reference derive it the same way.
+NOTE [the seed rule]: the noise a weight receives is a pure function of
+(run seed, training step, micro-batch within the step, weight name):
 
-The seed of a training call is a pure function of the run's base seed and a call counter,
-so a run is reproducible from `manual_seed`; `fixed_seed` pins it for comparisons with the
-eager reference.
+    seed(step, micro_batch) = mix64(mix64(mix64(base) ^ step) ^ mix64(micro_batch + MICRO_SALT))
+    key(weight)             = key_for_name(its qualified name)
+
+* `base` is `manual_seed(base)`, the run's one seed (0 until set).
+* `step` counts optimizer steps that updated a PQT-compiled model's weights; `micro_batch`
+  counts the backward passes through PQT graphs since the last such step (gradient
+  accumulation: each micro-batch draws afresh). `pqt_compile/steps.py` observes both events.
+* Every compiled graph of a step reads the same seed, so the draw does not depend on how
+  Dynamo split the model (whole, graph breaks, per block, DDP's graph splitting, FSDP2).
+* A backward regenerates its forward's sample from the seed saved with it; a recompute
+  (activation checkpointing) runs before its backward pass ends, so it reads the same seed.
+
+`fixed_seed(s)` pins the seed of every call inside it (to compare with `reference.run`).
+The state is process-wide (one training loop per process); `PQTState` checkpoints it.
 """
 
 from __future__ import annotations
@@ -16,80 +27,144 @@ import hashlib
 import threading
 from typing import Iterator, Optional
 
-__all__ = ["key_for_name", "manual_seed", "fixed_seed", "next_seed", "rank_seed", "seed_state", "set_seed_state", "PQTState"]
+from .config import PQTConfig
+
+__all__ = [
+    "key_for_name",
+    "manual_seed",
+    "step_seed",
+    "current_seed",
+    "fixed_seed",
+    "rank_seed",
+    "seed_state",
+    "set_seed_state",
+    "PQTState",
+]
+
+MICRO_SALT = 0x5851F42D4C957F2D  # separates the micro-batch word from the step word
 
 
 def key_for_name(name: str) -> int:
-    """The 32-bit key of the weight with qualified name `name` (e.g. "h.0.attn.c_attn.weight")."""
+    """The 32-bit key of the weight with qualified name `name` (e.g. "h.0.attn.c_attn.weight").
+
+    blake2b of the UTF-8 name, 4 bytes, little-endian: stable across processes, runs and
+    machines, unlike Python's `hash`.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"pqt: a weight key needs a non-empty qualified name, got {name!r}")
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=4).digest(), "little")
 
 
 def _mix64(x: int) -> int:
-    # splitmix64 finaliser: the per-call seed must not be a simple offset of the previous one.
+    # splitmix64 finaliser; the result fits int64 (top bit cleared), as the op's seed input.
     x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF  # fits int64
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
-class _SeedState(threading.local):
+def _check_int(value: object, what: str, minimum: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"pqt: {what} must be an int{bound}, got {value!r}")
+    return value
+
+
+class _Stream:
+    """The process's position in the seed stream."""
+
     def __init__(self) -> None:
-        self.base: int = 0
-        self.counter: int = 0
-        self.fixed: Optional[int] = None
+        self.base = 0
+        self.step = 0
+        self.micro_batch = 0
 
 
-_state = _SeedState()
+_stream = _Stream()
+_pinned = threading.local()  # fixed_seed is per thread: a comparison must not leak into another
 
 
 def manual_seed(seed: int) -> None:
-    """Restart the stream of per-call seeds from `seed` (a run with the same seed is identical)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"pqt: manual_seed needs an int, got {seed!r}")
-    _state.base, _state.counter = seed, 0
+    """Set the run's seed and restart the stream at step 0, micro-batch 0 (a run with the same
+    seed draws the same noise)."""
+    _stream.base = _check_int(seed, "manual_seed's seed")
+    _stream.step = _stream.micro_batch = 0
 
 
-def next_seed(base_offset: int = 0) -> int:
-    """The seed of the next training call (advances the counter unless a seed is pinned)."""
-    if _state.fixed is not None:
-        return _state.fixed
-    _state.counter += 1
-    return _mix64(_mix64(_state.base + base_offset) ^ _state.counter)
+def step_seed(step: int, micro_batch: int = 0, base: Optional[int] = None) -> int:
+    """The seed of (step, micro_batch) in the run seeded `base` (default: the current run's).
+
+    Pass it to `reference.run(..., seed=step_seed(s, m))` to reproduce what the compiled model
+    drew at step s, micro-batch m.
+    """
+    base = _stream.base if base is None else _check_int(base, "base")
+    step = _check_int(step, "step", 0)
+    micro_batch = _check_int(micro_batch, "micro_batch", 0)
+    return _mix64(_mix64(_mix64(base) ^ step) ^ _mix64(micro_batch + MICRO_SALT))
+
+
+def current_seed() -> int:
+    """The seed of a compiled call made now: the pinned one under `fixed_seed`, else the seed
+    of the current step and micro-batch."""
+    pinned = getattr(_pinned, "seed", None)
+    return pinned if pinned is not None else step_seed(_stream.step, _stream.micro_batch)
+
+
+def advance_step() -> None:
+    """An optimizer step updated PQT-compiled weights: the next draw is step + 1, micro-batch 0."""
+    _stream.step += 1
+    _stream.micro_batch = 0
+
+
+def advance_micro_batch() -> None:
+    """A backward pass through PQT graphs finished: the next forward is a new micro-batch."""
+    _stream.micro_batch += 1
 
 
 def rank_seed(seed: int, rank: int) -> int:
     """The seed rank `rank` uses for a call seeded `seed` under `PQTConfig(per_rank_noise=True)`
     (pass it to `reference.run(..., seed=rank_seed(seed, rank))` to reproduce that rank)."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ValueError(f"pqt: a rank is an int >= 0, got {rank!r}")
+    _check_int(rank, "a rank", 0)
     return _mix64(seed ^ _mix64(0x632BE59BD9B4E019 + rank))
 
 
 @contextlib.contextmanager
 def fixed_seed(seed: int) -> Iterator[None]:
-    """Pin the seed of every compiled call inside the block to `seed` (nesting restores)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"pqt: fixed_seed needs an int, got {seed!r}")
-    previous, _state.fixed = _state.fixed, seed
+    """Pin the seed of every compiled call inside the block to `seed` (nesting restores).
+
+    The step and micro-batch counters still advance inside it."""
+    _check_int(seed, "fixed_seed's seed")
+    previous = getattr(_pinned, "seed", None)
+    _pinned.seed = seed
     try:
         yield
     finally:
-        _state.fixed = previous
+        _pinned.seed = previous
+
+
+_STATE_KEYS = ("base", "step", "micro_batch")
 
 
 def seed_state() -> dict[str, int]:
-    """The seed stream's position, to save with a checkpoint."""
-    return {"base": _state.base, "counter": _state.counter}
+    """The stream's position (base, step, micro_batch), to save with a checkpoint."""
+    return {k: getattr(_stream, k) for k in _STATE_KEYS}
 
 
 def set_seed_state(state: dict[str, int]) -> None:
     """Restore a position saved by `seed_state`."""
+    if isinstance(state, dict) and "counter" in state and "step" not in state:
+        raise ValueError(
+            "pqt: this seed state was saved by pqt_compile 0.1, whose stream advanced once per compiled "
+            "call; the stream now advances per training step and cannot continue it exactly. Start a new "
+            "stream with pqt_compile.manual_seed(seed) instead of loading it"
+        )
     try:
-        _state.base, _state.counter = int(state["base"]), int(state["counter"])
+        values = {k: int(state[k]) for k in _STATE_KEYS}
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"pqt: not a seed state (expected keys 'base' and 'counter'): {state!r}") from e
+        raise ValueError(f"pqt: not a seed state (expected the keys {list(_STATE_KEYS)}): {state!r}") from e
+    if values["step"] < 0 or values["micro_batch"] < 0:
+        raise ValueError(f"pqt: not a seed state (negative step or micro_batch): {state!r}")
+    for k, v in values.items():
+        setattr(_stream, k, v)
 
 
 class PQTState:
@@ -98,17 +173,17 @@ class PQTState:
     Put it in the state you checkpoint (e.g. torch.distributed.checkpoint's app state, or next
     to the model and optimizer state dicts) so that a resumed run draws exactly the noise the
     uninterrupted run would have drawn. Loading state saved with another PQT config is refused:
-    the noise stream would otherwise change silently.
+    the noise would otherwise change silently.
     """
 
-    def __init__(self, config: object) -> None:
+    def __init__(self, config: PQTConfig) -> None:
         self.config = config
 
     def state_dict(self) -> dict:
         return {**seed_state(), "config": repr(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or "counter" not in state:
+        if not isinstance(state, dict) or not ("step" in state or "counter" in state):
             raise ValueError("pqt: this checkpoint holds no PQT seed state; resuming would reseed the noise")
         saved = state.get("config")
         if _parse_config(saved) != self.config:
@@ -119,20 +194,20 @@ class PQTState:
         set_seed_state(state)
 
 
-def _parse_config(text: object) -> Optional[object]:
+def _parse_config(text: object) -> Optional[PQTConfig]:
     """The PQTConfig whose repr `text` is (None if it is not one).
 
     Compared as a config, not as a string: a checkpoint written before a field was added to
     PQTConfig lacks the field in its repr, and the field's default is what the old code did.
+    A `seed=` of pqt_compile 0.1 is dropped here (its stream is refused by set_seed_state).
     """
     import ast
-
-    from .config import PQTConfig
 
     try:
         call = ast.parse(str(text), mode="eval").body
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "PQTConfig"):
             return None
-        return PQTConfig(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})  # type: ignore[misc]
+        fields = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg != "seed"}
+        return PQTConfig(**fields)  # type: ignore[arg-type]
     except (SyntaxError, ValueError, TypeError):  # not a repr, an unknown field, a bad value
         return None

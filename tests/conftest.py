@@ -18,6 +18,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_pqt_state():
+    """Each test starts with no registered names, nothing seen by the guards, and the seed stream
+    at manual_seed(0): one test's models must not name, key or warn about another's."""
+    from pqt_compile import guards, naming, seeds, steps
+
+    naming.reset()
+    guards.reset()
+    steps.reset()
+    seeds.manual_seed(0)
+    yield
+
+
 def fmt_dict(spec) -> dict:
     """The constants of a FormatSpec as the independent re-implementation takes them."""
     return {"is_int": spec.is_int, "emax": spec.emax, "emin": spec.emin, "M": spec.mantissa_bits}

@@ -61,9 +61,10 @@ def round_to(x: np.float32, dtype: str) -> float:
 
 
 def sample_element(w: float, amax: float, i: int, seed: int, key: int, fmt: dict, noise: str, std: float, out: str) -> float:
-    """w_hat of one element. fmt: {"is_int", "emax", "emin", "M"}; amax: its block's max |w|."""
+    """w_hat of one element. fmt: {"is_int", "emax", "emin", "M"}; amax: its block's max |w|;
+    a negative key: no noise."""
     w32 = np.float32(w)
-    if not (amax > 0 and math.isfinite(amax)):
+    if not (amax > 0 and math.isfinite(amax)) or key < 0:
         return round_to(w32, out)
     k = floor_log2(amax) - fmt["emax"]
     if fmt["is_int"]:

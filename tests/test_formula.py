@@ -51,6 +51,18 @@ def test_blocks_and_axes(block, axis):
     check_against_python(w, axis, PQTConfig(block_size=block), seed=1, key=2, out_dtype=torch.float32, n_checks=300)
 
 
+def test_a_negative_key_adds_no_noise():
+    """The compiled path's per-weight switch (graph_abi.DISABLED_KEY): the op returns w, cast."""
+    w = torch.randn(8, 64)
+    op = torch.ops.pqt.sample.default
+    for out in (torch.float32, torch.bfloat16):
+        got = op(w, torch.tensor(3), torch.tensor(-1), 1, "fp4_e2m1", 32, "gaussian", 0.3, out)
+        assert torch.equal(got, w.to(out))
+    spec = fmt_dict(parse_format("fp4_e2m1"))
+    assert sample_element(0.25, 0.5, 3, 3, -1, spec, "gaussian", 0.3, "float32") == 0.25  # the re-implementation agrees
+    assert sample_element(0.25, 0.5, 3, 3, 1, spec, "gaussian", 0.3, "float32") != 0.25
+
+
 def test_batched_weight_and_tiny_shapes():
     cfg = PQTConfig(format="int4")
     check_against_python(torch.randn(3, 5, 9), 1, cfg, 3, 4, torch.float32)

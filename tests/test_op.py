@@ -50,11 +50,27 @@ def test_seed_and_key_as_tensors_or_ints():
         sample(w, seed=1, key=torch.tensor([1, 2]))
 
 
-def test_keys_are_stable_names():
-    assert key_for_name("h.0.attn.c_attn.weight") == key_for_name("h.0.attn.c_attn.weight")
-    assert key_for_name("a") != key_for_name("b") and 0 <= key_for_name("a") < 2**32
-    with pytest.raises(ValueError):
-        key_for_name("")
+def test_keys_are_the_documented_hash_of_the_name():
+    """method.md: key = blake2b(UTF-8 name, 4 bytes), little-endian. Recomputed here with hashlib
+    alone, so a change of the hash (or of its byte order) fails; stable across processes by
+    construction (test_same_bits_in_a_second_process runs one)."""
+    import hashlib
+
+    names = ["h.0.attn.c_attn.weight", "a", "b", "model.layers.0.mlp.gate_proj.weight", "ünï.weight"]
+    for name in names:
+        want = int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=4).digest(), "little")
+        assert key_for_name(name) == want and 0 <= want < 2**32
+    assert len({key_for_name(n) for n in names}) == len(names)
+    for bad in ("", None, 3):
+        with pytest.raises(ValueError):
+            key_for_name(bad)  # type: ignore[arg-type]
+
+
+def test_negative_and_out_of_range_keys_are_refused():
+    w = torch.randn(4, 32)
+    for bad in (-1, 2**32, torch.tensor(-3)):
+        with pytest.raises(ValueError, match="key"):
+            sample(w, seed=1, key=bad)
 
 
 SNIPPET = """

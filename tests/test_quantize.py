@@ -6,7 +6,7 @@ import torch
 
 from pqt_compile import PQTConfig, pack, parse_format, quantize, unpack
 from pqt_compile.formula import TorchOps, floor_log2, pow2, step_log2
-from pqt_compile.op import block_amax
+from pqt_compile.blocks import block_amax
 
 FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "fp3_e2m0", "int8", "int4", "int2"]
 

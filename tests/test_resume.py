@@ -52,6 +52,8 @@ def test_dcp_checkpoint_without_or_with_other_pqt_state_is_refused(tmp_path):
 
 
 def test_state_refuses_another_config_and_missing_state():
+    from pqt_compile import seeds
+
     state = pqt_compile.PQTState(pqt_compile.PQTConfig(format="fp4_e2m1"))
     saved = state.state_dict()
     with pytest.raises(ValueError, match="saved with"):
@@ -59,21 +61,33 @@ def test_state_refuses_another_config_and_missing_state():
     with pytest.raises(ValueError, match="no PQT seed state"):
         state.load_state_dict({})
     pqt_compile.manual_seed(3)
-    s1 = pqt_compile.seeds.next_seed()
+    seeds.advance_step()
+    s1 = pqt_compile.current_seed()
     saved = state.state_dict()
-    s2 = pqt_compile.seeds.next_seed()
+    seeds.advance_micro_batch()
+    s2 = pqt_compile.current_seed()
     state.load_state_dict(saved)
-    assert pqt_compile.seeds.next_seed() == s2 != s1
+    assert pqt_compile.current_seed() == s1 != s2 and s1 == pqt_compile.step_seed(1, 0, base=3)
 
 
 def test_state_from_before_a_new_config_field_still_loads():
-    # Written by pqt_compile 8e8ff2a, before PQTConfig had per_rank_noise: the same config.
-    old = {"base": 1, "counter": 4, "config": "PQTConfig(format='fp4_e2m1', block_size=32, noise='gaussian', "
-           "noise_std=0.2886751345948129, seed=0, include=(), exclude=(), sample_in_eval=False)"}
+    """A config repr without a field added later (here per_rank_noise) is that field's default."""
+    old = {"base": 1, "step": 4, "micro_batch": 2, "config": "PQTConfig(format='fp4_e2m1', block_size=32, noise='gaussian', "
+           "noise_std=0.2886751345948129, include=(), exclude=(), sample_in_eval=False)"}
     pqt_compile.PQTState(pqt_compile.PQTConfig(format="fp4_e2m1")).load_state_dict(old)
-    assert pqt_compile.seed_state() == {"base": 1, "counter": 4}
+    assert pqt_compile.seed_state() == {"base": 1, "step": 4, "micro_batch": 2}
     for other in (pqt_compile.PQTConfig(format="fp4_e2m1", per_rank_noise=True), pqt_compile.PQTConfig(format="int4")):
         with pytest.raises(ValueError, match="saved with"):
             pqt_compile.PQTState(other).load_state_dict(old)
     with pytest.raises(ValueError, match="saved with"):
         pqt_compile.PQTState(pqt_compile.PQTConfig()).load_state_dict({**old, "config": "not a config"})
+
+
+def test_state_of_pqt_compile_0_1_is_refused_with_the_fix():
+    """0.1 advanced its stream per compiled call; that stream cannot be continued exactly."""
+    old = {"base": 1, "counter": 4, "config": "PQTConfig(format='fp4_e2m1', block_size=32, noise='gaussian', "
+           "noise_std=0.2886751345948129, seed=0, include=(), exclude=(), sample_in_eval=False)"}
+    before = pqt_compile.seed_state()
+    with pytest.raises(ValueError, match="0.1.*manual_seed"):
+        pqt_compile.PQTState(pqt_compile.PQTConfig(format="fp4_e2m1")).load_state_dict(old)
+    assert pqt_compile.seed_state() == before

@@ -51,20 +51,22 @@ def bf16_rne(x):
 
 @triton.jit
 def stream_words(seed_ptr, key_ptr):
-    """formula.stream_words from the int64 seed and key in memory."""
+    """formula.stream_words from the int64 seed and key in memory, and whether the key switches
+    the noise on (a negative key: off, as in formula.sample_value)."""
     seed = tl.load(seed_ptr)
     key = tl.load(key_ptr)
     seed32 = (seed ^ (seed >> 32)).to(tl.uint32)
     s1 = mix32(seed32 ^ mix32(key.to(tl.uint32) ^ 0x9E3779B9))
     s2 = mix32(s1 ^ 0x85EBCA6B)
-    return s1, s2
+    return s1, s2, key >= 0
 
 
 @triton.jit
-def sample_tile(w, amax, idx, s1, s2, IS_INT: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr,
+def sample_tile(w, amax, idx, s1, s2, on, IS_INT: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr,
                 MBITS: tl.constexpr, GAUSSIAN: tl.constexpr, SCALE: tl.constexpr):
-    """formula.sample_value on a tile: w (fp32), its blocks' amax (fp32, same shape), idx (uint32)."""
-    valid = (amax > 0.0) & (amax <= 3.4028234663852886e38)  # false for 0, Inf and NaN
+    """formula.sample_value on a tile: w (fp32), its blocks' amax (fp32, same shape), idx (uint32);
+    `on` from stream_words."""
+    valid = (amax > 0.0) & (amax <= 3.4028234663852886e38) & on  # false for 0, Inf and NaN
     k = floor_log2(tl.where(valid, amax, 1.0)) - EMAX
     if IS_INT:
         n = k

@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..blocks import block_amax, block_length, check_sample_args
 from ..config import PQTConfig
 from ..formula import noise_scale
-from ..op import block_amax, check_sample_args, sample
+from ..op import sample
 from .formula_tl import bf16_rne, sample_tile, stream_words
 
 __all__ = ["linear_triton", "linear"]
@@ -40,7 +41,7 @@ def _linear_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m64, offs_n64 = offs_m.to(tl.int64), offs_n.to(tl.int64)  # int32 offsets overflow at 2^31 elements
-    s1, s2 = stream_words(seed_ptr, key_ptr)
+    s1, s2, on = stream_words(seed_ptr, key_ptr)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -50,7 +51,7 @@ def _linear_kernel(
         w = tl.load(w_ptr + offs_n64[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=wm, other=0.0).to(tl.float32)
         amax = tl.load(amax_ptr + offs_n64[:, None] * NB + offs_k[None, :] // B, mask=wm, other=0.0)
         idx = (offs_n64[:, None] * K + offs_k[None, :]).to(tl.uint32)  # logical row-major index of [N, K]
-        w_hat = sample_tile(w, amax, idx, s1, s2, IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
+        w_hat = sample_tile(w, amax, idx, s1, s2, on, IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
         w_hat = tl.where(wm, w_hat, 0.0)
         if BF16:
             w_op = bf16_rne(w_hat).to(tl.bfloat16, bitcast=True)
@@ -82,7 +83,7 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     N, K = weight.shape
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    b = K if config.block_code in (0, -1) else min(config.block_code, K)
+    b = block_length(K, config.block_code)
     amax = block_amax(weight, 1, config.block_code)[:, ::b].contiguous()  # [N, number of blocks]
     bf16 = x.dtype == torch.bfloat16
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)

@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..blocks import TENSOR, block_amax, block_length, check_sample_args
 from ..formats import parse_format
 from ..formula import noise_scale
-from ..op import block_amax, check_sample_args
 from .formula_tl import bf16_rne, sample_tile, stream_words
 
 __all__ = ["sample_triton"]
@@ -44,7 +44,7 @@ def _sample_kernel(
     start = pid_b * B
     stop = tl.minimum(start + B, K)
 
-    s1, s2 = stream_words(seed_ptr, key_ptr)  # per program, not per element
+    s1, s2, on = stream_words(seed_ptr, key_ptr)  # per program, not per element
 
     if AMAX_GIVEN:
         amax = tl.zeros([BLOCK_R], tl.float32) + tl.load(amax_ptr)
@@ -66,7 +66,7 @@ def _sample_kernel(
         m = row_ok[:, None] & (cols < stop)[None, :]
         w = tl.load(w_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=m, other=0.0).to(tl.float32)
         idx = (rows[:, None].to(tl.int64) * index_r + cols[None, :].to(tl.int64) * index_k).to(tl.uint32)
-        out = sample_tile(w, amax[:, None] + tl.zeros([BLOCK_R, CHUNK], tl.float32), idx, s1, s2,
+        out = sample_tile(w, amax[:, None] + tl.zeros([BLOCK_R, CHUNK], tl.float32), idx, s1, s2, on,
                           IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
         if OUT_BF16:
             tl.store(out_ptr + rows[:, None] * K + cols[None, :], bf16_rne(out), mask=m)
@@ -87,16 +87,16 @@ def sample_triton(
     wv = w if axis == 1 else w.t()
     R, K = wv.shape
     index_r, index_k = (K, 1) if axis == 1 else (1, R)
-    b = K if block_size in (0, -1) else min(block_size, K)
+    b = block_length(K, block_size)
     out = torch.empty((R, K), dtype=out_dtype, device=w.device)
     out_view = out.view(torch.int16) if out_dtype == torch.bfloat16 else out  # bf16 is written as bits
-    amax = block_amax(w, axis, -1).reshape(-1)[:1] if block_size == -1 else out  # a dummy pointer if unused
+    amax = block_amax(w, axis, TENSOR).reshape(-1)[:1] if block_size == TENSOR else out  # a dummy pointer if unused
     grid = (triton.cdiv(R, block_r), triton.cdiv(K, b))
     _sample_kernel[grid](
         wv, out_view, seed.reshape(1).to(w.device, torch.int64), key.reshape(1).to(w.device, torch.int64), amax,
         R, K, wv.stride(0), wv.stride(1), index_r, index_k, b,
         IS_INT=spec.is_int, EMAX=spec.emax, EMIN=spec.emin, MBITS=spec.mantissa_bits,
-        GAUSSIAN=noise == "gaussian", SCALE=noise_scale(noise, noise_std), AMAX_GIVEN=block_size == -1,
+        GAUSSIAN=noise == "gaussian", SCALE=noise_scale(noise, noise_std), AMAX_GIVEN=block_size == TENSOR,
         OUT_BF16=out_dtype == torch.bfloat16,
         BLOCK_R=block_r, CHUNK=chunk,
     )

@@ -1,0 +1,138 @@
+"""The block math of method.md, written once: which elements share a scale.
+
+A block is B consecutive elements along the reduction axis (the last block may be shorter),
+for each index of the other axes; block_size "row" (code 0) is the whole axis and "tensor"
+(code -1) one block for the whole tensor. Every implementation (the eager op, quantize and
+pack, the Inductor lowering, the Triton kernels) takes its block length and block count from
+here, so that they cannot disagree about where a block ends.
+
+Also here: the validation of a (weight, axis, block, out dtype) request, shared by the op,
+quantize and the kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+
+from .formats import FormatSpec, check_resolution
+
+__all__ = [
+    "ROW",
+    "TENSOR",
+    "SUPPORTED_DTYPES",
+    "block_code",
+    "block_length",
+    "num_blocks",
+    "block_amax",
+    "block_starts",
+    "expand_blocks",
+    "check_sample_args",
+]
+
+#: Block-size codes as the op's schema carries them: B > 0, ROW for "row", TENSOR for "tensor".
+ROW = 0
+TENSOR = -1
+#: Weight and output dtypes the formula supports.
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+Length = Union[int, Any]  # an int, or a sympy expression inside the Inductor lowering
+
+
+def block_code(block_size: Union[int, str]) -> int:
+    """The schema code of a PQTConfig block_size: B > 0, 0 for "row", -1 for "tensor"."""
+    if block_size == "row":
+        return ROW
+    if block_size == "tensor":
+        return TENSOR
+    return int(block_size)
+
+
+def block_length(axis_len: Length, code: int) -> Length:
+    """Elements per block along the reduction axis of length `axis_len`.
+
+    A block never exceeds the axis; "row" and "tensor" span the whole axis. `axis_len` may be
+    a sympy expression (a dynamic shape in the lowering): then B itself, and the last block is
+    treated as possibly partial.
+    """
+    if code in (ROW, TENSOR):
+        return axis_len
+    if isinstance(axis_len, int):
+        return min(code, axis_len)
+    import sympy
+
+    if sympy.sympify(axis_len).is_number:
+        return sympy.Integer(min(code, int(axis_len)))
+    return sympy.Integer(code)
+
+
+def num_blocks(axis_len: Length, code: int) -> Length:
+    """Blocks along the axis (ceil(axis_len / block_length)); 1 for "row" and "tensor"."""
+    b = block_length(axis_len, code)
+    if isinstance(axis_len, int):
+        return -(-axis_len // b)
+    from .compat import floor_div  # the sympy path: the Inductor lowering only
+
+    return floor_div()(axis_len + b - 1, b)
+
+
+def block_amax(w: torch.Tensor, axis: int, code: int) -> torch.Tensor:
+    """Per-element amax (fp32, contiguous, w's shape) of the block holding each element.
+
+    NaN propagates (torch's max reductions propagate NaN), so a block holding a NaN reports NaN.
+    """
+    a = w.detach().float().abs()
+    if code == TENSOR:
+        return a.amax().expand(w.shape).contiguous()
+    a = a.movedim(axis, -1)
+    k = a.shape[-1]
+    b = block_length(k, code)
+    nb = num_blocks(k, code)
+    padded = F.pad(a, (0, nb * b - k))  # zeros do not change a max of |w|
+    amax = padded.reshape(*a.shape[:-1], nb, b).amax(dim=-1)
+    per_elem = amax.repeat_interleave(b, dim=-1)[..., :k]
+    return per_elem.movedim(-1, axis).contiguous()
+
+
+def block_starts(t: torch.Tensor, axis: int, code: int) -> torch.Tensor:
+    """One value per block of `t` (w's shape), taken at each block's first element; the block
+    axis shortened to the number of blocks (one element in all for "tensor")."""
+    if code == TENSOR:
+        return t.reshape(-1)[:1]
+    k = t.shape[axis]
+    return t.index_select(axis, torch.arange(0, k, block_length(k, code), device=t.device))
+
+
+def expand_blocks(per_block: torch.Tensor, shape: tuple[int, ...], axis: int, code: int) -> torch.Tensor:
+    """The inverse of `block_starts`: each block's value repeated over its elements."""
+    if code == TENSOR:
+        return per_block.reshape(()).expand(shape)
+    k = shape[axis]
+    return per_block.repeat_interleave(block_length(k, code), dim=axis).narrow(axis, 0, k)
+
+
+def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, out_dtype: torch.dtype) -> int:
+    """Validate the inputs of a sample, a quantize or a pack; return the axis made non-negative."""
+    if w.is_complex() or not w.is_floating_point():
+        raise TypeError(f"pqt: weight must be float32, bfloat16 or float16, got {w.dtype}")
+    if w.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"pqt: weight dtype {w.dtype} is not supported: use float32, bfloat16 or float16")
+    if out_dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"pqt: out_dtype {out_dtype} is not supported: use float32, bfloat16 or float16")
+    if w.dim() < 2:
+        raise ValueError(
+            f"pqt: weight must have at least 2 dims (a matmul weight), got shape {tuple(w.shape)}; "
+            "for a vector, view it as (1, K)"
+        )
+    if not -w.dim() <= axis < w.dim():
+        raise ValueError(f"pqt: axis {axis} is out of range for a weight of shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"pqt: weight of shape {tuple(w.shape)} is empty; there is nothing to sample")
+    if w.numel() > 2**32:
+        raise ValueError(f"pqt: weight has {w.numel()} elements; at most 2^32 are supported (the counter is 32-bit)")
+    if code < TENSOR:
+        raise ValueError(f"pqt: block_size code {code} is invalid (B > 0, 0 = row, -1 = tensor)")
+    check_resolution(spec, out_dtype)
+    return axis % w.dim()

@@ -1,0 +1,153 @@
+"""The `pqt` torch.compile backend.
+
+    torch.compile(model, backend="pqt", options={"format": "fp4_e2m1", "max_autotune": True})
+    pqt_compile.compile(model, config=PQTConfig(...), mode="max-autotune")
+
+Per Dynamo graph: register the module being compiled (its weights' names key their noise,
+naming.py), name the graph's Parameter inputs, append the seed and keys inputs
+(graph_abi.py), and hand the graph to Inductor with the SamplePass installed as its joint-graph
+custom pass, patched for this compile only. The result is a `PQTCompiled` (wrapper.py), which
+supplies seed and keys at each call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .. import guards, naming
+from ..compat import compile_fx, copy_dynamo_graph_attrs, frame_root_module, inductor_config_options, mode_options
+from ..config import PQTConfig
+from ..naming import GraphWeights, ResolvedWeights
+from . import graph_abi
+from .passes.manager import PassManager
+from .passes.sample_pass import SamplePass
+from .wrapper import PQTCompiled
+
+__all__ = ["pqt_backend", "compile", "split_options", "GraphCompiler"]
+
+
+def split_options(options: Optional[dict]) -> tuple[PQTConfig, dict]:
+    """Split torch.compile options into the PQTConfig and Inductor config patches.
+
+    A key that is neither a PQTConfig field nor an Inductor config option is refused by name.
+    """
+    options = dict(options or {})
+    base = options.pop("config") if isinstance(options.get("config"), PQTConfig) else PQTConfig()
+    fields = {f.name for f in dataclasses.fields(PQTConfig)} | {"seed"}  # seed: refused with its fix
+    pqt = {k: v for k, v in options.items() if k in fields}
+    rest = {k: v for k, v in options.items() if k not in fields}
+    unknown = sorted(set(rest) - inductor_config_options())
+    if unknown:
+        raise ValueError(
+            f"pqt backend: unknown option(s) {unknown}; accepted: the PQTConfig fields {sorted(fields - {'seed'})} "
+            "and Inductor config options"
+        )
+    return (base.replace(**pqt) if pqt else base), rest
+
+
+def pqt_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: Optional[str] = None,
+                options: Optional[dict] = None) -> Callable:
+    """The Dynamo backend registered as "pqt" (entry point `torch_dynamo_backends`)."""
+    config, inductor_patches = split_options(options)
+    patches = {**(mode_options(mode) if mode and mode != "default" else {}), **inductor_patches}
+    return compile_graph(gm, list(example_inputs), config, patches)
+
+
+def _copy_dynamo_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of Dynamo's graph module that we may add inputs to (Dynamo reads its own again
+    after the backend returns, so it must stay as it was)."""
+    graph = torch.fx.Graph()
+    val_map: dict = {}
+    graph.output(graph.graph_copy(gm.graph, val_map))
+    out = torch.fx.GraphModule(gm, graph)
+    copy_dynamo_graph_attrs(gm, out, val_map)
+    return out
+
+
+class GraphCompiler:
+    """Compiles one Dynamo graph, with the seed and keys inputs, through Inductor and the pass.
+
+    Kept by the wrapper to compile a variant of a shared graph on first use (NOTE [shared
+    graphs] in wrapper.py).
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, config: PQTConfig, patches: dict, weights: GraphWeights) -> None:
+        self.gm = _copy_dynamo_graph(gm)
+        graph_abi.add_inputs(self.gm.graph, dynamo=True)
+        self.gm.recompile()
+        self.config = config
+        self.patches = patches
+        self.weights = weights
+
+    def compile(self, resolved: ResolvedWeights, example_inputs: list) -> Callable:
+        """Compile with the pass deciding include/exclude from `resolved`'s names."""
+        aliases = {n: a for n, a in zip(resolved.names, resolved.aliases) if a}
+        pass_ = SamplePass(self.config, dict(zip(self.weights.positions, resolved.names)), len(example_inputs),
+                           aliases, self.weights.buffers)
+        return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": PassManager([pass_])})
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:
+    """Compile one Dynamo graph with PQT. Returns a PQTCompiled (or Inductor's own result for a
+    graph without weights)."""
+    from . import lowering  # noqa: F401  (registers the Inductor lowering of pqt.sample)
+
+    if any(True for _ in gm.parameters()):  # checked first: such a graph has no Parameter inputs
+        raise RuntimeError(
+            "pqt: this graph holds its parameters as attributes; pqt needs them as graph inputs, "
+            "which is Dynamo's default: set torch._dynamo.config.inline_inbuilt_nn_modules = True"
+        )
+    root = frame_root_module()
+    if root is not None:
+        naming.register(root)  # through torch.compile too: the guards and the names need the model
+    weights = GraphWeights.for_graph(gm, example_inputs, root)
+    if not weights.positions:  # no Parameter inputs: nothing to sample
+        return compile_fx(gm, example_inputs, inductor_patches)
+    device = example_inputs[weights.positions[0]].device
+    compiler = GraphCompiler(gm, config, inductor_patches, weights)
+    first = weights.resolve(example_inputs)
+    fn = compiler.compile(first, graph_abi.example_inputs(example_inputs, len(weights.positions), device))
+    # Whether this graph samples, decided here and not from the pass: on a cache hit (FX graph or
+    # AOTAutograd cache) the pass does not run again, but the cached graph samples. AOTAutograd
+    # builds a joint (training) graph when grad is on and an input requires grad.
+    training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
+    return PQTCompiled(fn, compiler, weights, first, config, device, samples=training or config.sample_in_eval)
+
+
+def compile(
+    model: torch.nn.Module,
+    config: Optional[PQTConfig] = None,
+    *,
+    mode: Optional[str] = None,
+    options: Optional[dict] = None,
+    inplace: bool = False,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """`torch.compile(model, backend="pqt")` with a config object.
+
+    `mode` keeps its Inductor meaning and `options` takes Inductor config options (both may be
+    given, unlike torch.compile's); other kwargs (dynamic, fullgraph) go to torch.compile. Also
+    registers the model's parameter names, so keys match `reference.run(model, ...)` even when
+    blocks are compiled separately, and warns if a training call compiled nothing at all. With
+    `inplace=True` the module itself is compiled (`nn.Module.compile`) and returned: for
+    frameworks that expect the original class, such as transformers' Trainer.
+    """
+    cfg = config or PQTConfig()
+    if not isinstance(cfg, PQTConfig):
+        raise TypeError(f"pqt_compile.compile: config must be a PQTConfig, got {type(cfg).__name__}")
+    split_options({"config": cfg, **(options or {})})  # refuse bad options now, not at first call
+    naming.register(model)
+
+    def pqt(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})
+
+    if inplace:
+        # No nothing-sampled guard here: hooks on the module itself would run inside the compiled call.
+        model.compile(backend=pqt, **kwargs)
+        return model
+    compiled = torch.compile(model, backend=pqt, **kwargs)
+    guards.warn_if_nothing_sampled(compiled)
+    return compiled

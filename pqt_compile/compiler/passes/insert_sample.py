@@ -1,0 +1,133 @@
+"""insert_sample: put `pqt.sample` on every weight->matmul path found by find_weight_edges.
+
+Before (nn.Linear under bf16 autocast, joint graph)::
+
+    primals_1: f32[N, K]                      # the weight
+    _to_copy = aten._to_copy(primals_1, dtype=bf16)
+    t = aten.t(_to_copy)
+    mm = aten.mm(x, t)                        # forward
+    t_1 = aten.t(t); mm_1 = aten.mm(grad, t_1)   # backward: grad_input
+
+After::
+
+    w_hat = pqt.sample(primals_1, seed, key, 1, fmt, B, noise, std, bf16)   # tagged recompute
+    t_2 = aten.t(w_hat)
+    mm = aten.mm(x, t_2)
+    t_3 = aten.t(t_2); mm_1 = aten.mm(grad, t_3)
+
+NOTE [one rounding]: a dtype cast on the path is absorbed into the sample (its out_dtype),
+never applied after it: casting an fp32 sample to bf16 would round twice and differ from
+method.md's single round-to-nearest-even of float32(w) + Δ r.
+
+NOTE [recompute]: the sample node is tagged MUST_RECOMPUTE, so the partitioner saves the
+clean weight (and the seed) for backward and regenerates the sample there instead of
+keeping a second copy of every weight alive between forward and backward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.fx import Graph, Node
+from torch.utils.checkpoint import CheckpointPolicy
+
+from ...config import PQTConfig
+from .weight_edges import WeightEdge, _is_dtype_cast, _val
+
+__all__ = ["insert_sample"]
+
+
+
+def _fake_mode(graph: Graph):
+    for n in graph.nodes:
+        v = n.meta.get("val")
+        if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode"):
+            return v.fake_mode
+    return None
+
+
+def _set_val(node: Node, fake_mode) -> None:
+    """Fill node.meta['val'] by running its target on the inputs' fake values.
+
+    Skipped where an input has no value (the eager reference replays real tensors and needs none).
+    """
+    if fake_mode is None or any(a.meta.get("val") is None for a in node.all_input_nodes):
+        return
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
+    with fake_mode:
+        node.meta["val"] = node.target(*args, **kwargs)
+
+
+def insert_sample(
+    graph: Graph,
+    edges: list[WeightEdge],
+    seed: Node,
+    key_of: Callable[[Graph, WeightEdge], Node],
+    config: PQTConfig,
+    tag_recompute: bool = True,
+) -> dict[tuple[str, torch.dtype], Node]:
+    """Rewire every matmul path of every edge to one sample per (weight, dtype).
+
+    Args:
+        graph: the graph to rewrite in place.
+        edges: from find_weight_edges.
+        seed: a node holding the step's int64 seed.
+        key_of: makes (or returns) the node holding an edge's int64 key.
+        config: format, block size and noise.
+        tag_recompute: tag samples MUST_RECOMPUTE (joint graphs).
+    Returns:
+        {(weight name, dtype): sample node}.
+    """
+    fake_mode = _fake_mode(graph)
+    samples: dict[tuple[str, torch.dtype], Node] = {}
+    # Keys and samples go right after the placeholders, before the first computation.
+    anchor = next(n for n in graph.nodes if n.op != "placeholder")
+    for edge in edges:
+        fwd_dtypes = edge.dtypes
+        with graph.inserting_before(anchor):
+            key = key_of(graph, edge)
+        if key.op != "placeholder" and "val" not in key.meta:
+            _set_val(key, fake_mode)
+        memo: dict[tuple[Node, torch.dtype], Node] = {}
+
+        def sample_for(dtype: torch.dtype) -> Node:
+            if (edge.name, dtype) not in samples:
+                with graph.inserting_before(anchor):
+                    s = graph.call_function(
+                        torch.ops.pqt.sample.default,
+                        (edge.node, seed, key, edge.axis, config.format, config.block_code,
+                         config.noise, config.noise_std, dtype),
+                    )
+                _set_val(s, fake_mode)
+                s.meta["pqt_weight"] = edge.name
+                if tag_recompute:
+                    s.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
+                samples[(edge.name, dtype)] = s
+            return samples[(edge.name, dtype)]
+
+        for use in edge.uses:
+            # A backward path reuses the forward sample whose dtype it reads (NOTE [forward decides]).
+            dtype = use.dtype if (not use.is_backward or use.dtype in fwd_dtypes) else None
+            if dtype is None:
+                dtype = fwd_dtypes[0]
+            prev = sample_for(dtype)
+            for old in use.path:
+                if (old, dtype) in memo:
+                    prev = memo[(old, dtype)]
+                    continue
+                if _is_dtype_cast(old):
+                    new = prev  # absorbed into the sample (NOTE [one rounding])
+                else:
+                    with graph.inserting_before(use.matmul):
+                        new = graph.call_function(old.target, (prev, *old.args[1:]), dict(old.kwargs))
+                    _set_val(new, fake_mode)
+                memo[(old, dtype)] = prev = new
+            if _val(prev) is not None and _val(prev).dtype != use.dtype:
+                # A backward matmul that read the weight in another dtype: cast the sample.
+                with graph.inserting_before(use.matmul):
+                    prev = graph.call_function(torch.ops.prims.convert_element_type.default, (prev, use.dtype))
+                _set_val(prev, fake_mode)
+            use.matmul.replace_input_with(use.path[-1] if use.path else edge.node, prev)
+    graph.eliminate_dead_code()
+    return samples

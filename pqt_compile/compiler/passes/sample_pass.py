@@ -1,0 +1,109 @@
+"""SamplePass: the joint-graph pass that samples every weight->matmul edge.
+
+Runs as Inductor's `joint_custom_pre_pass`, on the joint forward+backward graph of a training
+compile and on the graph of an inference compile (Inductor runs its joint passes on both).
+
+Precondition: the graph's primal inputs are the Dynamo graph's inputs in order followed by the
+two inputs of compiler/graph_abi.py (`pqt_seed`, `pqt_keys`); `weight_inputs` says which primal
+positions hold Parameters and their qualified names (slot i of `pqt_keys` = the i-th of them).
+
+Before / after: see insert_sample.py. In an inference graph (no tangents) it does nothing
+unless the config asks for sampling in eval (`sample_in_eval`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from torch.fx import Graph, Node
+
+from ...config import PQTConfig
+from ...selection import Reason, admits
+from .. import graph_abi
+from .base import PQTPass, active_recording
+from .insert_sample import insert_sample
+from .weight_edges import SkippedWeight, WeightEdge, find_weight_edges
+
+__all__ = ["SamplePass", "SampleRecord", "EdgeSummary"]
+
+
+@dataclass(frozen=True)
+class EdgeSummary:
+    """A sampled weight as explain reports it (no FX nodes: NOTE [recording] in base.py)."""
+
+    name: str
+    axis: int
+    dtypes: tuple[str, ...]
+    forward_uses: int
+    backward_uses: int
+    notes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, edge: WeightEdge) -> "EdgeSummary":
+        return cls(edge.name, edge.axis, tuple(str(d).replace("torch.", "") for d in edge.dtypes),
+                   sum(not u.is_backward for u in edge.uses), sum(u.is_backward for u in edge.uses), tuple(edge.notes))
+
+
+@dataclass
+class SampleRecord:
+    """What one run of the pass found and did (kept only while recording)."""
+
+    is_joint: bool
+    edges: list[EdgeSummary] = field(default_factory=list)
+    skipped: list[SkippedWeight] = field(default_factory=list)
+    sampled: bool = False
+
+
+class SamplePass(PQTPass):
+    name = "pqt_sample_pass"
+
+    def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
+                 aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
+                 dump_dir: Optional[str] = None) -> None:
+        """
+        Args:
+            config: the PQT settings.
+            weight_inputs: {input position: qualified name} of the Parameter inputs.
+            num_inputs: number of graph inputs, pqt_seed and pqt_keys (the last two) included.
+            aliases: {name: other names} of tied Parameters (include/exclude match them too).
+            buffer_inputs: {input position: name} of module buffers: never sampled; those that feed
+                a matmul are reported as skipped ("not a Parameter").
+        """
+        super().__init__(dump_dir)
+        self.config = config
+        self.aliases = dict(aliases or {})
+        self.buffer_inputs = dict(buffer_inputs or {})
+        self.weight_inputs = dict(weight_inputs)
+        self.num_inputs = num_inputs
+
+    def cache_key(self) -> tuple:
+        return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()), self.num_inputs)
+
+    def run(self, graph: Graph) -> None:
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        primals = [n for n in placeholders if not n.name.startswith("tangents")]
+        is_joint = len(primals) != len(placeholders)
+        if len(primals) != self.num_inputs:
+            raise RuntimeError(
+                f"pqt: the graph has {len(primals)} inputs where the backend passed {self.num_inputs}; "
+                "this torch version lays out AOTAutograd inputs differently (please report it)"
+            )
+        seed, keys = graph_abi.find_inputs(primals, len(self.weight_inputs))
+        weights = {primals[pos]: name for pos, name in self.weight_inputs.items()}
+        edges, skipped = find_weight_edges(graph, weights, lambda n: admits(self.config, n, self.aliases.get(n, ())))
+        buffers = {primals[pos]: name for pos, name in self.buffer_inputs.items()}
+        buffer_edges, _ = find_weight_edges(graph, buffers)
+        skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
+        sampled = is_joint or self.config.sample_in_eval
+        recorder = active_recording()
+        if recorder is not None:
+            recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
+        if not sampled:
+            return
+        slot = {primals[pos]: i for i, pos in enumerate(sorted(self.weight_inputs))}
+
+        def key_of(g: Graph, edge: WeightEdge) -> Node:
+            return graph_abi.key_of_slot(g, keys, slot[edge.node])
+
+        insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint)

@@ -1,0 +1,176 @@
+"""Safety nets: what would otherwise let a weight train without noise, or with another
+weight's noise, without a word.
+
+* Unseen weights. A weight of a PQT-compiled model that no PQT graph received is used by code
+  Dynamo ran eagerly, so it trains clean. Causes seen in torch 2.13: a frame skipped for a
+  graph break inside a loop (a root compiled whole over per-block FSDP2 shards: FSDP2's hooks
+  are `dynamo.disable`d), code under `torch._dynamo.disable`, `Module.compile()` on a torch.nn
+  built-in (it compiles nothing). Checked once per registered model, at the first optimizer
+  step after its first sampling call: by then a whole forward and backward have run.
+* Shared keys. Two weights that one optimizer updates and that were keyed by the same name
+  draw the same noise (blocks compiled one by one without `pqt_compile.register(root)`, each
+  naming its weights relative to itself). Checked at an optimizer step after new weights
+  reached PQT graphs. Two separate models with the same names (each with its own optimizer)
+  are not a collision: their draws are independent runs.
+* Nothing sampled. A training call of a `pqt_compile.compile`d module that ran no PQT graph
+  at all (Dynamo compiled nothing: `torch.compile(DDP(nn.Sequential(...)))`). Only
+  `pqt_compile.compile` can tell: with `torch.compile(..., backend="pqt")`, Dynamo never calls
+  the backend for such a model, so nothing of pqt runs (torch 2.13's compile wrapper passes the
+  backend no per-call hook).
+
+The first two run from `pqt_compile.steps`' optimizer hook (`after_optimizer_step`); both entry
+points, `torch.compile(model, backend="pqt")` and `pqt_compile.compile`, feed them the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any, Sequence
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from . import naming
+from .compat import fsdp2_unsharded_params
+from .config import PQTConfig
+from .selection import could_be_sampled
+
+__all__ = ["mark_seen", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
+
+
+class _State:
+    def __init__(self) -> None:
+        self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> name it was keyed by
+        self.seen_version = 0  # bumped when a new Parameter is seen
+        self.checked_roots: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.checked_optimizers: WeakIdKeyDictionary = WeakIdKeyDictionary()  # optimizer -> seen_version
+        self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
+        self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
+
+
+_state = _State()
+
+
+def mark_seen(params: Sequence[Any], names: Sequence[str]) -> None:
+    """Record that PQT graphs received `params`, keyed by `names`."""
+    for p, name in zip(params, names):
+        if _state.seen.get(p) != name:
+            _state.seen[p] = name
+            _state.seen_version += 1
+
+
+def watch(config: PQTConfig, params: Sequence[Any]) -> None:
+    """Check the registered models that hold `params` (a graph's weights) at the next optimizer step."""
+    _state.pending.append((config, [weakref.ref(p) for p in params]))
+
+
+def note_graph_call() -> None:
+    """A PQT graph that holds weights ran (sampling or not)."""
+    _state.graph_calls += 1
+
+
+def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """The checks that wait for a whole training step (called by pqt_compile.steps)."""
+    while _state.pending:  # O(1) when nothing is pending: the usual case after the first step
+        config, refs = _state.pending.pop()
+        _check_unseen([p for p in (r() for r in refs) if p is not None], config)
+    if _state.checked_optimizers.get(optimizer) != _state.seen_version:
+        _state.checked_optimizers[optimizer] = _state.seen_version
+        _check_shared_keys(optimizer)
+
+
+def _stand_ins() -> dict[int, torch.nn.Parameter]:
+    out: dict[int, torch.nn.Parameter] = {}
+    for root, _ in naming.roots():
+        out.update(fsdp2_unsharded_params(root))
+    return out
+
+
+def _seen_name(p: Any, stand_ins: dict[int, torch.nn.Parameter]) -> Any:
+    name = _state.seen.get(p)
+    if name is None and id(p) in stand_ins:
+        name = _state.seen.get(stand_ins[id(p)])
+    return name
+
+
+def _check_unseen(used: Sequence[Any], config: PQTConfig) -> None:
+    """Warn, once per registered model that holds `used`, about its weights that no PQT graph
+    received. Precondition: a whole training step has run."""
+    stand_ins = _stand_ins()
+    used_ids = {id(p) for p in used}
+    for root, prefix in naming.roots():
+        if root in _state.checked_roots:
+            continue
+        params = list(root.parameters())
+        if not any(id(p) in used_ids or id(stand_ins.get(id(p))) in used_ids for p in params):
+            continue  # another model
+        _state.checked_roots[root] = True
+        named = naming.weight_names(root, prefix)
+        unseen = [named[id(p)][1].name for p in params
+                  if could_be_sampled(p, config, named[id(p)][1].name, named[id(p)][1].aliases)
+                  and _seen_name(p, stand_ins) is None]
+        if unseen:
+            warnings.warn(
+                f"pqt: {len(unseen)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph: "
+                f"{', '.join(unseen[:8])}{', ...' if len(unseen) > 8 else ''}. Unless they are unused, code that "
+                "Dynamo ran eagerly uses them, and they train without noise: a frame skipped for a graph break "
+                "inside a loop (e.g. a model whose blocks and root are each fully_shard-ed, compiled whole), "
+                "code under torch._dynamo.disable, or Module.compile() on a torch.nn built-in. Compile the "
+                "modules that own them (e.g. model.head = torch.compile(model.head, backend='pqt')), or exclude "
+                "them in the PQTConfig to silence this; pqt_compile.explain(...) lists the graph breaks.",
+                stacklevel=3,
+            )
+
+
+def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
+    """Warn if two weights this optimizer updates were keyed by the same name."""
+    stand_ins = _stand_ins() if any(type(p).__name__ == "DTensor" for g in optimizer.param_groups for p in g["params"]) else {}
+    by_name: dict[str, set[int]] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = _seen_name(p, stand_ins)
+            if name is not None:
+                by_name.setdefault(name, set()).add(id(p))
+    shared = sorted(n for n, ids in by_name.items() if len(ids) > 1)
+    if shared:
+        warnings.warn(
+            f"pqt: {len(shared)} name(s) key two or more different weights of this optimizer, so those weights draw "
+            f"the same noise: {', '.join(shared[:8])}{', ...' if len(shared) > 8 else ''}. Blocks compiled one by "
+            "one name their weights relative to themselves; call pqt_compile.register(root_model) before "
+            "training, so that each weight is keyed by its full name.",
+            stacklevel=3,
+        )
+
+
+def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
+    """Warn (once) if a training call of `module` ran no PQT graph holding weights.
+
+    `module` is torch.compile's wrapper, whose hooks run eagerly around the compiled forward.
+    """
+    state = {"before": 0, "done": False}
+
+    def pre(mod: torch.nn.Module, args: Any) -> None:
+        state["before"] = _state.graph_calls
+
+    def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
+        if state["done"] or not torch.is_grad_enabled() or not naming.unwrap(mod).training:
+            return
+        state["done"] = True  # checked on the first training call only
+        if _state.graph_calls == state["before"]:
+            warnings.warn(
+                "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "
+                "(Dynamo compiled nothing here). Compile the module that holds the weights, "
+                "e.g. DDP(pqt_compile.compile(model)) instead of pqt_compile.compile(DDP(model)) "
+                "for a torch.nn container; pqt-dump shows what was compiled.",
+                stacklevel=2,
+            )
+
+    module.register_forward_pre_hook(pre)
+    module.register_forward_hook(post)
+
+
+def reset() -> None:
+    """Forget what was seen and checked (for tests)."""
+    global _state
+    _state = _State()

@@ -1,0 +1,126 @@
+"""What the command-line tools share: a model from a preset or a factory, and the PQT config
+as flags (one flag per PQTConfig field, derived from the dataclass so none can be missing).
+
+Conventions: a bad command line is one line on stderr and exit status 2 (`UsageError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Any, Optional
+
+import torch
+
+from ..config import PQTConfig
+
+__all__ = ["PRESETS", "UsageError", "build", "add_model_arguments", "add_config_arguments", "config_from_arguments"]
+
+
+def _gpt2_tiny() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, use_cache=False))
+
+
+def _llama_tiny() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                        bos_token_id=0, eos_token_id=0, pad_token_id=0, use_cache=False))
+
+
+PRESETS = {"gpt2-tiny": _gpt2_tiny, "llama-tiny": _llama_tiny}
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit status 2."""
+
+
+def build(preset: Optional[str], factory: Optional[str], batch: int, seq: int, vocab: Optional[int]) -> tuple[torch.nn.Module, tuple]:
+    """The model and its example inputs, from a preset or a `module:function` factory."""
+    if factory:
+        mod_name, _, fn_name = factory.partition(":")
+        if not mod_name or not fn_name:
+            raise UsageError(f"--model {factory!r}: expected module:function, e.g. mypkg.models:make_model")
+        sys.path.insert(0, os.getcwd())
+        try:
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"--model {factory!r}: cannot import it ({type(e).__name__}: {e})") from None
+        made = fn()
+    elif preset:
+        if preset not in PRESETS:
+            raise UsageError(f"--preset {preset!r}: unknown; choose one of {sorted(PRESETS)}")
+        made = PRESETS[preset]()
+    else:
+        raise UsageError("give --preset NAME or --model module:function")
+    if isinstance(made, tuple):
+        model, args = made[0], tuple(made[1])
+    else:
+        model = made
+        v = vocab or getattr(getattr(model, "config", None), "vocab_size", None)
+        if not v:
+            raise UsageError("the model has no config.vocab_size: give --vocab, or return (model, example_args) from the factory")
+        args = (torch.randint(0, v, (batch, seq)),)
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"the factory returned {type(model).__name__}, not an nn.Module")
+    return model, args
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("model")
+    src.add_argument("--preset", help=f"a built-in model: {', '.join(sorted(PRESETS))}")
+    src.add_argument("--model", dest="factory", metavar="MODULE:FUNCTION", help="a factory of your own code")
+    src.add_argument("--batch", type=int, default=2, help="batch size of the token input (default 2)")
+    src.add_argument("--seq", type=int, default=32, help="sequence length of the token input (default 32)")
+    src.add_argument("--vocab", type=int, help="vocabulary size, if the model has no config.vocab_size")
+
+
+_HELP = {
+    "format": "target storage format",
+    "block_size": "elements per scale block: an int, 'row' or 'tensor'",
+    "noise": "'gaussian' or 'uniform'",
+    "noise_std": "noise std in units of the step",
+    "include": "sample only weights whose name matches (repeatable)",
+    "exclude": "never sample weights whose name matches (repeatable)",
+}
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per PQTConfig field (--block-size for block_size ...), defaults from the dataclass."""
+    group = p.add_argument_group("PQT config (PQTConfig fields)")
+    for f in dataclasses.fields(PQTConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        text = _HELP.get(f.name, f.name.replace("_", " "))
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action="store_true", help=f"{text} (default off)")
+        elif isinstance(default, tuple):
+            group.add_argument(flag, dest=f.name, action="append", default=[], metavar="REGEX", help=text)
+        elif isinstance(default, float):
+            group.add_argument(flag, dest=f.name, type=float, default=default, help=f"{text} (default {default:.4g})")
+        else:
+            group.add_argument(flag, dest=f.name, default=str(default), help=f"{text} (default {default})")
+
+
+def config_from_arguments(a: argparse.Namespace) -> PQTConfig:
+    """The PQTConfig of parsed flags; UsageError naming the flag for a bad value."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(PQTConfig):
+        v = getattr(a, f.name)
+        if f.name == "block_size" and v not in ("row", "tensor"):
+            try:
+                v = int(v)
+            except ValueError:
+                raise UsageError(f"--block-size {v!r}: expected an int, 'row' or 'tensor'") from None
+        values[f.name] = tuple(v) if isinstance(v, list) else v
+    try:
+        return PQTConfig(**values)
+    except ValueError as e:
+        raise UsageError(str(e)) from None

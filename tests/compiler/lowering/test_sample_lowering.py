@@ -1,0 +1,83 @@
+"""The Inductor lowering of pqt.sample: bit-exact against the eager op, and fused on CPU.
+
+The op is compiled directly with the inductor backend here. NOTE: Inductor's FX graph cache
+keys that compile on the graph, not on our lowering's source, so these tests turn the cache
+off (through the pqt backend the pass's uuid covers the lowering's source instead).
+"""
+
+import math
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+from torch._inductor.utils import run_and_get_code
+
+import pqt_compile.compiler.lowering  # noqa: F401  (registers the lowering)
+from pqt_compile import PQTConfig
+from pqt_compile.formula import MIX_MUL_1
+
+
+def _compiled(cfg: PQTConfig, axis: int, out_dtype: torch.dtype):
+    def f(w, seed, key):
+        return torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out_dtype)
+
+    return f, torch.compile(f, dynamic=False)
+
+
+CASES = [
+    # (shape, axis, config, w dtype, out dtype)
+    ((16, 70), 1, PQTConfig(), torch.float32, torch.float32),  # ragged last block
+    ((16, 64), 1, PQTConfig(format="fp8_e4m3"), torch.float32, torch.bfloat16),
+    ((70, 24), 0, PQTConfig(format="int4", block_size=16), torch.float32, torch.float32),
+    ((9, 40), 1, PQTConfig(format="fp4_e2m1", block_size="row"), torch.bfloat16, torch.bfloat16),
+    ((9, 40), 0, PQTConfig(format="fp6_e2m3", block_size="tensor", noise="uniform"), torch.float16, torch.float16),
+    ((3, 20, 33), 1, PQTConfig(format="fp8_e5m2", block_size=8), torch.float32, torch.float32),
+    ((1, 1), 1, PQTConfig(format="int8"), torch.float32, torch.float32),
+]
+
+
+@pytest.mark.parametrize("shape,axis,cfg,dtype,out", CASES)
+def test_lowering_is_bit_exact(shape, axis, cfg, dtype, out):
+    torch.manual_seed(sum(shape))
+    w = (torch.randn(shape) * torch.logspace(-4, 1, shape[-1])).to(dtype)
+    if w.numel() > 40:
+        w.view(-1)[:7] = 0.0
+        w.view(-1)[40] = float("nan")  # one NaN block stays put
+    seed, key = torch.tensor(-(2**40) + 3), torch.tensor(2**31 + 5)
+    f, cf = _compiled(cfg, axis, out)
+    with inductor_config.patch(fx_graph_cache=False):
+        got = cf(w, seed, key)
+    want = f(w, seed, key)
+    assert got.dtype == want.dtype
+    bits = torch.int32 if out == torch.float32 else torch.int16
+    assert torch.equal(got.view(bits), want.view(bits))  # bit for bit, NaN payloads included
+
+
+def test_a_negative_key_is_bit_exact_too():
+    w = torch.randn(16, 70)
+    f, cf = _compiled(PQTConfig(format="fp4_e2m1"), 1, torch.bfloat16)
+    seed, key = torch.tensor(5), torch.tensor(-1)
+    with inductor_config.patch(fx_graph_cache=False):
+        got = cf(w, seed, key)
+    assert torch.equal(got.view(torch.int16), f(w, seed, key).view(torch.int16))
+    assert torch.equal(got, w.to(torch.bfloat16))
+
+
+def test_noncontiguous_input_gives_logical_index_noise():
+    w = torch.randn(40, 48).t()  # [48, 40], column-major storage
+    f, cf = _compiled(PQTConfig(), 1, torch.float32)
+    seed, key = torch.tensor(1), torch.tensor(2)
+    with inductor_config.patch(fx_graph_cache=False):
+        got = cf(w, seed, key)
+    assert torch.equal(got, f(w.contiguous(), seed, key))
+
+
+def test_cpu_code_fuses_the_sample_into_a_cpp_kernel():
+    w = torch.randn(32, 64)
+    f, cf = _compiled(PQTConfig(), 1, torch.float32)
+    with inductor_config.patch(fx_graph_cache=False):
+        _, codes = run_and_get_code(cf, w, torch.tensor(1), torch.tensor(2))
+    code = "\n".join(codes)
+    assert "cpp_fused" in code
+    assert str(MIX_MUL_1) in code  # the generator's multiplier is inside the generated kernel
+    assert "torch.ops.pqt.sample" not in code and "pqt.sample.default" not in code  # no extern fallback

@@ -1,0 +1,234 @@
+"""The pqt backend: options, registration, seeds and keys, modes, recompiles, caching, memory."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import pqt_compile
+from conftest import FP32_REL_TOL, assert_matches_reference, max_rel_err
+from models import MLP, WithGraphBreak
+from pqt_compile import PQTConfig, key_for_name, reference, sample
+from pqt_compile.compiler.backend import pqt_backend
+from pqt_compile.compiler.passes.weight_edges import MATMUL_OPERANDS
+
+
+def counting_backend(counter: dict, **options):
+    def backend(gm, example_inputs):
+        # Counted on success only: with dynamic shapes Dynamo may restart its analysis from
+        # inside a compile (TensorifyScalarRestartAnalysis), which is not a recompile.
+        fn = pqt_backend(gm, example_inputs, options=options)
+        counter["compiles"] = counter.get("compiles", 0) + 1
+        return fn
+
+    return backend
+
+
+def test_backend_is_registered_once_through_the_entry_point():
+    from torch._dynamo.backends.registry import lookup_backend
+
+    assert "pqt" in torch._dynamo.list_backends(exclude_tags=())
+    assert lookup_backend("pqt") is pqt_backend
+
+
+@pytest.mark.parametrize("options,match", [({"formt": "int8"}, "formt"), ({"format": "int99"}, "int99"), ({"block_size": -3}, "block_size")])
+def test_bad_options_fail_at_compile_time(options, match):
+    torch._dynamo.reset()
+    m = nn.Linear(8, 8)
+    with pytest.raises(Exception, match=match):
+        torch.compile(m, backend="pqt", options=options)(torch.randn(2, 8))
+
+
+def test_pqt_compile_refuses_unknown_options_when_called():
+    with pytest.raises(ValueError, match="formt"):
+        pqt_compile.compile(nn.Linear(8, 8), options={"formt": "int8"})
+    with pytest.raises(TypeError, match="PQTConfig"):
+        pqt_compile.compile(nn.Linear(8, 8), config={"format": "int8"})
+
+
+def test_options_reach_the_sample():
+    torch._dynamo.reset()
+    m = nn.Linear(40, 8, bias=False)
+    cfg = PQTConfig(format="fp4_e2m1", block_size=8, noise="uniform")
+    cm = torch.compile(m, backend="pqt", options={"format": "fp4_e2m1", "block_size": 8, "noise": "uniform"})
+    eye = torch.eye(40)
+    with pqt_compile.fixed_seed(5):
+        y = cm(eye)  # eye @ W_hat^T = W_hat^T, exactly
+    want = sample(m.weight, seed=5, key=key_for_name("weight"), axis=1, config=cfg)
+    assert torch.equal(y.t(), want)
+
+
+def test_sampled_weight_is_bit_exact_in_forward_and_backward():
+    """Forward reads W_hat (eye @ W_hat^T); backward's grad_input is grad @ W_hat, the same sample."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = nn.Linear(70, 16, bias=False)  # K = 70: a ragged last block
+    cm = pqt_compile.compile(m)
+    x = torch.eye(70, requires_grad=True)
+    with pqt_compile.fixed_seed(11):
+        y = cm(x)
+    want = sample(m.weight, seed=11, key=key_for_name("weight"), axis=1)
+    assert torch.equal(y.t(), want)
+    y.backward(torch.eye(70, 16))  # x.grad = grad @ W_hat: rows of W_hat^T ... exactly
+    assert torch.equal(x.grad, torch.eye(70, 16) @ want)
+    # and the weight's gradient is the plain one (identity through the sample)
+    assert torch.equal(m.weight.grad, torch.eye(70, 16).t() @ torch.eye(70))
+
+
+def test_eval_no_grad_and_inference_mode_use_clean_weights():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = MLP()
+    cm = pqt_compile.compile(m)
+    x = torch.randn(4, 32)
+    clean = m(x).detach()
+    assert not torch.allclose(cm(x), clean)
+    with torch.no_grad():
+        assert max_rel_err(cm(x), clean) < FP32_REL_TOL
+    with torch.inference_mode():
+        assert max_rel_err(cm(x), clean) < FP32_REL_TOL
+    m.eval()
+    assert max_rel_err(cm(x).detach(), clean) < FP32_REL_TOL
+    m.train()
+    assert not torch.allclose(cm(x), clean)
+
+
+def test_per_block_compilation_gives_each_block_its_own_noise():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    root = nn.Sequential(MLP(), MLP(), MLP())
+    root[1].load_state_dict(root[0].state_dict())  # identical weights in blocks 0 and 1
+    for block in root:
+        block.compile(backend="pqt")
+    x = torch.randn(4, 32)
+    with pqt_compile.fixed_seed(3):
+        y0, y1 = root[0](x), root[1](x)
+    assert not torch.allclose(y0, y1)  # same weights, same seed, different keys
+    # Registering the root gives the names reference.run uses.
+    pqt_compile.register(root)
+    assert_matches_reference(root, root, x, seed=3)
+
+
+def test_cache_hit_still_samples():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = MLP(), torch.randn(4, 32)
+    with pqt_compile.fixed_seed(2):
+        first = pqt_compile.compile(m)(x)
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    with pqt_compile.fixed_seed(2):
+        second = pqt_compile.compile(m)(x)
+    hits = counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"]
+    assert hits > 0
+    assert torch.equal(first, second)
+    assert max_rel_err(second, reference.run(m, x, seed=2)) < FP32_REL_TOL
+
+
+class GraphRecorder(CustomGraphPass):
+    """Records the post-grad graphs (partitioned forward and backward)."""
+
+    def __init__(self) -> None:
+        self.graphs: list[str] = []
+        self.saved: list[list[str]] = []
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        self.graphs.append(str(graph))
+        if not any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes):
+            # Everything computed from a sample (views of it included) must stay in the forward.
+            derived = set(graph.find_nodes(op="call_function", target=torch.ops.pqt.sample.default))
+            for n in graph.nodes:
+                if any(a in derived for a in n.all_input_nodes) and n.target not in MATMUL_OPERANDS:
+                    derived.add(n)
+            out = next(n for n in graph.nodes if n.op == "output")
+            self.saved.append([str(a.target) for a in out.args[0] if isinstance(a, torch.fx.Node) and a in derived])
+
+    def uuid(self):
+        return None  # do not cache: the test must see the graphs
+
+
+def test_forward_saves_the_clean_weight_and_backward_recomputes_the_sample():
+    torch._dynamo.reset()
+    rec = GraphRecorder()
+    m = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+    cm = torch.compile(m, backend="pqt", options={"post_grad_custom_post_pass": rec})
+    cm(torch.randn(4, 32)).sum().backward()
+    fwd = [g for g in rec.graphs if "tangents" not in g]
+    bwd = [g for g in rec.graphs if "tangents" in g]
+    assert len(fwd) == 1 and len(bwd) == 1
+    assert "pqt.sample" in fwd[0] and "pqt.sample" in bwd[0]  # regenerated in the backward
+    assert rec.saved == [[]]  # neither a sample nor a view of one crosses to the backward
+
+
+def test_dynamic_batch_and_sequence_do_not_recompile():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    counter: dict = {}
+    m = MLP()
+    cm = torch.compile(m, backend=counting_backend(counter), dynamic=True)
+    for b, t in [(2, 3), (3, 5), (5, 7), (4, 2)]:
+        x = torch.randn(b, t, 32)
+        with pqt_compile.fixed_seed(b):
+            y = cm(x)
+        assert max_rel_err(y, reference.run(m, x, seed=b)) < FP32_REL_TOL
+    assert counter["compiles"] == 1
+
+
+def test_graph_break_samples_every_piece():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    counter: dict = {}
+    m, x = WithGraphBreak(), torch.randn(3, 16)
+    cm = torch.compile(m, backend=counting_backend(counter))
+    with pqt_compile.fixed_seed(6):
+        y = cm(x)
+    assert counter["compiles"] == 2
+    assert max_rel_err(y, reference.run(m, x, seed=6)) < FP32_REL_TOL
+    only_b = reference.run(m, x, seed=6, config=PQTConfig(include=["^b\\."]))
+    assert max_rel_err(y, only_b) > 1e-3  # the first piece was sampled too
+
+
+def test_exclude_keeps_a_weight_clean():
+    torch._dynamo.reset()
+    m = nn.Linear(32, 8, bias=False)
+    cm = pqt_compile.compile(m, PQTConfig(exclude=["weight"]))
+    x = torch.eye(32)
+    assert torch.equal(cm(x).t(), m.weight.detach())
+
+
+def test_blocks_compiled_one_by_one_after_registering_the_root():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    root = nn.Sequential(MLP(), MLP())
+    root[1].load_state_dict(root[0].state_dict())
+    pqt_compile.register(root)
+    for i in range(2):
+        pqt_compile.compile(root[i], inplace=True)  # must not replace the root's names
+    x = torch.randn(4, 32)
+    with pqt_compile.fixed_seed(9):
+        y0, y1, y = root[0](x), root[1](x), root(x)
+    assert not torch.allclose(y0, y1)
+    assert max_rel_err(y, reference.run(root, x, seed=9)) < FP32_REL_TOL
+
+
+def test_compiled_submodule_keeps_the_plain_models_keys():
+    """torchtitan-style: blocks swapped for their torch.compile wrappers (`_orig_mod` in their
+    parameter names) draw the noise of the plain model's weights, and reference.run on the model
+    as it stands (wrappers and all) reproduces the compiled output."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    root = nn.Sequential(MLP(), MLP())
+    plain = nn.Sequential(*[MLP() for _ in range(2)])
+    plain.load_state_dict(root.state_dict())
+    root[1] = torch.compile(root[1], backend="pqt")
+    root[0] = torch.compile(root[0], backend="pqt")
+    assert "1._orig_mod.fc1.weight" in dict(root.named_parameters())
+    pqt_compile.register(root)
+    x = torch.randn(4, 32)
+    with pqt_compile.fixed_seed(6):
+        y = root(x)
+    assert max_rel_err(y, reference.run(root, x, seed=6)) < FP32_REL_TOL
+    assert max_rel_err(y, reference.run(plain, x, seed=6)) < FP32_REL_TOL
+    assert max_rel_err(y, reference.run(plain, x, seed=7)) > 1e-3  # a wrong draw cannot pass

@@ -1,0 +1,31 @@
+"""blocks.py: the block math, once."""
+
+import pytest
+import sympy
+import torch
+
+from pqt_compile.blocks import (ROW, TENSOR, block_amax, block_code, block_length, block_starts, expand_blocks,
+                                num_blocks)
+
+
+@pytest.mark.parametrize("k,code,length,count", [(70, 32, 32, 3), (20, 32, 20, 1), (64, 16, 16, 4), (9, ROW, 9, 1), (9, TENSOR, 9, 1)])
+def test_length_and_count(k, code, length, count):
+    assert block_length(k, code) == length and num_blocks(k, code) == count
+    assert block_length(sympy.Integer(k), code) == length and num_blocks(sympy.Integer(k), code) == count
+
+
+def test_symbolic_axis_keeps_the_block_size():
+    s = sympy.Symbol("s0", positive=True, integer=True)
+    assert block_length(s, 32) == 32 and block_length(s, ROW) == s
+
+
+def test_amax_and_block_views_agree():
+    w = torch.randn(5, 70)
+    w[2, 65] = float("nan")
+    amax = block_amax(w, 1, 32)
+    first = block_starts(amax, 1, 32)
+    assert first.shape == (5, 3)
+    assert torch.equal(expand_blocks(first, tuple(w.shape), 1, 32).nan_to_num(), amax.nan_to_num())
+    assert torch.equal(amax[0, :32], w[0, :32].abs().max().expand(32))
+    assert amax[2, 64:].isnan().all() and not amax[2, :64].isnan().any()
+    assert block_code("row") == ROW and block_code("tensor") == TENSOR and block_code(16) == 16

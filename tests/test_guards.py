@@ -1,0 +1,159 @@
+"""The safety nets (guards.py), through both entry points: torch.compile(model, backend="pqt")
+and pqt_compile.compile(model)."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pqt_compile
+from models import MLP
+from pqt_compile import PQTConfig
+
+
+def _compile(entry: str, model: nn.Module, config: PQTConfig = PQTConfig()) -> nn.Module:
+    if entry == "torch.compile":
+        return torch.compile(model, backend="pqt", options=config.to_options())
+    return pqt_compile.compile(model, config)
+
+
+def _train(call, model: nn.Module, x: torch.Tensor, steps: int = 2) -> list[str]:
+    """Train a few steps; return the texts of pqt's warnings."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            call(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    return [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
+
+
+class EagerHead(nn.Linear):
+    @torch._dynamo.disable  # stands for any eager island (a frame Dynamo skipped)
+    def forward(self, x):
+        return super().forward(x)
+
+
+class WithHead(nn.Module):
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.body, self.head = MLP(), head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+ENTRIES = ["torch.compile", "pqt_compile.compile"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_weights_that_never_reach_a_graph_are_named_once_after_a_step(entry):
+    torch._dynamo.reset()
+    x = torch.randn(4, 32)
+    for head, excluded, expect in ((EagerHead(32, 8), (), True), (EagerHead(32, 8), ("head",), False), (nn.Linear(32, 8), (), False)):
+        torch.manual_seed(0)
+        model = WithHead(head)
+        named = [w for w in _train(_compile(entry, model, PQTConfig(exclude=excluded)), model, x) if "never reached" in w]
+        assert len(named) == int(expect), (excluded, named)  # once per model
+        if expect:
+            assert ": head.weight." in named[0] and "body." not in named[0]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_blocks_keyed_alike_warn_at_the_optimizer_step(entry):
+    """Blocks compiled one by one without register(root) name their weights relative to themselves:
+    two weights of one optimizer would draw the same noise. Each block gets a graph of its own here
+    (block 1 sees an input that requires grad), so they do not share the '#n' naming of a shared graph."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    root = nn.Sequential(MLP(), MLP())
+    for i in range(2):
+        root[i] = _compile(entry, root[i])
+    shared = [w for w in _train(root, root, torch.randn(4, 32)) if "draw the same noise" in w]
+    assert len(shared) == 1 and "fc1.weight" in shared[0] and "register" in shared[0]
+    # Registering the root first keys every weight by its full name: no warning.
+    torch._dynamo.reset()
+    root = nn.Sequential(MLP(), MLP())
+    pqt_compile.register(root)
+    for i in range(2):
+        root[i] = _compile(entry, root[i])
+    assert not [w for w in _train(root, root, torch.randn(4, 32)) if "draw the same noise" in w]
+
+
+def test_two_models_with_the_same_names_are_not_a_collision():
+    """Separate models (each with its own optimizer) are separate runs: same names, no warning."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 32)
+    warned = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = MLP()
+        warned += _train(torch.compile(m, backend="pqt"), m, x)
+    assert not warned, warned
+
+
+def test_a_module_called_many_times_in_a_step_is_not_mistaken_for_a_step():
+    """A weight-shared cell called three times before the head's first call: the head is compiled
+    and sampled, and must not be reported as unseen (the check waits for the optimizer step)."""
+    torch._dynamo.reset()
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell, self.head = nn.Linear(32, 32), nn.Linear(32, 4)
+
+        def forward(self, x):
+            for _ in range(3):
+                x = torch.tanh(self.cell(x))
+            return self.head(x)
+
+    torch.manual_seed(0)
+    m = Recurrent()
+    pqt_compile.register(m)
+    m.cell = torch.compile(m.cell, backend="pqt")
+    m.head = torch.compile(m.head, backend="pqt")
+    assert not [w for w in _train(m, m, torch.randn(2, 32)) if "never reached" in w]
+
+
+class Skipped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    @torch._dynamo.disable
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_training_call_that_compiles_nothing_warns_through_pqt_compile():
+    """Only pqt_compile.compile holds the model when Dynamo compiles nothing at all (torch.compile
+    never calls the backend then: guards.py says why)."""
+    torch._dynamo.reset()
+    cm = pqt_compile.compile(Skipped())
+    with pytest.warns(UserWarning, match="no PQT-compiled graph"):
+        cm(torch.randn(2, 8))
+    ok = pqt_compile.compile(MLP())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ok(torch.randn(2, 32))  # a model that does compile: no warning
+
+
+def test_a_root_whose_frame_compiles_but_whose_weights_run_eagerly_warns_through_torch_compile():
+    """Through torch.compile, nothing-sampled is the extreme case of unseen weights: the backend
+    registers the module it compiles, and its weights that no graph received are named."""
+    torch._dynamo.reset()
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.scale = Skipped(), nn.Parameter(torch.ones(8, 8))
+
+        def forward(self, x):
+            return self.inner(x) @ self.scale  # the frame compiles (scale is sampled), inner.fc does not
+
+    torch.manual_seed(0)
+    m = Outer()
+    named = [w for w in _train(torch.compile(m, backend="pqt"), m, torch.randn(2, 8)) if "never reached" in w]
+    assert len(named) == 1 and "inner.fc.weight" in named[0] and "scale" not in named[0]

@@ -1,0 +1,57 @@
+"""steps.py: which events advance the seed stream."""
+
+import torch
+import torch.nn as nn
+
+import pqt_compile
+from models import MLP
+from pqt_compile import steps
+
+
+def test_a_step_is_an_optimizer_step_after_a_backward_through_pqt_graphs():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = MLP(), torch.randn(4, 32)
+    cm = pqt_compile.compile(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    baseline = nn.Linear(4, 4)
+    base_opt = torch.optim.SGD(baseline.parameters(), lr=0.1)
+    cm(x).sum().backward()
+    cm(x).sum().backward()  # gradient accumulation: two micro-batches
+    assert pqt_compile.seed_state()["micro_batch"] == 2
+    baseline(torch.randn(2, 4)).sum().backward()
+    base_opt.step()  # an optimizer of a model trained without pqt moves nothing
+    assert pqt_compile.seed_state() == {"base": 0, "step": 0, "micro_batch": 2}
+    opt.step()
+    assert pqt_compile.seed_state() == {"base": 0, "step": 1, "micro_batch": 0}
+    opt.step()  # no backward since the last step (an initialisation, as DCP does): not a step
+    assert pqt_compile.seed_state()["step"] == 1
+    assert steps.optimizer_counts(opt) and not steps.optimizer_counts(base_opt)
+
+
+def test_one_backward_through_several_graphs_is_one_micro_batch():
+    torch._dynamo.reset()
+    from models import WithGraphBreak
+
+    m = WithGraphBreak()
+    cm = torch.compile(m, backend="pqt")
+    cm(torch.randn(3, 16)).sum().backward()  # two graphs, one backward pass
+    assert pqt_compile.seed_state()["micro_batch"] == 1
+
+
+def test_a_backward_pass_that_raised_does_not_stop_the_next_from_counting():
+    torch._dynamo.reset()
+    m = MLP()
+    cm = pqt_compile.compile(m)
+    out = cm(torch.randn(4, 32)).sum()
+
+    def boom(grad):
+        raise RuntimeError("boom")
+
+    out.register_hook(boom)
+    try:
+        out.backward()
+    except RuntimeError:
+        pass
+    cm(torch.randn(4, 32)).sum().backward()
+    assert pqt_compile.seed_state()["micro_batch"] == 1

@@ -1,0 +1,55 @@
+"""pqt-dump: the command line (its compile is explain's, tested in test_explain.py)."""
+
+import dataclasses
+import os
+
+import pytest
+
+from pqt_compile import PQTConfig
+from pqt_compile.tools import cli, dump
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "dumps"
+    assert dump.main(["--preset", "llama-tiny", "--seq", "16", "--format", "fp4_e2m1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "model.layers.0.self_attn.q_proj.weight" in printed and "fp4_e2m1" in printed
+    files = os.listdir(out)
+    assert len(files) >= 8 and all(os.path.getsize(out / f) > 100 for f in files)
+
+
+@pytest.mark.parametrize("argv,msg", [(["--preset", "nope"], "unknown"), (["--model", "no_such_mod:f"], "cannot import"),
+                                      (["--preset", "gpt2-tiny", "--format", "fp3"], "unknown format"),
+                                      (["--preset", "gpt2-tiny", "--block-size", "big"], "block-size"), ([], "--preset")])
+def test_cli_errors_are_one_line_and_nonzero(argv, msg, capsys):
+    assert dump.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1
+
+
+# A value other than the default for every PQTConfig field, as given on the command line and
+# as the config holds it. A field added to PQTConfig without a flag fails the test below.
+NON_DEFAULT = {
+    "format": (["--format", "int4"], "int4"),
+    "block_size": (["--block-size", "16"], 16),
+    "noise": (["--noise", "uniform"], "uniform"),
+    "noise_std": (["--noise-std", "0.5"], 0.5),
+    "include": (["--include", "a", "--include", "b"], ("a", "b")),
+    "exclude": (["--exclude", "head"], ("head",)),
+    "sample_in_eval": (["--sample-in-eval"], True),
+    "per_rank_noise": (["--per-rank-noise"], True),
+}
+
+
+def test_every_config_field_has_a_flag_that_reaches_the_config(capsys):
+    assert set(NON_DEFAULT) == {f.name for f in dataclasses.fields(PQTConfig)}
+    with pytest.raises(SystemExit):
+        dump.main(["--help"])
+    text = capsys.readouterr().out
+    parser = dump._parser()
+    for field, (argv, value) in NON_DEFAULT.items():
+        assert argv[0] in text, field
+        config = cli.config_from_arguments(parser.parse_args(["--preset", "gpt2-tiny", *argv]))
+        assert getattr(config, field) == value != getattr(PQTConfig(), field), field
+    for opt in ("--preset", "--model", "--batch", "--seq", "--out"):
+        assert opt in text

@@ -1,0 +1,106 @@
+"""explain / pqt-dump, checked against ground truth (the model's own matmul weights)."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pqt_compile
+from models import WithGraphBreak
+from pqt_compile import PQTConfig
+from pqt_compile.tools import cli
+from pqt_compile.formula import MIX_MUL_1
+
+
+def matmul_weights(model: nn.Module) -> set[str]:
+    """Ground truth without the compiler: Linear / Conv1D weights, tied ones under their first name."""
+    canon = {id(p): n for n, p in model.named_parameters()}
+    return {canon[id(m.weight)] for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"}
+
+
+@pytest.fixture(scope="module")
+def gpt2_report():
+    model, args = cli.build("gpt2-tiny", None, 2, 16, None)
+    return model, pqt_compile.explain(model, *args, config=PQTConfig(exclude=["lm_head"]))
+
+
+def test_sampled_are_the_admitted_matmul_weights(gpt2_report):
+    model, r = gpt2_report
+    truth = matmul_weights(model) - {"transformer.wte.weight"}  # excluded through its alias lm_head
+    assert {s.name for s in r.sampled} == truth
+    assert all(s.forward_uses >= 1 and s.backward_uses >= 1 for s in r.sampled)
+    assert all(s.axis == 0 for s in r.sampled)  # GPT-2's Conv1D stores [K, N]
+    reasons = {u.name: u.reason for u in r.unsampled}
+    assert "excluded" in reasons["transformer.wte.weight"]
+    assert reasons["transformer.wpe.weight"] == "not a matmul operand"
+    assert r.graphs == 1 and r.recompiles == 0 and r.graph_breaks == []
+
+
+def test_landing_and_marked_output_code(gpt2_report):
+    _, r = gpt2_report
+    assert all(s.landed.startswith(("fused into kernel cpp_", "materialised by its own kernel cpp_")) for s in r.sampled)
+    code = "\n".join(v for k, v in r.artifacts.items() if k.startswith("output_code"))
+    assert "# >>> PQT:" in code and str(MIX_MUL_1) in code
+
+
+def test_saved_files(gpt2_report, tmp_path):
+    _, r = gpt2_report
+    paths = r.save(str(tmp_path))
+    names = {os.path.basename(p) for p in paths}
+    assert {"summary.txt", "report.json", "00_dynamo_graph.txt", "partitioned_00_forward.txt", "partitioned_01_backward.txt"} <= names
+    assert any(n.startswith("joint_") and "before" in n for n in names) and any("after" in n for n in names)
+    after = next(p for p in paths if "after_pqt_sample_pass" in p)
+    assert "pqt.sample.default" in open(after).read()
+    assert "pqt.sample" not in open(next(p for p in paths if "before_pqt_sample_pass" in p)).read()
+    assert json.load(open(tmp_path / "report.json"))["graphs"] == 1
+    assert "transformer.h.0.mlp.c_fc.weight" in open(tmp_path / "summary.txt").read()
+
+
+def test_graph_break_is_reported_and_both_pieces_sampled():
+    r = pqt_compile.explain(WithGraphBreak(), torch.randn(2, 16))
+    assert r.graphs == 2 and len(r.graph_breaks) >= 1
+    assert {s.name for s in r.sampled} == {"a.weight", "b.weight"}
+
+
+def test_buffer_feeding_a_matmul_is_reported_not_sampled():
+    class WithBuffer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.register_buffer("proj", torch.randn(8, 8))
+
+        def forward(self, x):
+            return self.fc(x) @ self.proj
+
+    r = pqt_compile.explain(WithBuffer(), torch.randn(2, 8))
+    assert {s.name for s in r.sampled} == {"fc.weight"}
+    assert {u.name: u.reason for u in r.unsampled}["proj"] == "not a Parameter (a buffer)"
+
+
+def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
+    """No torch._dynamo.reset(): a model compiled before explain keeps its compiled code (no
+    recompile after explain), keeps sampling, and the seed stream is where it was."""
+    from torch._dynamo.utils import counters
+
+    from models import MLP
+
+    torch.manual_seed(0)
+    m, x = MLP(), torch.randn(4, 32)
+    cm = torch.compile(m, backend="pqt")
+    with pqt_compile.fixed_seed(3):
+        before = cm(x)
+    state = pqt_compile.seed_state()
+    graphs = counters["stats"]["unique_graphs"]
+    r = pqt_compile.explain(m, x)  # the same model: its code object gets a second cache entry
+    assert {s.name for s in r.sampled} == {"fc1.weight", "fc2.weight"}
+    assert pqt_compile.seed_state() == state
+    graphs_after_explain = counters["stats"]["unique_graphs"]
+    with pqt_compile.fixed_seed(3):
+        again = cm(x)
+    assert counters["stats"]["unique_graphs"] == graphs_after_explain > graphs  # cm did not recompile
+    assert torch.equal(before, again)
+    assert all(p.grad is None for p in m.parameters())
+
+
