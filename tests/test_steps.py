@@ -6,6 +6,9 @@ import torch.nn as nn
 import pqt_compile
 from models import MLP
 from pqt_compile import steps
+import pytest
+
+pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
 
 def test_a_step_is_an_optimizer_step_after_a_backward_through_pqt_graphs():

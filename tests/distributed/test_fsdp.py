@@ -17,6 +17,9 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import pytest
+
+pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

@@ -16,6 +16,8 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 from pqt_compile.kernels.sample import sample_triton  # noqa: E402
 
+pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
+
 CASES = [
     ((20, 70), 1, PQTConfig(), torch.float32, torch.float32),
     ((20, 70), 0, PQTConfig(format="int4", block_size=16), torch.float32, torch.float32),

@@ -16,6 +16,8 @@ import pqt_compile.compiler.lowering  # noqa: F401  (registers the lowering)
 from pqt_compile import PQTConfig
 from pqt_compile.formula import MIX_MUL_1
 
+pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
+
 
 def _compiled(cfg: PQTConfig, axis: int, out_dtype: torch.dtype):
     def f(w, seed, key):
