@@ -19,10 +19,10 @@ from typing import Any, Optional
 
 import torch
 
-from .config import PQTConfig
-from .naming import canonical_name, named_parameters
-from .quantize import PackedTensor, pack, quantize, unpack
-from .reference import sampled_axes
+from ..config import PQTConfig
+from ..naming import canonical_name, named_parameters
+from ..quantize import PackedTensor, pack, quantize, unpack
+from ..reference import sampled_axes
 
 __all__ = ["quantize_model", "save", "load", "FILE_VERSION"]
 

@@ -1,0 +1,13 @@
+"""Deployment: the round-to-nearest model and the files that hold it.
+
+- `quantize_model`, `save`, `load` (packed.py): pqt_compile's own packed file, restored bit
+  for bit by `load`.
+
+Every writer stores the values `quantize_model` gives (the codes and block exponents of
+`pqt_compile.quantize.pack`), for the weights the compiler samples
+(`pqt_compile.reference.sampled_axes`).
+"""
+
+from .packed import FILE_VERSION, load, quantize_model, save
+
+__all__ = ["quantize_model", "save", "load", "FILE_VERSION"]
