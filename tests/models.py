@@ -103,3 +103,18 @@ def tiny_llama(seed: int = 0, *, tie: bool = True, intermediate: int = 192, bias
     _perturb_norms_and_zero_blocks(model, [("model.layers.0.self_attn.q_proj.weight", (1, slice(32, 64))),
                                            ("model.layers.1.mlp.down_proj.weight", (0, slice(None)))])
     return model.to(dtype).eval()
+
+
+def small_bpe_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer of GPT-2's kind, trained here on a little text (no download)."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n" * 50, "the quick brown fox jumps over the lazy dog " * 50],
+                            trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")

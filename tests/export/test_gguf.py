@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pqt_compile
-from models import MLP, tiny_gpt2, tiny_llama
+from models import MLP, small_bpe_tokenizer, tiny_gpt2, tiny_llama
 from pqt_compile import PQTConfig
 from pqt_compile.export import ExportError, read_gguf, write_gguf
 from pqt_compile.export.gguf_arch import arch_plan
@@ -110,24 +110,10 @@ def test_byte_symbols_are_the_byte_level_alphabet():
     assert set(symbols) == set(pre_tokenizers.ByteLevel.alphabet())
 
 
-def _bpe_tokenizer(vocab_size: int = 300):
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(tok_models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator(["def f(x):\n    return x + 1\n" * 50, "the quick brown fox jumps over the lazy dog " * 50],
-                            trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-
-
 def test_hf_byte_level_bpe_tokenizer(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = _bpe_tokenizer()
+    tok = small_bpe_tokenizer()
     model = GPT2LMHeadModel(GPT2Config(vocab_size=320, n_positions=32, n_embd=32, n_layer=1, n_head=2)).eval()
     path = str(tmp_path / "m.gguf")
     assert write_gguf(model, path, PQTConfig(format="int8"), tokenizer=tok).vocab == "hf-bpe"
