@@ -143,7 +143,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
             if data.shape[0] != target.dense(t).shape[0]:
                 raise ExportError(f"{name}: sampled along axis {axis}, which is not the reduction axis of llama.cpp's "
                                   f"layout for {target.name}")
-            tensors.append((target.name, target.rows(data).contiguous().numpy(), qtype))
+            tensors.append((target.name, target.rows(data).contiguous().cpu().numpy(), qtype))
         else:
             tensors.append((target.name, *_dense_array(target.dense(t))))
 
