@@ -24,9 +24,9 @@ from ..config import PQTConfig
 from .common import ExportError
 from .compressed_tensors import CTSummary, write_compressed_tensors
 from .gguf import GGUFSummary, read_gguf, write_gguf
-from .packed import FILE_VERSION, load, quantize_model, save
+from .packed import FILE_VERSION, load, quantize_model, save, saved_config
 
-__all__ = ["quantize_model", "save", "load", "FILE_VERSION", "ExportError", "TARGETS", "write", "write_gguf",
+__all__ = ["quantize_model", "save", "load", "saved_config", "FILE_VERSION", "ExportError", "TARGETS", "write", "write_gguf",
            "read_gguf", "GGUFSummary", "write_compressed_tensors", "CTSummary"]
 
 #: The targets of `write` (and `pqt-export --to`).

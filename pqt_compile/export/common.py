@@ -31,6 +31,12 @@ def check_destination(path: str, *, force: bool) -> None:
         raise ExportError(f"the directory {parent} of the output {path} does not exist; create it first")
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -53,6 +59,8 @@ def atomic_output(path: str, *, directory: bool, force: bool) -> Iterator[str]:
         os.close(fd)
     try:
         yield tmp
+        # mkstemp / mkdtemp create private (0600 / 0700) entries: give the output the usual mode.
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
         check_destination(path, force=force)  # someone may have created it meanwhile
         if directory and os.path.lexists(path):
             # os.replace cannot put a directory over a non-empty one: move the old one aside

@@ -24,6 +24,9 @@ def test_output_appears_only_when_complete(tmp_path, directory):
         else:
             open(tmp, "w").write("new")
     assert os.listdir(tmp_path) == ["model"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == (0o777 if directory else 0o666) & ~mask  # not mkstemp's private mode
 
 
 @pytest.mark.parametrize("directory", [False, True])
