@@ -1,5 +1,5 @@
-"""What every inference-engine writer shares: its error type, and writing without leaving a
-partial output behind.
+"""What every inference-engine writer shares: its error type, writing without leaving a
+partial output behind, and finding the Parameter behind a state_dict key.
 
 A writer builds its output under a temporary name in the destination's own directory (so that
 the final rename stays on one filesystem and is atomic) and renames it into place only when
@@ -12,9 +12,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
 
-__all__ = ["ExportError", "atomic_output", "check_destination"]
+import torch
+
+__all__ = ["ExportError", "atomic_output", "check_destination", "parameter_at"]
 
 
 class ExportError(ValueError):
@@ -75,3 +77,12 @@ def atomic_output(path: str, *, directory: bool, force: bool) -> Iterator[str]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def parameter_at(model: torch.nn.Module, key: str) -> Optional[torch.nn.Parameter]:
+    """The Parameter behind a state_dict key of `model` (None for a buffer). Writers compare
+    Parameters by object: a tied weight is sampled under one name and stored under another."""
+    try:
+        return model.get_parameter(key)
+    except AttributeError:
+        return None

@@ -38,14 +38,14 @@ import torch
 
 from ..blocks import ROW, TENSOR
 from ..config import PQTConfig
-from ..quantize import quantize
 from ..naming import canonical_name, named_parameters, unwrap
+from ..quantize import quantize
 from ..reference import sampled_axes
 from .codes import GroupedCodes, grouped_codes
-from .common import ExportError, atomic_output, check_destination
+from .common import ExportError, atomic_output, check_destination, parameter_at
 from .mx import MX_BLOCK, NibbleOrder, e8m0_scales, pack_mxfp4
 
-__all__ = ["FORMAT_VERSION", "CTSummary", "scheme_for", "write_compressed_tensors"]
+__all__ = ["FORMAT_VERSION", "CTSummary", "scheme_for", "compress_linear", "write_compressed_tensors"]
 
 #: The compressed-tensors release whose loader this layout was verified against (written as "version").
 FORMAT_VERSION = "0.20.0"
@@ -131,14 +131,6 @@ def compress_linear(w: torch.Tensor, config: PQTConfig, name: str = "weight") ->
     return {"weight_packed": packed.to(torch.uint8), "weight_scale": scales}
 
 
-def _parameter(model: torch.nn.Module, key: str) -> Optional[torch.nn.Parameter]:
-    """The Parameter behind a state_dict key (None for a buffer)."""
-    try:
-        return model.get_parameter(key)
-    except AttributeError:
-        return None
-
-
 @dataclass(frozen=True)
 class CTSummary:
     """What `write_compressed_tensors` wrote: the directory, the format, the compressed
@@ -213,7 +205,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
         key = canonical_name(raw_key)
         if key in skip:
             continue
-        param = _parameter(model, raw_key)
+        param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled:  # a sampled weight stored dense (the head): its deployed values
             t = quantize(param.detach(), axis=axes[sampled[id(param)]], config=config)
         tensors[key] = t.detach().contiguous()

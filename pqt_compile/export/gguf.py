@@ -21,7 +21,7 @@ import torch
 from ..config import PQTConfig
 from ..naming import canonical_name, named_parameters, unwrap
 from ..reference import sampled_axes
-from .common import ExportError, atomic_output, check_destination
+from .common import ExportError, atomic_output, check_destination, parameter_at
 from .gguf_arch import ArchPlan, arch_plan
 from .gguf_blocks import encode_weight, gguf_type_for
 from .gguf_vocab import BYTE_VOCAB_SIZE, add_byte_vocab, add_hf_bpe_vocab, add_no_vocab
@@ -72,14 +72,6 @@ def _add_vocab(writer: Any, model: torch.nn.Module, plan: ArchPlan, vocab: Token
         raise ExportError(f"tokenizer={vocab!r}: give 'bytes', 'none' or an HF tokenizer object")
     add_hf_bpe_vocab(writer, vocab, n_vocab)
     return "hf-bpe"
-
-
-def _parameter(model: torch.nn.Module, key: str) -> Optional[torch.nn.Parameter]:
-    """The Parameter behind a state_dict key (None for a buffer)."""
-    try:
-        return model.get_parameter(key)
-    except AttributeError:
-        return None
 
 
 def _dense_array(t: torch.Tensor) -> tuple[Any, Optional[str]]:
@@ -136,7 +128,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         if key == "lm_head.weight" and tied:
             continue  # llama.cpp uses token_embd as the output when output.weight is absent
         target = plan.tensors[key]
-        param = _parameter(model, raw_key)
+        param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled:
             name, axis = sampled[id(param)]
             data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name)
