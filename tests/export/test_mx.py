@@ -84,3 +84,12 @@ def test_grouped_codes_lend_each_block_scale_to_its_groups():
     assert torch.equal(g.exponents[:, 0], g.exponents[:, 1])  # one 64-block, two groups
     assert bool(g.zero[5].all()) and not bool(g.zero[0].any())
     assert e8m0_scales(grouped_codes(w, axis=1, config=PQTConfig(format="fp8_e4m3"), group=32)).dtype == torch.uint8
+
+
+def test_stacked_expert_weights_keep_their_leading_dims():
+    """gpt-oss keeps its experts as one [E, N, K] tensor; the packer keeps E and N."""
+    w = torch.randn(3, 8, 64)
+    cfg = PQTConfig(format="fp4_e2m1")
+    m = pack_mxfp4(w, axis=2, config=cfg, order=NibbleOrder.PAIRS)
+    assert m.blocks().shape == (3, 8, 2, 16) and m.scales.shape == (3, 8, 2)
+    assert torch.equal(_bits(unpack_mxfp4(m)), _bits(quantize(w, axis=2, config=cfg)))
