@@ -3,8 +3,9 @@
 The baseline (`torch.compile`, default backend) and PQT (`backend="pqt"`) start from the same
 weights and see the same batches; their steps alternate so that both are timed alike. At the
 end both are evaluated clean and after round-to-nearest quantization to the target format and
-to a lower one, the PQT model is exported in packed form, and the numbers are printed, written
-to results.json, and (with matplotlib) plotted.
+to a lower one, the PQT model is exported in packed form, both models are written as GGUF files
+for llama.cpp (with llama-cpp-python installed, also evaluated there), and the numbers are
+printed, written to results.json, and (with matplotlib) plotted.
 
 Data: bytes (vocabulary 256) of a fixed list of Python standard-library modules, present on
 every machine with Python; `--data FILE` trains on your own text instead.
@@ -86,7 +87,9 @@ def build_model(arch: str, size: str, seq: int) -> torch.nn.Module:
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=d, intermediate_size=int(d * 8 / 3) // 8 * 8,
+        # SwiGLU's usual 8/3 d, rounded down to a multiple of 32: every sampled weight's reduction
+        # axis then holds whole 32-element blocks, which GGUF and MX formats need (160 for d 64).
+        return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=d, intermediate_size=int(d * 8 / 3) // 32 * 32,
                                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                                             max_position_embeddings=seq, bos_token_id=0, eos_token_id=0, pad_token_id=0,
                                             tie_word_embeddings=True))
@@ -289,6 +292,36 @@ def plot(results: dict, path: str) -> str:
     return f"plot: {path}"
 
 
+def write_gguf_files(models: dict, cfg: PQTConfig, results: dict, a: argparse.Namespace) -> dict:
+    """Write both models as GGUF in the target format (what llama.cpp and Ollama run), print
+    where, and, if llama-cpp-python is installed, their validation loss as llama.cpp computes it
+    on `evaluate`'s batches, beside the PyTorch loss after quantization."""
+    from pqt_compile.export import ExportError, write_gguf
+    from pqt_compile.export.llamacpp import llamacpp_available, llamacpp_loss
+
+    val, seq = split(load_corpus(a.data))[1], results["seq"]
+    out: dict = {}
+    for k, m in models.items():
+        path = os.path.join(a.out, f"{k}_model.gguf")
+        try:
+            out[k] = {"path": path, "bytes": write_gguf(m, path, cfg, force=True).bytes}
+        except (ExportError, ImportError) as e:  # a format GGUF cannot hold, or no gguf package
+            out[k] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"GGUF {k}: not written ({out[k]['error']})")
+            continue
+        line = f"GGUF {k}: {path} ({out[k]['bytes']} bytes)"
+        if llamacpp_available():
+            g = torch.Generator().manual_seed(1234)  # evaluate()'s batches
+            batches = [get_batch(val, a.batch, seq, g) for _ in range(a.eval_batches)]
+            out[k]["llamacpp_val_loss"] = sum(llamacpp_loss(path, x, y) for x, y in batches) / len(batches)
+            line += (f"; val loss in llama.cpp {out[k]['llamacpp_val_loss']:.4f}, "
+                     f"in PyTorch after {cfg.format} quantization {results['eval'][k][cfg.format]:.4f}")
+        else:
+            line += "; pip install llama-cpp-python to see its val loss in llama.cpp"
+        print(line)
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     a = parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
@@ -298,6 +331,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     pqt_compile.export.save(models["pqt"], export_path, cfg)
     results["export"] = {"path": export_path, "bytes": os.path.getsize(export_path)}
     print("\n" + text)
+    results["gguf"] = write_gguf_files(models, cfg, results, a)
     print(plot(results, os.path.join(a.out, "loss.png")))
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

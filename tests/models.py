@@ -58,3 +58,63 @@ class WithGraphBreak(nn.Module):
         h = self.a(x)
         torch._dynamo.graph_break()
         return self.b(torch.relu(h))
+
+
+def _perturb_norms_and_zero_blocks(model: nn.Module, zero_blocks: list[tuple[str, tuple]]) -> None:
+    """HF initialises norm weights to 1 (a wrong mapping of one norm to another would not
+    show): perturb them. And zero some 32-element blocks of matmul weights, so that writers
+    meet all-zero blocks (pack's exponent -128)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        params = dict(model.named_parameters())
+        for name, index in zero_blocks:
+            params[name][index] = 0.0
+
+
+def tiny_gpt2(seed: int = 0, n_positions: int = 64) -> nn.Module:
+    """HF GPT-2, byte vocabulary, 2 layers, d 64 (Conv1D weights [K, N], tied head), eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=n_positions, n_embd=64, n_layer=2, n_head=2,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
+    # c_fc is [K=64, N=256]: a block runs down a column.
+    _perturb_norms_and_zero_blocks(model, [("transformer.h.0.mlp.c_fc.weight", (slice(0, 32), 5))])
+    return model.eval()
+
+
+def tiny_llama(seed: int = 0, *, tie: bool = True, intermediate: int = 192, bias: bool = False,
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+    """HF Llama, byte vocabulary, 2 layers, d 64, 4 heads over 2 KV heads (GQA), eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=intermediate,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                                         tie_word_embeddings=tie, attention_bias=bias, mlp_bias=bias))
+    if bias:  # HF initialises biases to 0
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.05)
+    _perturb_norms_and_zero_blocks(model, [("model.layers.0.self_attn.q_proj.weight", (1, slice(32, 64))),
+                                           ("model.layers.1.mlp.down_proj.weight", (0, slice(None)))])
+    return model.to(dtype).eval()
+
+
+def small_bpe_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer of GPT-2's kind, trained here on a little text (no download)."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n" * 50, "the quick brown fox jumps over the lazy dog " * 50],
+                            trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")

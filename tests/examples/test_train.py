@@ -53,3 +53,15 @@ def test_a_short_run_end_to_end(tmp_path):
     m = train.build_model("gpt2", "tiny", 64)
     pqt_compile.export.load(saved["export"]["path"], m)
     assert os.path.getsize(saved["export"]["path"]) == saved["export"]["bytes"]
+    # Both models as GGUF files in the target format (llama.cpp's loss where llama-cpp-python is installed).
+    for k in ("baseline", "pqt"):
+        g = saved["gguf"][k]
+        assert os.path.getsize(g["path"]) == g["bytes"] > 0
+        if "llamacpp_val_loss" in g:
+            assert g["llamacpp_val_loss"] == pytest.approx(saved["eval"][k]["fp4_e2m1"], abs=0.01)
+
+
+@pytest.mark.parametrize("d,width", [(64, 160), (128, 320), (256, 672)])
+def test_llama_ffn_width_is_a_multiple_of_32(d, width):
+    size = next(name for name, s in train.SIZES.items() if s[1] == d)
+    assert train.build_model("llama", size, 64).config.intermediate_size == width

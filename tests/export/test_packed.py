@@ -1,4 +1,4 @@
-"""quantize_model and export.save / export.load."""
+"""quantize_model and the packed file: export.save / export.load."""
 
 import copy
 

@@ -19,12 +19,12 @@ from typing import Any, Optional
 
 import torch
 
-from .config import PQTConfig
-from .naming import canonical_name, named_parameters
-from .quantize import PackedTensor, pack, quantize, unpack
-from .reference import sampled_axes
+from ..config import PQTConfig
+from ..naming import canonical_name, named_parameters
+from ..quantize import PackedTensor, pack, quantize, unpack
+from ..reference import sampled_axes
 
-__all__ = ["quantize_model", "save", "load", "FILE_VERSION"]
+__all__ = ["quantize_model", "save", "load", "saved_config", "FILE_VERSION"]
 
 FILE_VERSION = 1
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
@@ -80,12 +80,8 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     torch.save({"meta": meta, "tensors": tensors, "sha256": _digest(meta, tensors)}, path)
 
 
-def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) -> torch.nn.Module:
-    """Fill `model` from a file written by `save`; returns the model.
-
-    Raises ValueError if the file is damaged or not a pqt_compile export, or if `config` is
-    given and names another format or block size than the file's.
-    """
+def _read(path: str) -> tuple[dict, dict[str, torch.Tensor], PQTConfig]:
+    """(meta, tensors, config) of a file written by `save`, checked (sha256, file version)."""
     try:
         blob: Any = torch.load(path, map_location="cpu", weights_only=True)
         meta, tensors, digest = blob["meta"], blob["tensors"], blob["sha256"]
@@ -98,6 +94,21 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
     if meta.get("file_version") != FILE_VERSION:
         raise ValueError(f"pqt_compile.export.load: {path} has file version {meta.get('file_version')}; this pqt_compile reads {FILE_VERSION}")
     saved_cfg = PQTConfig(**{k: v for k, v in meta["config"].items() if k != "seed"})  # seed: pqt_compile 0.1
+    return meta, tensors, saved_cfg
+
+
+def saved_config(path: str) -> PQTConfig:
+    """The PQTConfig a file written by `save` was saved with (ValueError if it is damaged)."""
+    return _read(path)[2]
+
+
+def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) -> torch.nn.Module:
+    """Fill `model` from a file written by `save`; returns the model.
+
+    Raises ValueError if the file is damaged or not a pqt_compile export, or if `config` is
+    given and names another format or block size than the file's.
+    """
+    meta, tensors, saved_cfg = _read(path)
     if config is not None and (config.format, config.block_size) != (saved_cfg.format, saved_cfg.block_size):
         raise ValueError(
             f"pqt_compile.export.load: {path} holds format {saved_cfg.format!r} with block_size {saved_cfg.block_size!r}, "

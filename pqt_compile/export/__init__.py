@@ -1,0 +1,49 @@
+"""Deployment: the round-to-nearest model and the files that hold it.
+
+- `quantize_model`, `save`, `load` (packed.py): pqt_compile's own packed file, restored bit
+  for bit by `load`.
+- `write_gguf` (gguf.py): a GGUF file for llama.cpp and Ollama (HF GPT-2 and Llama).
+- `write_compressed_tensors` (compressed_tensors.py): an HF checkpoint directory in the
+  compressed-tensors format, for transformers and vLLM.
+- `write(model, path, config, to=...)`: either of the two, as `pqt-export` calls them.
+
+Every writer stores the values `quantize_model` gives (the codes and block exponents of
+`pqt_compile.quantize.pack`, regrouped by codes.py; MXFP4 through the one packer in mx.py),
+for the weights the compiler samples (`pqt_compile.reference.sampled_axes`), in a type of
+the target that holds them exactly, and refuses (ExportError) what it cannot hold exactly.
+The engine packages (gguf, safetensors) are imported only when a writer runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from ..config import PQTConfig
+from .common import ExportError
+from .compressed_tensors import CTSummary, write_compressed_tensors
+from .gguf import GGUFSummary, read_gguf, write_gguf
+from .packed import FILE_VERSION, load, quantize_model, save, saved_config
+
+__all__ = ["quantize_model", "save", "load", "saved_config", "FILE_VERSION", "ExportError", "TARGETS", "write", "write_gguf",
+           "read_gguf", "GGUFSummary", "write_compressed_tensors", "CTSummary"]
+
+#: The targets of `write` (and `pqt-export --to`).
+TARGETS = ("gguf", "compressed-tensors")
+
+
+def write(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, *, to: str, tokenizer: Any = None,
+          example_args: Optional[tuple] = None, force: bool = False,
+          gguf_type: Optional[str] = None) -> Union[GGUFSummary, CTSummary]:
+    """Write `model` for an inference engine: `to="gguf"` (a file, `write_gguf`) or
+    `to="compressed-tensors"` (a directory, `write_compressed_tensors`). `gguf_type` applies to
+    GGUF only; the other arguments mean the same for both."""
+    if to == "gguf":
+        return write_gguf(model, path, config, tokenizer=tokenizer, gguf_type=gguf_type, example_args=example_args,
+                          force=force)
+    if to == "compressed-tensors":
+        if gguf_type is not None:
+            raise ExportError("gguf_type applies to GGUF files only")
+        return write_compressed_tensors(model, path, config, tokenizer=tokenizer, example_args=example_args, force=force)
+    raise ExportError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")

@@ -1,0 +1,122 @@
+"""compressed-tensors export, checked with the real loader: transformers + compressed-tensors
+load the directory on CPU (dequantising), every weight equals quantize_model's bit for bit,
+the logits equal the quantized model's, generate() runs; and the refusals."""
+
+import copy
+import json
+import os
+import warnings
+
+import pytest
+import torch
+
+import pqt_compile
+from models import tiny_gpt2, tiny_llama
+from pqt_compile import PQTConfig
+from pqt_compile.export import ExportError, write_compressed_tensors
+
+pytest.importorskip("compressed_tensors")
+
+# (format, block, tied head, compressed-tensors format): each exact mapping once, tied and
+# untied heads alternating.
+CASES = [
+    ("fp4_e2m1", 32, True, "mxfp4-pack-quantized"),
+    ("fp4_e2m1", 32, False, "mxfp4-pack-quantized"),
+    ("fp8_e4m3", 32, False, "mxfp8-quantized"),
+    ("fp6_e2m3", 32, True, "mxfp6-pack-quantized"),
+    ("int4", 32, False, "pack-quantized"),
+    ("int8", 64, True, "pack-quantized"),
+    ("int3", 32, True, "pack-quantized"),  # 3-bit codes cross the int32 words
+    ("int4", "row", True, "pack-quantized"),  # strategy channel
+    ("int8", "tensor", False, "pack-quantized"),  # strategy tensor
+]
+
+
+@pytest.fixture(scope="module")
+def llamas():
+    return {tie: tiny_llama(tie=tie) for tie in (True, False)}
+
+
+def _load(path: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' notes on run_compressed and the like
+        return AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=CompressedTensorsConfig(dequantize=True), dtype=torch.float32).eval()
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("fmt,block,tie,ct_format", CASES)
+def test_transformers_loads_quantize_models_weights_bit_for_bit(tmp_path, llamas, fmt, block, tie, ct_format):
+    cfg = PQTConfig(format=fmt, block_size=block)
+    model = llamas[tie]
+    want = pqt_compile.quantize_model(copy.deepcopy(model), cfg)
+    out = str(tmp_path / "ckpt")
+    summary = write_compressed_tensors(model, out, cfg)
+    assert summary.format == ct_format and len(summary.compressed) == 2 * 7 and summary.ignore == ["lm_head"]
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["quantization_config"]["format"] == ct_format
+
+    loaded = _load(out)
+    got = dict(loaded.named_parameters())
+    assert set(got) == {n for n, _ in want.named_parameters()}
+    for name, p in want.named_parameters():
+        assert torch.equal(_bits(got[name]), _bits(p)), name
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tie
+    tokens = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, want(tokens).logits)
+    generated = loaded.generate(tokens[:, :4], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 8)
+
+
+def test_layout_of_a_compressed_linear(tmp_path, llamas):
+    from safetensors import safe_open
+
+    out = str(tmp_path / "ckpt")
+    write_compressed_tensors(llamas[True], out, PQTConfig(format="fp4_e2m1"))
+    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+        q = {k.rsplit(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith("model.layers.0.self_attn.q_proj.")}
+        assert "lm_head.weight" not in f.keys()  # tied: the loader ties it again
+    assert q["weight_packed"].dtype == torch.uint8 and q["weight_packed"].shape == (64, 32)
+    assert q["weight_scale"].dtype == torch.uint8 and q["weight_scale"].shape == (64, 2)
+    assert int(q["weight_scale"][1, 1]) == 0  # tiny_llama zeroes this block: scale byte 0, codes 0
+
+
+def test_tokenizer_is_saved_with_the_checkpoint(tmp_path, llamas):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models as tok_models
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"a": 0, "b": 1, "<unk>": 2}, "<unk>")))
+    out = str(tmp_path / "ckpt")
+    write_compressed_tensors(llamas[True], out, PQTConfig(format="int4"), tokenizer=tok)
+    assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("b") == 1
+
+
+@pytest.mark.parametrize("config,msg", [
+    (PQTConfig(format="fp8_e5m2"), "no compressed-tensors format holds fp8_e5m2"),
+    (PQTConfig(format="fp4_e2m1", block_size=64), "no compressed-tensors format holds fp4_e2m1 with block_size 64"),
+    (PQTConfig(format="int12"), "no compressed-tensors format holds int12"),
+    (PQTConfig(format="int4", block_size=128), r"q_proj.weight: its input dimension 64 is not a multiple of block_size 128"),
+])
+def test_formats_compressed_tensors_cannot_hold_are_refused(tmp_path, llamas, config, msg):
+    with pytest.raises(ExportError, match=msg):
+        write_compressed_tensors(llamas[True], str(tmp_path / "ckpt"), config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_models_compressed_tensors_cannot_hold_are_refused(tmp_path, llamas):
+    with pytest.raises(ExportError, match=r"transformer.h.0.attn.c_attn is a Conv1D.*--to gguf"):
+        write_compressed_tensors(tiny_gpt2(), str(tmp_path / "ckpt"), PQTConfig(format="int4"))
+    with pytest.raises(ExportError, match="input dimension 168 is not a multiple of block_size 32"):
+        write_compressed_tensors(tiny_llama(intermediate=168), str(tmp_path / "ckpt"), PQTConfig(format="int4"))
+    with pytest.raises(ExportError, match=r"reduction axis has 168 elements, not a multiple of 32"):
+        write_compressed_tensors(tiny_llama(intermediate=168), str(tmp_path / "ckpt"), PQTConfig(format="fp4_e2m1"))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(ExportError, match="exists"):
+        write_compressed_tensors(llamas[True], str(tmp_path / "ckpt"), PQTConfig(format="int4"))

@@ -1,0 +1,110 @@
+"""pqt-export: the command line (the writers themselves are tested in tests/export/)."""
+
+import copy
+import os
+
+import pytest
+import torch
+
+import pqt_compile
+from models import small_bpe_tokenizer, tiny_llama
+from pqt_compile import PQTConfig
+from pqt_compile.export import read_gguf
+from pqt_compile.tools import export as export_cli
+from pqt_compile.tools.cli import PRESETS
+
+pytest.importorskip("gguf")
+
+
+def _run(argv, capsys):
+    rc = export_cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err.strip()
+
+
+def test_preset_to_gguf_and_compressed_tensors(tmp_path, capsys):
+    rc, out, _ = _run(["--preset", "llama-tiny", "--format", "fp4_e2m1", "--to", "gguf", "--out", str(tmp_path / "m.gguf")],
+                      capsys)
+    assert rc == 0 and "15 MXFP4" in out and (tmp_path / "m.gguf").is_file()
+    rc, out, _ = _run(["--preset", "llama-tiny", "--format", "int4", "--to", "compressed-tensors", "--out",
+                       str(tmp_path / "ct")], capsys)
+    assert rc == 0 and "pack-quantized: 14 nn.Linear compressed" in out
+    assert sorted(os.listdir(tmp_path / "ct")) == ["config.json", "generation_config.json", "model.safetensors"]
+
+
+def test_packed_checkpoint_brings_its_config(tmp_path, capsys):
+    torch.manual_seed(3)
+    trained = PRESETS["gpt2-tiny"]()  # stands for a trained model: other weights than a fresh preset
+    cfg = PQTConfig(format="fp4_e2m1", block_size=64, exclude=("lm_head",))
+    ckpt = str(tmp_path / "pqt_model.pt")
+    pqt_compile.export.save(trained, ckpt, cfg)
+    out = str(tmp_path / "m.gguf")
+    rc, printed, _ = _run(["--preset", "gpt2-tiny", "--checkpoint", ckpt, "--to", "gguf", "--out", out], capsys)
+    assert rc == 0 and "fp4_e2m1, block_size 64" in printed
+    want = pqt_compile.quantize_model(copy.deepcopy(trained), cfg)
+    got = read_gguf(out)
+    assert torch.equal(got["blk.0.ffn_up.weight"], want.transformer.h[0].mlp.c_fc.weight.t())
+    assert torch.equal(got["token_embd.weight"], trained.transformer.wte.weight)  # excluded: kept as trained
+    # A flag that disagrees with the file is refused; one that agrees is fine.
+    rc, _, err = _run(["--preset", "gpt2-tiny", "--checkpoint", ckpt, "--format", "int8", "--to", "gguf", "--out",
+                       str(tmp_path / "x.gguf")], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and "saved with format='fp4_e2m1'" in err and "--format" in err
+    rc, _, _ = _run(["--preset", "gpt2-tiny", "--checkpoint", ckpt, "--block-size", "64", "--to", "gguf", "--out",
+                     str(tmp_path / "y.gguf")], capsys)
+    assert rc == 0
+
+
+def test_hugging_face_directory_with_its_tokenizer(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = str(tmp_path / "hf")
+    GPT2LMHeadModel(GPT2Config(vocab_size=320, n_positions=32, n_embd=32, n_layer=1, n_head=2)).save_pretrained(hf)
+    small_bpe_tokenizer().save_pretrained(hf)
+    rc, out, _ = _run(["--checkpoint", hf, "--format", "int8", "--to", "gguf", "--out", str(tmp_path / "m.gguf")], capsys)
+    assert rc == 0 and "gpt2" in out and "vocabulary hf-bpe" in out
+    rc, _, err = _run(["--checkpoint", hf, "--preset", "gpt2-tiny", "--to", "gguf", "--out", str(tmp_path / "n.gguf")],
+                      capsys)
+    assert rc == 2 and "without --preset" in err
+
+
+def test_already_quantized_directory_is_refused(tmp_path, capsys):
+    ct = str(tmp_path / "ct")
+    pqt_compile.export.write_compressed_tensors(tiny_llama(), ct, PQTConfig(format="int4"))
+    rc, _, err = _run(["--checkpoint", ct, "--to", "gguf", "--out", str(tmp_path / "m.gguf")], capsys)
+    assert rc == 2 and "already quantized" in err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--preset", "gpt2-tiny", "--format", "fp8_e4m3", "--to", "gguf"], "no GGUF type holds format fp8_e4m3"),
+    (["--preset", "gpt2-tiny", "--format", "fp4_e2m1", "--block-size", "16", "--to", "gguf"], "block_size 16"),
+    (["--preset", "gpt2-tiny", "--format", "fp6_e3m2", "--to", "compressed-tensors"],
+     "no compressed-tensors format holds fp6_e3m2"),
+    (["--preset", "gpt2-tiny", "--format", "int4", "--to", "compressed-tensors"], "Conv1D"),
+    (["--model", "models:MLP", "--vocab", "32", "--format", "int4", "--to", "gguf"], "knows the architectures"),
+    (["--preset", "gpt2-tiny", "--checkpoint", "no/such/file.pt", "--to", "gguf"], "no such file"),
+    (["--preset", "gpt2-tiny", "--tokenizer", "no_such_dir", "--to", "gguf"], "--tokenizer"),
+    (["--preset", "nope", "--to", "gguf"], "unknown"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, argv, msg):
+    out = tmp_path / "out"
+    rc, _, err = _run([*argv, "--out", str(out)], capsys)
+    assert rc == 2 and msg in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"old")
+    argv = ["--preset", "gpt2-tiny", "--format", "int8", "--to", "gguf", "--out", str(out)]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "exists" in err and "--force" in err and out.read_bytes() == b"old"
+    rc, _, _ = _run([*argv, "--force"], capsys)
+    assert rc == 0 and out.read_bytes()[:4] == b"GGUF"
+
+
+def test_config_flags_reach_the_config():
+    a = export_cli._parser().parse_args(["--preset", "gpt2-tiny", "--to", "gguf", "--out", "x", "--format", "int4",
+                                         "--block-size", "row", "--exclude", "lm_head", "--noise-std", "0.5"])
+    config, given = export_cli._flag_config(a)
+    assert config == PQTConfig(format="int4", block_size="row", exclude=("lm_head",), noise_std=0.5)
+    assert given == {"format", "block_size", "exclude", "noise_std"}
