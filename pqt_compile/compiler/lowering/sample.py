@@ -28,19 +28,13 @@ from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
 from ...compat import inductor_lowering_api
 from ...formats import parse_format
 from ...formula import sample_value
+from ..targets import cpp_backend
 from .inductor_ops import InductorOps
 
 __all__ = ["lower_sample"]
 
 _api = inductor_lowering_api()
 ir, ops, FloorDiv = _api.ir, _api.ops, _api.FloorDiv
-
-
-def _cpp_backend(device: torch.device) -> bool:
-    """Whether Inductor generates C++ for this device (CPU with cpu_backend "cpp", the default)."""
-    import torch._inductor.config as inductor_config
-
-    return device.type == "cpu" and inductor_config.cpu_backend == "cpp"
 
 
 def _abs_f32(x):
@@ -87,7 +81,7 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
         )
 
         def block_index(idx):
-            if ragged and _cpp_backend(device):
+            if ragged and cpp_backend(device):
                 # NOTE [ragged split]: workaround for torch 2.13's C++ loop split
                 # (CppScheduling.try_loop_split), which rewrites a loop indexed by x // B into
                 # (x // B, x % B) with range K // B, dropping the last K % B elements when B
