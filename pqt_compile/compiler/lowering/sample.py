@@ -28,8 +28,8 @@ from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
 from ...compat import inductor_lowering_api
 from ...formats import parse_format
 from ...formula import sample_value
-from ..targets import cpp_backend
-from .inductor_ops import InductorOps
+from ..targets import cpp_backend, triton_codegen
+from .inductor_ops import InductorOps, Native32Ops
 
 __all__ = ["lower_sample"]
 
@@ -100,7 +100,8 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
     strides = [sympy.Integer(1)] * nd
     for d in range(nd - 2, -1, -1):
         strides[d] = strides[d + 1] * size[d + 1]
-    o = InductorOps()
+    # The generator's word type per backend (formula.py NOTE [word types]).
+    o = Native32Ops() if triton_codegen(device) else InductorOps()
 
     def sample_fn(idx):
         linear = sum((i * s for i, s in zip(idx, strides)), sympy.Integer(0))
@@ -108,7 +109,7 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
             o,
             ops.to_dtype(load_w(idx), torch.float32),
             load_amax(block_index(idx)),
-            ops.index_expr(linear, torch.int64),
+            o.index_word(linear),
             ops.to_dtype(load_seed([0] * len(seed.get_size())), torch.int64),
             ops.to_dtype(load_key([0] * len(key.get_size())), torch.int64),
             spec,

@@ -6,7 +6,7 @@ ragged case on axis 0, compiled together in ONE graph (one compile: the CI budge
 cpu_backend="triton" (tests/support/triton_cpu.py). Each output is compared with the eager op
 bit for bit (a bf16 NaN by NaN-ness: torch itself writes 0x7FC0 or 0xFFFF depending on
 vectorisation). The generated code runs the GPU's code paths: Triton kernels only, no
-fallback to the eager op, and the GPU's block index (the C++
+fallback to the eager op, the generator in uint32 words, and the GPU's block index (the C++
 backend's NOTE [ragged split] workaround, an indirect load, is keyed on the C++ backend).
 """
 
@@ -103,7 +103,10 @@ def test_the_code_is_the_gpu_code(compiled):
     assert "cpp_fused" not in code and kernels
     # every sample's Pointwise runs the generator in a Triton kernel
     assert len(kernels_computing_sample(code)) >= 1
+    # the generator's words are uint32 (formula.py NOTE [word types]), in every sample kernel
     body = "\n".join(kernels.values())
+    for name in kernels_computing_sample(code):
+        assert re.search(r"tl\.full\(\[[\d, ]*\], 2146121005, tl\.uint32\)", kernels[name])  # MIX_MUL_1, a uint32
     # the GPU's block index: a FloorDiv in the load's index, never a load through a computed value
     assert re.search(r"tl\.load\(in_ptr\d+ \+ \([^,)\n]*tmp\d+", body) is None
 
