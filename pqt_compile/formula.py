@@ -4,10 +4,21 @@ The same function body computes a sampled weight for eager torch tensors (`Torch
 inside Inductor's generated code (`pqt_compile.lowering.inductor_ops.InductorOps`), so the
 two cannot drift. docs/method.md states every constant and step in prose.
 
-NOTE [integers]: the generator works on 32-bit words held in int64 and masked to 32 bits
-after every multiply. Every multiplier is below 2^31, so a product of a 32-bit word and a
-multiplier stays below 2^63: no signed overflow (undefined behaviour in the C++ that
-Inductor emits), and right shifts of non-negative int64 values are logical on every backend.
+NOTE [integers]: the generator works on 32-bit words. The ops handler chooses how it holds
+them (NOTE [word types]); in the default form (`Int64Words`: eager, Inductor's C++ code) they
+are held in int64 and masked to 32 bits after every multiply. Every multiplier is below 2^31,
+so a product of a 32-bit word and a multiplier stays below 2^63: no signed overflow (undefined
+behaviour in the C++ that Inductor emits), and right shifts of non-negative int64 values are
+logical on every backend.
+
+NOTE [word types]: the formula never names an integer dtype. It asks the handler for words
+(`word`, `to_word`, `mul_word`: values in [0, 2^32), multiplies modulo 2^32) and for the
+small signed integers of the exponent code (`small`, `small_of_word`, and the result of
+`f32_bits`: |value| < 2^31). A handler picks the types per backend: `Int64Words` holds both
+in int64 (masking after each multiply); Inductor's Triton code holds words in uint32 and
+small integers in int32 (compiler/lowering/inductor_ops.py), which a GPU runs natively where
+int64 multiplies are emulated. The values, hence the bits, are the same: a uint32 multiply is
+the product modulo 2^32, a uint32 right shift is logical, and every small integer fits int32.
 
 NOTE [floats]: the only float operations are the conversion of a small integer (exact), one
 multiply by an fp32 constant (a single IEEE rounding, the same constant on every backend),
@@ -27,6 +38,7 @@ from .formats import FormatSpec
 
 __all__ = [
     "SampleOps",
+    "Int64Words",
     "TorchOps",
     "MASK32",
     "mix32",
@@ -58,10 +70,16 @@ TWO_POW_64 = 18446744073709551616.0  # exact in fp32
 
 
 class SampleOps(Protocol):
-    """The operations the formula needs. Integers are int64, floats float32."""
+    """The operations the formula needs. Floats are float32; `i64` values are int64 (the seed
+    and the key); words and small integers are of the handler's choosing (NOTE [word types])."""
 
     def i64(self, v: int) -> Any: ...
     def f32(self, v: float) -> Any: ...
+    def word(self, v: int) -> Any: ...
+    def to_word(self, a: Any) -> Any: ...
+    def mul_word(self, a: Any, c: int) -> Any: ...
+    def small(self, v: int) -> Any: ...
+    def small_of_word(self, a: Any) -> Any: ...
     def add(self, a: Any, b: Any) -> Any: ...
     def sub(self, a: Any, b: Any) -> Any: ...
     def mul(self, a: Any, b: Any) -> Any: ...
@@ -81,7 +99,27 @@ class SampleOps(Protocol):
     def bits_f32(self, a: Any) -> Any: ...
 
 
-class TorchOps:
+class Int64Words:
+    """Words and small integers held in int64 (NOTE [integers]): the form of the eager op and of
+    Inductor's C++ code. A mixin over a handler's `i64`, `band` and `mul`."""
+
+    def word(self, v: int) -> Any:
+        return self.i64(v)  # type: ignore[attr-defined]
+
+    def to_word(self, a: Any) -> Any:
+        return self.band(a, self.i64(MASK32))  # type: ignore[attr-defined]
+
+    def mul_word(self, a: Any, c: int) -> Any:
+        return self.band(self.mul(a, self.i64(c)), self.i64(MASK32))  # type: ignore[attr-defined]
+
+    def small(self, v: int) -> Any:
+        return self.i64(v)  # type: ignore[attr-defined]
+
+    def small_of_word(self, a: Any) -> Any:
+        return a  # already int64
+
+
+class TorchOps(Int64Words):
     """`SampleOps` over torch tensors (eager). Constants are 0-d tensors of the exact dtype."""
 
     def __init__(self, device: torch.device) -> None:
@@ -121,31 +159,26 @@ class TorchOps:
         return a.to(torch.int32).view(torch.float32)
 
 
-def _mul32(o: SampleOps, x: Any, c: int) -> Any:
-    return o.band(o.mul(x, o.i64(c)), o.i64(MASK32))
-
-
 def mix32(o: SampleOps, x: Any) -> Any:
-    """A 32-bit integer mixer (xor-shift-multiply, two rounds), x in [0, 2^32)."""
-    x = o.xor(x, o.shr(x, o.i64(16)))
-    x = _mul32(o, x, MIX_MUL_1)
-    x = o.xor(x, o.shr(x, o.i64(15)))
-    x = _mul32(o, x, MIX_MUL_2)
-    return o.xor(x, o.shr(x, o.i64(16)))
+    """A 32-bit integer mixer (xor-shift-multiply, two rounds), x a word."""
+    x = o.xor(x, o.shr(x, o.word(16)))
+    x = o.mul_word(x, MIX_MUL_1)
+    x = o.xor(x, o.shr(x, o.word(15)))
+    x = o.mul_word(x, MIX_MUL_2)
+    return o.xor(x, o.shr(x, o.word(16)))
 
 
 def stream_words(o: SampleOps, seed: Any, key: Any) -> tuple[Any, Any]:
     """Two 32-bit words that select the noise stream of (seed, key). Both inputs int64."""
-    m = o.i64(MASK32)
-    seed32 = o.band(o.xor(seed, o.shr(seed, o.i64(32))), m)
-    key32 = o.band(key, m)
-    s1 = mix32(o, o.xor(seed32, mix32(o, o.xor(key32, o.i64(KEY_SALT)))))
-    s2 = mix32(o, o.xor(s1, o.i64(STREAM_SALT)))
+    seed32 = o.to_word(o.xor(seed, o.shr(seed, o.i64(32))))
+    key32 = o.to_word(key)
+    s1 = mix32(o, o.xor(seed32, mix32(o, o.xor(key32, o.word(KEY_SALT)))))
+    s2 = mix32(o, o.xor(s1, o.word(STREAM_SALT)))
     return s1, s2
 
 
 def element_hash(o: SampleOps, index: Any, s1: Any, s2: Any) -> Any:
-    """The 32-bit draw of element `index` (its logical row-major index, < 2^32)."""
+    """The 32-bit draw of element `index`: its logical row-major index (< 2^32), as a word."""
     return mix32(o, o.xor(mix32(o, o.xor(index, s1)), s2))
 
 
@@ -163,15 +196,15 @@ def noise_from_hash(o: SampleOps, h: Any, noise: str, noise_std: float) -> Any:
     2U + 1 - 2^24 with U the top 24 bits. Then one fp32 multiply by `noise_scale`.
     """
     if noise == "gaussian":
-        b = o.i64(255)
+        b = o.word(255)
         s = o.add(
-            o.add(o.band(h, b), o.band(o.shr(h, o.i64(8)), b)),
-            o.add(o.band(o.shr(h, o.i64(16)), b), o.shr(h, o.i64(24))),
+            o.add(o.band(h, b), o.band(o.shr(h, o.word(8)), b)),
+            o.add(o.band(o.shr(h, o.word(16)), b), o.shr(h, o.word(24))),
         )
-        z = o.sub(s, o.i64(_GAUSSIAN_MEAN))
+        z = o.sub(o.small_of_word(s), o.small(_GAUSSIAN_MEAN))  # s <= 1020
     elif noise == "uniform":
-        u = o.shr(h, o.i64(8))
-        z = o.sub(o.add(u, u), o.i64(2**24 - 1))
+        u = o.shr(h, o.word(8))
+        z = o.sub(o.small_of_word(o.add(u, u)), o.small(2**24 - 1))  # 2u < 2^25
     else:
         raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
     return o.mul(o.int_to_f32(z), o.f32(noise_scale(noise, noise_std)))
@@ -184,26 +217,28 @@ def floor_log2(o: SampleOps, x: Any) -> Any:
     """
     sub = o.lt(x, o.f32(2.0**-126))
     xs = o.where(sub, o.mul(x, o.f32(TWO_POW_64)), x)
-    field = o.band(o.shr(o.f32_bits(xs), o.i64(23)), o.i64(255))
-    return o.sub(field, o.where(sub, o.i64(127 + 64), o.i64(127)))
+    # The bits of xs >= 0 are below 2^31: the shift is the same arithmetic or logical.
+    field = o.band(o.shr(o.f32_bits(xs), o.small(23)), o.small(255))
+    return o.sub(field, o.where(sub, o.small(127 + 64), o.small(127)))
 
 
 def pow2(o: SampleOps, n: Any) -> Any:
-    """2^n as fp32 for int64 n: normal, subnormal, or 0 below 2^-149 (n <= 127 by construction)."""
-    normal = o.shl(o.maximum(o.add(n, o.i64(127)), o.i64(1)), o.i64(23))
-    subnormal = o.shl(o.i64(1), o.minimum(o.maximum(o.add(n, o.i64(149)), o.i64(0)), o.i64(22)))
-    tiny = o.where(o.lt(n, o.i64(-149)), o.i64(0), subnormal)
-    bits = o.where(o.gt(n, o.i64(-127)), normal, tiny)
+    """2^n as fp32 for a small integer n: normal, subnormal, or 0 below 2^-149 (n <= 127 by
+    construction, so the normal bits (n + 127) << 23 stay below 2^31)."""
+    normal = o.shl(o.maximum(o.add(n, o.small(127)), o.small(1)), o.small(23))
+    subnormal = o.shl(o.small(1), o.minimum(o.maximum(o.add(n, o.small(149)), o.small(0)), o.small(22)))
+    tiny = o.where(o.lt(n, o.small(-149)), o.small(0), subnormal)
+    bits = o.where(o.gt(n, o.small(-127)), normal, tiny)
     return o.bits_f32(bits)
 
 
 def step_log2(o: SampleOps, absw: Any, amax: Any, spec: FormatSpec) -> Any:
-    """log2 of the step Δ of each element (int64), given |w| and its block's amax (fp32)."""
-    k = o.sub(floor_log2(o, amax), o.i64(spec.emax))
+    """log2 of the step Δ of each element (a small integer), given |w| and its block's amax (fp32)."""
+    k = o.sub(floor_log2(o, amax), o.small(spec.emax))
     if spec.is_int:
         return k
-    e = o.maximum(floor_log2(o, absw), o.add(k, o.i64(spec.emin)))
-    return o.sub(e, o.i64(spec.mantissa_bits))
+    e = o.maximum(floor_log2(o, absw), o.add(k, o.small(spec.emin)))
+    return o.sub(e, o.small(spec.mantissa_bits))
 
 
 def sample_value(
@@ -220,8 +255,8 @@ def sample_value(
     """w_hat in fp32 before the final cast: w + Δ r where the block is finite and non-zero, else w.
 
     w32: the weight in fp32; amax: its block's max |w| in fp32 (NaN or Inf if the block holds
-    one); index: the element's logical row-major index (int64, < 2^32); seed, key: int64
-    (key in [0, 2^32), or negative: no noise).
+    one); index: the element's logical row-major index (< 2^32) as a word of `o`; seed, key:
+    int64 (key in [0, 2^32), or negative: no noise).
     """
     absw = o.where(o.lt(w32, o.f32(0.0)), o.sub(o.f32(0.0), w32), w32)
     valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))

@@ -28,19 +28,13 @@ from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
 from ...compat import inductor_lowering_api
 from ...formats import parse_format
 from ...formula import sample_value
-from .inductor_ops import InductorOps
+from ..targets import cpp_backend, triton_codegen
+from .inductor_ops import InductorOps, Native32Ops
 
 __all__ = ["lower_sample"]
 
 _api = inductor_lowering_api()
 ir, ops, FloorDiv = _api.ir, _api.ops, _api.FloorDiv
-
-
-def _cpp_backend(device: torch.device) -> bool:
-    """Whether Inductor generates C++ for this device (CPU with cpu_backend "cpp", the default)."""
-    import torch._inductor.config as inductor_config
-
-    return device.type == "cpu" and inductor_config.cpu_backend == "cpp"
 
 
 def _abs_f32(x):
@@ -87,7 +81,7 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
         )
 
         def block_index(idx):
-            if ragged and _cpp_backend(device):
+            if ragged and cpp_backend(device):
                 # NOTE [ragged split]: workaround for torch 2.13's C++ loop split
                 # (CppScheduling.try_loop_split), which rewrites a loop indexed by x // B into
                 # (x // B, x % B) with range K // B, dropping the last K % B elements when B
@@ -106,7 +100,8 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
     strides = [sympy.Integer(1)] * nd
     for d in range(nd - 2, -1, -1):
         strides[d] = strides[d + 1] * size[d + 1]
-    o = InductorOps()
+    # The generator's word type per backend (formula.py NOTE [word types]).
+    o = Native32Ops() if triton_codegen(device) else InductorOps()
 
     def sample_fn(idx):
         linear = sum((i * s for i, s in zip(idx, strides)), sympy.Integer(0))
@@ -114,7 +109,7 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
             o,
             ops.to_dtype(load_w(idx), torch.float32),
             load_amax(block_index(idx)),
-            ops.index_expr(linear, torch.int64),
+            o.index_word(linear),
             ops.to_dtype(load_seed([0] * len(seed.get_size())), torch.int64),
             ops.to_dtype(load_key([0] * len(key.get_size())), torch.int64),
             spec,

@@ -5,7 +5,7 @@ Inductor config, which holds our custom pass; a pass object without a stable uui
 the cache off, and one whose uuid() missed something that changes the rewrite would return
 a graph compiled for other settings. uuid() therefore hashes the source of every module
 that shapes the rewritten graph (the passes, the formula, the op, the block math, the graph
-inputs' layout and the lowering) plus `cache_key()`, which each pass extends with its settings.
+inputs' layout, the lowering and the codegen-target rules) plus `cache_key()`, which each pass extends with its settings.
 The seed is a runtime input, never part of a key: another seed hits the same cache entries.
 
 NOTE [recording]: passes keep nothing of a graph after they ran (no FX nodes, no fake tensors)
@@ -34,7 +34,7 @@ __all__ = ["PQTPass", "source_hash", "recording", "active_recording", "Recording
 log = logging.getLogger("pqt_compile.passes")
 _PKG = Path(__file__).resolve().parents[2]  # the pqt_compile package
 _SOURCES = ("formula.py", "op.py", "formats.py", "blocks.py", "config.py", "selection.py",
-            "compiler/passes", "compiler/lowering", "compiler/graph_abi.py")
+            "compiler/passes", "compiler/lowering", "compiler/graph_abi.py", "compiler/targets.py")
 
 
 def source_hash() -> str:

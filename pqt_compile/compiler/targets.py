@@ -1,0 +1,38 @@
+"""Which code Inductor generates for a device: the one place that decides the backend-specific paths.
+
+- the lowering's NOTE [ragged split] workaround: C++ code only (`cpp_backend`); Triton code
+  (a GPU, or CPU with cpu_backend="triton" in the tests' interpreter route) keeps the plain
+  block index `x // B`;
+- the generator's word type: uint32 in Triton code, int64 in C++ (`triton_codegen`,
+  formula.py NOTE [word types]).
+
+Each function reads Inductor's config when it is called. The backend patches that config for
+one compile only (compiler/backend.py), and the pass and the lowering run inside that compile,
+so they see the patched values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cpp_backend", "triton_codegen"]
+
+
+def _config():
+    import torch._inductor.config as inductor_config  # not on bare `import pqt_compile`
+
+    return inductor_config
+
+
+def cpp_backend(device: torch.device) -> bool:
+    """Whether Inductor generates C++ for tensors on `device` (CPU with cpu_backend "cpp", the default)."""
+    return device.type == "cpu" and _config().cpu_backend == "cpp"
+
+
+def triton_codegen(device: torch.device) -> bool:
+    """Whether Inductor generates Triton for tensors on `device`: a GPU with the default
+    cuda_backend, or CPU with cpu_backend="triton" (the tests' interpreter route)."""
+    c = _config()
+    if device.type == "cpu":
+        return c.cpu_backend == "triton"
+    return device.type in ("cuda", "xpu") and getattr(c, f"{device.type}_backend", "triton") == "triton"

@@ -1,0 +1,123 @@
+"""Route 1: the Triton kernels Inductor generates for pqt.sample, run by the Triton interpreter.
+
+Every case of test_sample_lowering.py (ragged K, blocks 8/16/32/row/tensor, axis 0 and 1,
+fp32/fp16/bf16 weights and out dtypes), a negative key, a non-contiguous weight and one more
+ragged case on axis 0, compiled together in ONE graph (one compile: the CI budget) with
+cpu_backend="triton" (tests/support/triton_cpu.py). Each output is compared with the eager op
+bit for bit (a bf16 NaN by NaN-ness: torch itself writes 0x7FC0 or 0xFFFF depending on
+vectorisation). The generated code runs the GPU's code paths: Triton kernels only, no
+fallback to the eager op, the generator in uint32 words, and the GPU's block index (the C++
+backend's NOTE [ragged split] workaround, an indirect load, is keyed on the C++ backend).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+import pqt_compile.compiler.lowering  # noqa: F401  (registers the lowering)
+from pqt_compile import PQTConfig
+from support.triton_cpu import fallback_calls, inductor_triton_on_cpu, kernel_sources, kernels_computing_sample, unavailable
+from test_sample_lowering import CASES
+
+pytestmark = [
+    pytest.mark.private_api,  # exercises private torch/Triton APIs: CI reruns it on the newest torch
+    pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),
+]
+
+# Beyond test_sample_lowering's cases: a ragged last block on axis 0, fp16 weight to bf16.
+EXTRA = [((70, 24), 0, PQTConfig(format="fp6_e3m2", block_size=32), torch.float16, torch.bfloat16)]
+ALL = CASES + EXTRA
+SEED, KEY = torch.tensor(-(2**40) + 3), torch.tensor(2**31 + 5)
+
+
+def _weight(shape, dtype):
+    torch.manual_seed(sum(shape))
+    w = (torch.randn(shape) * torch.logspace(-4, 1, shape[-1])).to(dtype)
+    if w.numel() > 40:
+        w.view(-1)[:7] = 0.0
+        w.view(-1)[40] = float("nan")  # one NaN block stays put
+    return w
+
+
+def _sample(w, key, axis, cfg, out):
+    return torch.ops.pqt.sample.default(w, SEED, key, axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out)
+
+
+FP4, DEFAULT = PQTConfig(format="fp4_e2m1"), PQTConfig()
+
+
+def _all_samples(ws, neg_w, strided_w, seed, key, neg_key):
+    outs = [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out)
+            for w, (_, axis, cfg, _, out) in zip(ws, ALL)]
+    outs.append(torch.ops.pqt.sample.default(neg_w, seed, neg_key, 1, FP4.format, FP4.block_code, FP4.noise,
+                                             FP4.noise_std, torch.bfloat16))
+    outs.append(torch.ops.pqt.sample.default(strided_w, seed, key, 1, DEFAULT.format, DEFAULT.block_code,
+                                             DEFAULT.noise, DEFAULT.noise_std, torch.float32))
+    return outs
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """All cases in one compiled graph: (outputs, output code, inputs)."""
+    ws = [_weight(shape, dtype) for shape, _, _, dtype, _ in ALL]
+    neg_w = torch.randn(16, 70)
+    strided_w = torch.randn(40, 48).t()  # [48, 40], column-major
+    args = (ws, neg_w, strided_w, SEED, KEY, torch.tensor(-1))
+    torch._dynamo.reset()
+    with inductor_triton_on_cpu():
+        outs, codes = run_and_get_code(torch.compile(_all_samples, dynamic=False), *args)
+    return outs, "\n".join(codes), args
+
+
+def _same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    bits = torch.int32 if want.dtype == torch.float32 else torch.int16
+    return torch.equal(got[~nan].view(bits), want[~nan].view(bits))
+
+
+@pytest.mark.parametrize("i", range(len(ALL)), ids=[f"{s}-ax{a}-{c.format}-{c.block_size}-{d}-{o}".replace("torch.", "")
+                                                    for s, a, c, d, o in ALL])
+def test_triton_kernel_is_bit_exact(compiled, i):
+    outs, _, (ws, *_rest) = compiled
+    shape, axis, cfg, dtype, out = ALL[i]
+    assert _same_bits(outs[i], _sample(ws[i], KEY, axis, cfg, out))
+
+
+def test_a_negative_key_passes_the_weight_through(compiled):
+    outs, _, (_, neg_w, *_rest) = compiled
+    assert torch.equal(outs[len(ALL)], neg_w.to(torch.bfloat16))
+
+
+def test_a_noncontiguous_weight_draws_by_logical_index(compiled):
+    outs, _, (_, _, strided_w, *_rest) = compiled
+    assert torch.equal(outs[len(ALL) + 1], _sample(strided_w.contiguous(), KEY, 1, DEFAULT, torch.float32))
+
+
+def test_the_code_is_the_gpu_code(compiled):
+    _, code, _ = compiled
+    kernels = kernel_sources(code)
+    assert fallback_calls(code) == 0, "a sample fell back to the eager op"
+    assert "cpp_fused" not in code and kernels
+    # every sample's Pointwise runs the generator in a Triton kernel
+    assert len(kernels_computing_sample(code)) >= 1
+    # the generator's words are uint32 (formula.py NOTE [word types]), in every sample kernel
+    body = "\n".join(kernels.values())
+    for name in kernels_computing_sample(code):
+        assert re.search(r"tl\.full\(\[[\d, ]*\], 2146121005, tl\.uint32\)", kernels[name])  # MIX_MUL_1, a uint32
+    # the GPU's block index: a FloorDiv in the load's index, never a load through a computed value
+    assert re.search(r"tl\.load\(in_ptr\d+ \+ \([^,)\n]*tmp\d+", body) is None
+
+
+def test_bad_input_keeps_its_error_on_the_triton_route():
+    def f(w, seed, key):  # int12 has 10 significant bits, more than bf16's 7
+        return torch.ops.pqt.sample.default(w, seed, key, 1, "int12", 32, "gaussian", 0.1, torch.bfloat16)
+
+    torch._dynamo.reset()
+    with inductor_triton_on_cpu(), pytest.raises(Exception, match="int12.*resolution|resolution.*int12"):
+        torch.compile(f, dynamic=False)(torch.randn(4, 32), torch.tensor(1), torch.tensor(2))
