@@ -83,6 +83,7 @@ class ArchPlan:
     eos: Any = None
 
     def is_ignored(self, key: str) -> bool:
+        """Whether the state_dict `key` is one llama.cpp does not read (matches `ignored`)."""
         return any(re.search(p, key) for p in self.ignored)
 
 

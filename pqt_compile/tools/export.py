@@ -137,6 +137,8 @@ def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQ
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run pqt-export on `argv` (sys.argv[1:] if None): 0 when the output was written, 2 with
+    a one-line error on stderr (and nothing left behind) when the input was refused."""
     a = _parser().parse_args(argv)
     from ..export import GGUFSummary, write
     from ..export.common import check_destination

@@ -4,6 +4,7 @@ quantize_model's value bit for bit, for each GGUF type; metadata, vocabulary and
 import copy
 import functools
 
+import gguf  # the test extra installs it (scripts/test.sh): a missing package fails, not skips
 import pytest
 import torch
 
@@ -14,8 +15,6 @@ from pqt_compile.export import ExportError, read_gguf, write_gguf
 from pqt_compile.export.gguf_arch import arch_plan
 from pqt_compile.export.gguf_blocks import encode_weight
 from pqt_compile.export.gguf_vocab import byte_symbols
-
-gguf = pytest.importorskip("gguf")
 
 MODELS = {
     "gpt2": tiny_gpt2,  # Conv1D [K, N] weights, tied head

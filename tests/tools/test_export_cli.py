@@ -13,8 +13,6 @@ from pqt_compile.export import read_gguf
 from pqt_compile.tools import export as export_cli
 from pqt_compile.tools.cli import PRESETS
 
-pytest.importorskip("gguf")
-
 
 def _run(argv, capsys):
     rc = export_cli.main(argv)
