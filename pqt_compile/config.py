@@ -58,6 +58,11 @@ class PQTConfig:
             same sample, so N ranks with a global batch train exactly as one process with that
             batch. On: the averaged gradient averages N draws, a lower-variance estimate of
             the gradient of the noisy loss, but the run then depends on the world size.
+        share_sample: keep each step's sampled weights from the forward for the backward
+            (the sample node is tagged MUST_SAVE) instead of regenerating them there (the
+            default, MUST_RECOMPUTE). Saves the backward's recompute, one sample pass over
+            every weight per step; costs one extra copy of every sampled weight (in the sample's
+            dtype) held from the forward to the backward. The samples are the same bits either way.
     """
 
     format: str = "fp6_e3m2"
@@ -68,6 +73,7 @@ class PQTConfig:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     sample_in_eval: bool = False
     per_rank_noise: bool = False
+    share_sample: bool = False
     # Removed in 0.2: the run's seed has one home, pqt_compile.manual_seed (an InitVar, so that
     # an old call is refused with the fix instead of a bare "unexpected keyword").
     seed: InitVar[Optional[int]] = None
@@ -96,6 +102,8 @@ class PQTConfig:
             raise ValueError(f"PQTConfig.sample_in_eval must be a bool, got {self.sample_in_eval!r}")
         if not isinstance(self.per_rank_noise, bool):
             raise ValueError(f"PQTConfig.per_rank_noise must be a bool, got {self.per_rank_noise!r}")
+        if not isinstance(self.share_sample, bool):
+            raise ValueError(f"PQTConfig.share_sample must be a bool, got {self.share_sample!r}")
 
     @property
     def spec(self) -> FormatSpec:

@@ -1,5 +1,7 @@
 """The pqt backend: options, registration, seeds and keys, modes, recompiles, caching, memory."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -162,6 +164,32 @@ def test_forward_saves_the_clean_weight_and_backward_recomputes_the_sample():
     assert len(fwd) == 1 and len(bwd) == 1
     assert "pqt.sample" in fwd[0] and "pqt.sample" in bwd[0]  # regenerated in the backward
     assert rec.saved == [[]]  # neither a sample nor a view of one crosses to the backward
+
+
+def test_share_sample_saves_the_sample_for_the_backward_and_keeps_the_bits():
+    """PQTConfig(share_sample=True): the backward reads the forward's sample instead of
+    regenerating it, and the loss and gradients are the same bits as the default's."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+    x = torch.randn(4, 32)
+    results = {}
+    for share in (False, True):
+        torch._dynamo.reset()
+        rec = GraphRecorder()
+        m = copy.deepcopy(base)
+        cm = torch.compile(m, backend="pqt", options={"post_grad_custom_post_pass": rec, "share_sample": share})
+        with pqt_compile.fixed_seed(3):
+            loss = cm(x).square().sum()
+            loss.backward()
+        bwd = [g for g in rec.graphs if "tangents" in g]
+        results[share] = (loss.detach(), [p.grad.clone() for p in m.parameters()], bwd, rec.saved)
+    (l0, g0, bwd0, saved0), (l1, g1, bwd1, saved1) = results[False], results[True]
+    assert "pqt.sample" in bwd0[0] and "pqt.sample" not in bwd1[0]  # no regeneration in the backward
+    # The second layer's sample crosses to the backward (dx = dy @ W2_hat); the first one's is
+    # not needed there (x needs no gradient).
+    assert saved0 == [[]] and len(saved1[0]) == 1
+    assert torch.equal(l0, l1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
 
 
 def test_dynamic_batch_and_sequence_do_not_recompile():

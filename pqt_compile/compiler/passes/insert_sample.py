@@ -21,7 +21,9 @@ method.md's single round-to-nearest-even of float32(w) + Δ r.
 
 NOTE [recompute]: the sample node is tagged MUST_RECOMPUTE, so the partitioner saves the
 clean weight (and the seed) for backward and regenerates the sample there instead of
-keeping a second copy of every weight alive between forward and backward.
+keeping a second copy of every weight alive between forward and backward. With
+PQTConfig(share_sample=True) it is tagged MUST_SAVE instead: the forward's sample is saved
+for the backward (memory for speed: one sample pass per step instead of two).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def insert_sample(
         seed: a node holding the step's int64 seed.
         key_of: makes (or returns) the node holding an edge's int64 key.
         config: format, block size and noise.
-        tag_recompute: tag samples MUST_RECOMPUTE (joint graphs).
+        tag_recompute: tag samples MUST_RECOMPUTE, or MUST_SAVE under config.share_sample (joint graphs).
     Returns:
         {(weight name, dtype): sample node}.
     """
@@ -102,7 +104,9 @@ def insert_sample(
                 _set_val(s, fake_mode)
                 s.meta["pqt_weight"] = edge.name
                 if tag_recompute:
-                    s.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
+                    s.meta["recompute"] = (
+                        CheckpointPolicy.MUST_SAVE if config.share_sample else CheckpointPolicy.MUST_RECOMPUTE
+                    )
                 samples[(edge.name, dtype)] = s
             return samples[(edge.name, dtype)]
 
