@@ -41,6 +41,7 @@ __all__ = [
     "compile_fx",
     "custom_graph_pass_base",
     "inductor_lowering_api",
+    "cpu_vector_isa",
     "floor_div",
     "has_triton",
     "current_graph_task_id",
@@ -66,6 +67,8 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor.ir", "Reduction", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "Pointwise", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.virtualized", "ops", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.ir", "ComputedBuffer", "the Inductor lowering of pqt.sample (a realized index buffer)"),
+    ("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises"),
     ("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering"),
     ("torch.utils._triton", "has_triton", "the Triton kernel of the eager op on CUDA"),
     ("torch._C", "_current_graph_task_id", "the seed rule (a recompute inside a backward)"),
@@ -213,7 +216,15 @@ def inductor_lowering_api() -> SimpleNamespace:
         Pointwise=require("torch._inductor.ir", "Pointwise", need),
         ops=require("torch._inductor.virtualized", "ops", need),
         FloorDiv=floor_div(),
+        # ComputedBuffer.force_realize(): a context in which a buffer that reads nothing (an
+        # iota) stays realized instead of being inlined back into its readers (torch 2.13-2.15).
+        force_realize=require("torch._inductor.ir", "ComputedBuffer", need).force_realize,
     )
+
+
+def cpu_vector_isa() -> bool:
+    """Whether Inductor's C++ backend has a vector ISA on this machine (pick_vec_isa, torch 2.13)."""
+    return bool(require("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises")())
 
 
 def floor_div() -> Any:

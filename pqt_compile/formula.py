@@ -12,7 +12,8 @@ behaviour in the C++ that Inductor emits), and right shifts of non-negative int6
 logical on every backend.
 
 NOTE [word types]: the formula never names an integer dtype. It asks the handler for words
-(`word`, `to_word`, `mul_word`: values in [0, 2^32), multiplies modulo 2^32) and for the
+(`word`, `to_word`, `mul_word`, `shr_word`: values in [0, 2^32), multiplies modulo 2^32,
+logical right shifts by a constant) and for the
 small signed integers of the exponent code (`small`, `small_of_word`, and the result of
 `f32_bits`: |value| < 2^31). A handler picks the types per backend: `Int64Words` holds both
 in int64 (masking after each multiply); Inductor's Triton code holds words in uint32 and
@@ -50,6 +51,10 @@ __all__ = [
     "pow2",
     "step_log2",
     "sample_value",
+    "sample_value_direct",
+    "block_params",
+    "sample_from_params",
+    "BLOCK_SHIFT",
     "GAUSSIAN_TERMS",
 ]
 
@@ -78,6 +83,7 @@ class SampleOps(Protocol):
     def word(self, v: int) -> Any: ...
     def to_word(self, a: Any) -> Any: ...
     def mul_word(self, a: Any, c: int) -> Any: ...
+    def shr_word(self, a: Any, n: int) -> Any: ...
     def small(self, v: int) -> Any: ...
     def small_of_word(self, a: Any) -> Any: ...
     def add(self, a: Any, b: Any) -> Any: ...
@@ -90,6 +96,8 @@ class SampleOps(Protocol):
     def lt(self, a: Any, b: Any) -> Any: ...
     def le(self, a: Any, b: Any) -> Any: ...
     def gt(self, a: Any, b: Any) -> Any: ...
+    def ge(self, a: Any, b: Any) -> Any: ...
+    def abs(self, a: Any) -> Any: ...
     def logical_and(self, a: Any, b: Any) -> Any: ...
     def where(self, c: Any, a: Any, b: Any) -> Any: ...
     def maximum(self, a: Any, b: Any) -> Any: ...
@@ -111,6 +119,9 @@ class Int64Words:
 
     def mul_word(self, a: Any, c: int) -> Any:
         return self.band(self.mul(a, self.i64(c)), self.i64(MASK32))  # type: ignore[attr-defined]
+
+    def shr_word(self, a: Any, n: int) -> Any:
+        return self.shr(a, self.i64(n))  # type: ignore[attr-defined]  # logical: a >= 0
 
     def small(self, v: int) -> Any:
         return self.i64(v)  # type: ignore[attr-defined]
@@ -141,6 +152,8 @@ class TorchOps(Int64Words):
     lt = staticmethod(torch.lt)
     le = staticmethod(torch.le)
     gt = staticmethod(torch.gt)
+    ge = staticmethod(torch.ge)
+    abs = staticmethod(torch.abs)
     logical_and = staticmethod(torch.logical_and)
     where = staticmethod(torch.where)
     maximum = staticmethod(torch.maximum)
@@ -161,11 +174,11 @@ class TorchOps(Int64Words):
 
 def mix32(o: SampleOps, x: Any) -> Any:
     """A 32-bit integer mixer (xor-shift-multiply, two rounds), x a word."""
-    x = o.xor(x, o.shr(x, o.word(16)))
+    x = o.xor(x, o.shr_word(x, 16))
     x = o.mul_word(x, MIX_MUL_1)
-    x = o.xor(x, o.shr(x, o.word(15)))
+    x = o.xor(x, o.shr_word(x, 15))
     x = o.mul_word(x, MIX_MUL_2)
-    return o.xor(x, o.shr(x, o.word(16)))
+    return o.xor(x, o.shr_word(x, 16))
 
 
 def stream_words(o: SampleOps, seed: Any, key: Any) -> tuple[Any, Any]:
@@ -198,12 +211,12 @@ def noise_from_hash(o: SampleOps, h: Any, noise: str, noise_std: float) -> Any:
     if noise == "gaussian":
         b = o.word(255)
         s = o.add(
-            o.add(o.band(h, b), o.band(o.shr(h, o.word(8)), b)),
-            o.add(o.band(o.shr(h, o.word(16)), b), o.shr(h, o.word(24))),
+            o.add(o.band(h, b), o.band(o.shr_word(h, 8), b)),
+            o.add(o.band(o.shr_word(h, 16), b), o.shr_word(h, 24)),
         )
         z = o.sub(o.small_of_word(s), o.small(_GAUSSIAN_MEAN))  # s <= 1020
     elif noise == "uniform":
-        u = o.shr(h, o.word(8))
+        u = o.shr_word(h, 8)
         z = o.sub(o.small_of_word(o.add(u, u)), o.small(2**24 - 1))  # 2u < 2^25
     else:
         raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
@@ -256,6 +269,34 @@ def sample_value(
 
     w32: the weight in fp32; amax: its block's max |w| in fp32 (NaN or Inf if the block holds
     one); index: the element's logical row-major index (< 2^32) as a word of `o`; seed, key:
+    int64 (key in [0, 2^32), or negative: no noise). The per-block form (NOTE [per-block step])
+    with the block values computed per element; the Inductor lowering computes them once per
+    block and the stream words once per call instead, from the same functions.
+    """
+    s1, s2 = stream_words(o, seed, key)
+    r = noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
+    # A negative key switches the weight's sample off (w_hat = w, cast): the compiled path's
+    # runtime switch for eval mode and excluded weights (compiler/graph_abi.py, DISABLED_KEY).
+    params = block_params(o, amax, spec, live=o.gt(key, o.i64(-1)))
+    return sample_from_params(o, w32, params, r, spec)
+
+
+def sample_value_direct(
+    o: SampleOps,
+    w32: Any,
+    amax: Any,
+    index: Any,
+    seed: Any,
+    key: Any,
+    spec: FormatSpec,
+    noise: str,
+    noise_std: float,
+) -> Any:
+    """method.md step by step, per element: the reference that `sample_value` (the per-block form,
+    NOTE [per-block step]) is tested against bit for bit (tests/test_formula_forms.py).
+
+    w32: the weight in fp32; amax: its block's max |w| in fp32 (NaN or Inf if the block holds
+    one); index: the element's logical row-major index (< 2^32) as a word of `o`; seed, key:
     int64 (key in [0, 2^32), or negative: no noise).
     """
     absw = o.where(o.lt(w32, o.f32(0.0)), o.sub(o.f32(0.0), w32), w32)
@@ -270,3 +311,57 @@ def sample_value(
     # runtime switch for eval mode and excluded weights (compiler/graph_abi.py, DISABLED_KEY).
     valid = o.logical_and(valid, o.gt(key, o.i64(-1)))
     return o.where(valid, o.add(w32, o.mul(delta, r)), w32)
+
+
+# NOTE [per-block step]: the same Δ r as `sample_value_direct`, split into what depends only on
+# the block (`block_params`: computed once per block by the lowering) and a per-element part
+# with no exponent arithmetic (`sample_from_params`). Exact, by these identities (x, T > 0 fp32):
+#   max(floor_log2(x), c) = floor_log2(max(x, 2^c))        (floor_log2 is monotone)
+#   2^floor_log2(a) = bits_f32(bits(a) & 0x7F800000)         (a normal: clear the mantissa)
+#   2^(e - M) as fp32 = fl(2^e * 2^-M)                       (exact down to 2^-149; 2^-150 and
+#                                                            below round to +0 under RNE, as pow2)
+# Where the block's lowest exponent c = k + emin is below -126 (a block of tiny weights), |w|
+# and 2^c are first scaled by 2^BLOCK_SHIFT (exact) so that max(|w| s, T) is normal; S =
+# 2^(-M - shift) undoes it. Every format has emax - emin <= 30, so c + 64 >= -149 - 30 + 64 >
+# -126. An invalid block (zero, NaN, Inf, or switched off by a negative key) gets S = -1 (int
+# formats: D = -1): the per-element part tests the sign of Δ instead of reloading amax.
+BLOCK_SHIFT = 64
+_EXP_MASK = 0x7F800000
+
+
+def block_params(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) -> tuple:
+    """Per-block values of NOTE [per-block step], from the block's amax (fp32).
+
+    float formats: (s, T, S), all fp32: |w| scale, floor, step scale (S < 0: no noise).
+    int formats: (D,): the step 2^k itself (D < 0: no noise).
+    live: an optional boolean that switches the noise off like an invalid block (a negative key).
+    """
+    assert spec.is_int or spec.emax - spec.emin <= 30
+    valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))
+    if live is not None:
+        valid = o.logical_and(valid, live)
+    k = o.sub(floor_log2(o, o.where(valid, amax, o.f32(1.0))), o.small(spec.emax))
+    if spec.is_int:
+        return (o.where(valid, pow2(o, k), o.f32(-1.0)),)
+    c = o.add(k, o.small(spec.emin))
+    tiny = o.lt(c, o.small(-126))
+    shift = o.where(tiny, o.small(BLOCK_SHIFT), o.small(0))
+    scale = o.where(tiny, o.f32(2.0**BLOCK_SHIFT), o.f32(1.0))
+    floor = pow2(o, o.add(c, shift))
+    step = o.where(tiny, o.f32(2.0 ** (-spec.mantissa_bits - BLOCK_SHIFT)), o.f32(2.0**-spec.mantissa_bits))
+    return scale, floor, o.where(valid, step, o.f32(-1.0))
+
+
+def sample_from_params(o: SampleOps, w32: Any, params: tuple, r: Any, spec: FormatSpec) -> Any:
+    """w_hat in fp32 before the final cast, from the block's `block_params` and the noise r."""
+    if spec.is_int:
+        (delta,) = params
+    else:
+        scale, floor, step = params
+        # max(|w| s, T) on the bits: both are >= +0, where the integer order of the bits is the
+        # float order (one integer max; a NaN |w| only occurs in an invalid block, S < 0).
+        a = o.maximum(o.f32_bits(o.mul(o.abs(w32), scale)), o.f32_bits(floor))
+        delta = o.mul(o.bits_f32(o.band(a, o.small(_EXP_MASK))), step)
+    # Δ >= +0 exactly in a valid block (D > 0, or S > 0); an invalid one has S = -1 and D >=
+    # 2^-126 (or Inf), so Δ < 0 (or NaN, for a NaN |w|: the comparison is false).
+    return o.where(o.ge(delta, o.f32(0.0)), o.add(w32, o.mul(delta, r)), w32)

@@ -3,8 +3,9 @@
 - the lowering's NOTE [ragged split] workaround: C++ code only (`cpp_backend`); Triton code
   (a GPU, or CPU with cpu_backend="triton" in the tests' interpreter route) keeps the plain
   block index `x // B`;
-- the generator's word type: uint32 in Triton code, int64 in C++ (`triton_codegen`,
-  formula.py NOTE [word types]).
+- the generator's word type: uint32 in Triton code (`triton_codegen`), int32 bit patterns in
+  vectorised C++ code (`cpp_vectorised`, lowering/inductor_ops.py NOTE [int32 words]), int64
+  elsewhere (formula.py NOTE [word types]).
 
 Each function reads Inductor's config when it is called. The backend patches that config for
 one compile only (compiler/backend.py), and the pass and the lowering run inside that compile,
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["cpp_backend", "triton_codegen"]
+__all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen"]
 
 
 def _config():
@@ -36,3 +37,11 @@ def triton_codegen(device: torch.device) -> bool:
     if device.type == "cpu":
         return c.cpu_backend == "triton"
     return device.type in ("cuda", "xpu") and getattr(c, f"{device.type}_backend", "triton") == "triton"
+
+
+def cpp_vectorised(device: torch.device) -> bool:
+    """Whether Inductor's C++ code for `device` is vectorised: the C++ backend, a vector ISA on
+    this machine, and vectorisation not switched off (cpp.simdlen = 1)."""
+    from ..compat import cpu_vector_isa
+
+    return cpp_backend(device) and _config().cpp.simdlen != 1 and cpu_vector_isa()

@@ -5,9 +5,10 @@ while it generates code (C++ on CPU, Triton on GPU).
 
 Two word types (formula.py NOTE [word types]):
 - `InductorOps` holds the generator's words in int64, masked after each multiply
-  (`formula.Int64Words`): Inductor's C++ code. torch 2.13's C++ backend vectorises no loop
-  that holds a uint32 value (codegen/cpp.py, VECTORIZABLE_DTYPES), and an int32 multiply
-  that overflows is undefined behaviour in C++, so the C++ code keeps this form.
+  (`formula.Int64Words`): Inductor's C++ code where it is not vectorised, and the per-block
+  and per-call values of the lowering.
+- `Int32WordOps` holds words as int32 bit patterns (NOTE [int32 words]): the per-element part
+  of Inductor's vectorised C++ code.
 - `Native32Ops` holds words in uint32 and the exponent code in int32: Inductor's Triton code
   (GPU, or CPU with cpu_backend="triton"). A GPU has no 64-bit integer multiplier; each int64
   multiply, shift or compare becomes two or three 32-bit instructions. Triton's uint32
@@ -29,7 +30,7 @@ from ...formula import Int64Words
 
 ops = inductor_lowering_api().ops
 
-__all__ = ["InductorOps", "Native32Ops"]
+__all__ = ["InductorOps", "Native32Ops", "Int32WordOps"]
 
 
 class InductorOps(Int64Words):
@@ -77,6 +78,12 @@ class InductorOps(Int64Words):
     def gt(self, a: Any, b: Any) -> Any:
         return ops.gt(a, b)
 
+    def ge(self, a: Any, b: Any) -> Any:
+        return ops.ge(a, b)
+
+    def abs(self, a: Any) -> Any:
+        return ops.abs(a)
+
     def logical_and(self, a: Any, b: Any) -> Any:
         return ops.logical_and(a, b)
 
@@ -115,11 +122,57 @@ class Native32Ops(InductorOps):
     def mul_word(self, a: Any, c: int) -> Any:
         return ops.mul(a, ops.constant(c, torch.uint32))  # wraps modulo 2^32
 
+    def shr_word(self, a: Any, n: int) -> Any:
+        return ops.bitwise_right_shift(a, self.word(n))  # logical on uint32
+
     def small(self, v: int) -> Any:
         return ops.constant(v, torch.int32)
 
     def small_of_word(self, a: Any) -> Any:
         return ops.to_dtype(a, torch.int32)  # the callers' words are below 2^31
+
+    def f32_bits(self, a: Any) -> Any:
+        return ops.to_dtype_bitcast(a, torch.int32, torch.float32)
+
+    def bits_f32(self, a: Any) -> Any:
+        return ops.to_dtype_bitcast(a, torch.float32, torch.int32)
+
+
+class Int32WordOps(InductorOps):
+    """formula.SampleOps for Inductor's vectorised C++ code: words as int32 bit patterns (a word
+    w >= 2^31 is held as w - 2^32), small integers in int32.
+
+    NOTE [int32 words]: torch 2.13's C++ backend vectorises int32 (at::vec::Vectorized<int32_t>,
+    16 lanes per AVX-512 register against 8 for int64) but no loop that holds a uint32 value
+    (codegen/cpp.py, VECTORIZABLE_DTYPES). Its vector multiply and shifts are the wrapping
+    machine instructions (vpmulld, vpsrad), so the product is the word product modulo 2^32 with
+    no undefined behaviour; xor and and are the same bits; a logical right shift by n is the
+    arithmetic one masked to its low 32 - n bits. The one construct with undefined behaviour is
+    a *scalar* int32 multiply that overflows, so the lowering uses this handler only where the
+    C++ backend vectorises (lowering/sample.py, `_int32_words`), int64 words elsewhere.
+    """
+
+    def index_word(self, index: sympy.Expr) -> Any:
+        return ops.index_expr(index, torch.int32)  # callers guarantee index < 2^31
+
+    def word(self, v: int) -> Any:
+        return ops.constant(v - (1 << 32) if v >= 1 << 31 else v, torch.int32)
+
+    def to_word(self, a: Any) -> Any:
+        return ops.to_dtype(a, torch.int32)  # the low 32 bits
+
+    def mul_word(self, a: Any, c: int) -> Any:
+        return ops.mul(a, ops.constant(c, torch.int32))  # c < 2^31; the vector multiply wraps
+
+    def shr_word(self, a: Any, n: int) -> Any:
+        shifted = ops.bitwise_right_shift(a, ops.constant(n, torch.int32))
+        return ops.bitwise_and(shifted, ops.constant((1 << (32 - n)) - 1, torch.int32))
+
+    def small(self, v: int) -> Any:
+        return ops.constant(v, torch.int32)
+
+    def small_of_word(self, a: Any) -> Any:
+        return a  # the callers' words are below 2^31: the same int32
 
     def f32_bits(self, a: Any) -> Any:
         return ops.to_dtype_bitcast(a, torch.int32, torch.float32)

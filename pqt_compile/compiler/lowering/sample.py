@@ -1,4 +1,4 @@
-"""The Inductor lowering of pqt.sample: a block-amax Reduction and one Pointwise.
+"""The Inductor lowering of pqt.sample: a block-amax Reduction, per-block and per-call values, and one Pointwise.
 
 Before (post-grad graph)::
 
@@ -8,11 +8,18 @@ Before (post-grad graph)::
 After (IR)::
 
     amax = Reduction(max, |float32(w[n, 32 b + r])|, ranges=[N, ceil(K / 32)], reduction=[32])
-    w_hat = Pointwise(formula.sample_value(InductorOps, w[n, k], amax[n, k // 32], n K + k, ...))
+    s, T, S = Pointwise(formula.block_params(amax[n, b], key)), ranges=[N, ceil(K / 32)]  (int: D)
+    s1, s2 = Pointwise(formula.stream_words(seed, key)), ranges=[]      (once per call)
+    iota = Pointwise(k), ranges=[K]                                     (NOTE [index iota])
+    w_hat = Pointwise(formula.sample_from_params(w[n, k], (s, T, S)[n, k // 32],
+                      noise_from_hash(element_hash(iota[k] + n K, s1, s2))))
 
-The Pointwise body is `formula.sample_value`, the same function the eager op runs, so the
-generated code computes the eager op's bits. Inductor is then free to fuse it: on CPU into
-a C++ kernel before the GEMM; on GPU into a Triton kernel (or a GEMM prologue).
+The bodies are formula.py's, the functions that `formula.sample_value` (the eager op) composes
+per element, so the generated code computes the eager op's bits (NOTE [per-block step] gives the
+identities; tests/test_formula_forms.py checks them against method.md's step-by-step form).
+Inductor fuses the block values into the amax kernel and the sample into its consumer: on CPU a
+vectorised C++ kernel whose words are int32 vectors (inductor_ops.py NOTE [int32 words]); on GPU
+a Triton kernel with uint32 words (or a GEMM prologue). Costs: docs/results.md (issue 14).
 
 NOTE [partial block]: the last block along the axis may be shorter than B; its reduction
 index is clamped to the last element (Min(pos, K - 1)), which repeats an element of the same
@@ -27,9 +34,9 @@ import torch
 from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
 from ...compat import inductor_lowering_api
 from ...formats import parse_format
-from ...formula import sample_value
-from ..targets import cpp_backend, triton_codegen
-from .inductor_ops import InductorOps, Native32Ops
+from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
+from ..targets import cpp_backend, cpp_vectorised, triton_codegen
+from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
 __all__ = ["lower_sample"]
 
@@ -100,22 +107,69 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
     strides = [sympy.Integer(1)] * nd
     for d in range(nd - 2, -1, -1):
         strides[d] = strides[d + 1] * size[d + 1]
-    # The generator's word type per backend (formula.py NOTE [word types]).
-    o = Native32Ops() if triton_codegen(device) else InductorOps()
+
+    def seed_and_key():
+        return (ops.to_dtype(load_seed([0] * len(seed.get_size())), torch.int64),
+                ops.to_dtype(load_key([0] * len(key.get_size())), torch.int64))
+
+    # The word types per code target (formula.py NOTE [word types]): `wo` for the per-element
+    # part, `bo` for the per-block values and the per-call stream words.
+    numel = sympy.sympify(sympy.prod(size))
+    if triton_codegen(device):
+        wo = bo = Native32Ops()
+        word_dtype = torch.uint32
+    elif bool(numel.is_number and int(numel) < 2**31) and cpp_vectorised(device):
+        wo, bo, word_dtype = Int32WordOps(), InductorOps(), torch.int32  # NOTE [int32 words]
+    else:
+        wo = bo = InductorOps()
+        word_dtype = torch.int64
+    block_ranges = list(amax.get_size())
+
+    # NOTE [per-block step]: the block's values (formula.block_params) once per block, in buffers
+    # of amax's shape, instead of an exponent computation per element. The key's switch (a
+    # negative key: no noise) is folded in here.
+    def block_buffer(j):
+        def fn(bidx):
+            _, k = seed_and_key()
+            return block_params(bo, load_amax(bidx), spec, live=bo.gt(k, bo.i64(-1)))[j]
+
+        buf = ir.Pointwise.create(device=device, dtype=torch.float32, inner_fn=fn, ranges=block_ranges)
+        buf.realize()
+        return buf.make_loader()
+
+    load_params = [block_buffer(j) for j in range(1 if spec.is_int else 3)]
+
+    # The two stream words once per call (0-d buffers), stored as words. In C++ they are computed
+    # in int64 (a 0-d loop is scalar code, where an int32 multiply could overflow: NOTE [int32
+    # words]), in Triton in uint32.
+    def stream_buffer(j):
+        def fn(_):
+            return ops.to_dtype(stream_words(bo, *seed_and_key())[j], word_dtype)
+
+        buf = ir.Pointwise.create(device=device, dtype=word_dtype, inner_fn=fn, ranges=[])
+        buf.realize()
+        return buf.make_loader()
+
+    load_s1, load_s2 = stream_buffer(0), stream_buffer(1)
+
+    # NOTE [index iota]: the element's logical index as iota[k] + (the other dims' part), with
+    # iota a realized buffer over the last dim: the vectorised C++ loop reads the varying part
+    # with one vector load, where `index_expr` of the whole index prints
+    # Vectorized<int32_t>::arange(base, 1), which g++ 12 builds lane by lane.
+    iota = ir.Pointwise.create(
+        device=device, dtype=word_dtype, inner_fn=lambda i: wo.index_word(i[0]), ranges=[size[-1]]
+    )
+    iota.realize()
+    with _api.force_realize():  # a buffer that reads nothing is otherwise inlined back
+        load_iota = iota.make_loader()
 
     def sample_fn(idx):
-        linear = sum((i * s for i, s in zip(idx, strides)), sympy.Integer(0))
-        value = sample_value(
-            o,
-            ops.to_dtype(load_w(idx), torch.float32),
-            load_amax(block_index(idx)),
-            o.index_word(linear),
-            ops.to_dtype(load_seed([0] * len(seed.get_size())), torch.int64),
-            ops.to_dtype(load_key([0] * len(key.get_size())), torch.int64),
-            spec,
-            noise,
-            noise_std,
-        )
+        rest = sum((i * s for i, s in zip(idx[:-1], strides[:-1])), sympy.Integer(0))
+        bidx = block_index(idx)
+        index = ops.add(load_iota([idx[-1]]), wo.index_word(rest))
+        r = noise_from_hash(wo, element_hash(wo, index, load_s1([]), load_s2([])), noise, noise_std)
+        w32 = ops.to_dtype(load_w(idx), torch.float32)
+        value = sample_from_params(wo, w32, tuple(load(bidx) for load in load_params), r, spec)
         return ops.to_dtype(value, out_dtype)
 
     return ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=sample_fn, ranges=size)

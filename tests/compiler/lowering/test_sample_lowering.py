@@ -83,3 +83,24 @@ def test_cpu_code_fuses_the_sample_into_a_cpp_kernel():
     assert "cpp_fused" in code
     assert str(MIX_MUL_1) in code  # the generator's multiplier is inside the generated kernel
     assert "torch.ops.pqt.sample" not in code and "pqt.sample.default" not in code  # no extern fallback
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 256), 1), ((256, 64), 0)])
+def test_cpu_sample_loop_holds_int32_words_and_reads_the_index_from_a_buffer(shape, axis):
+    """The levers of docs/results.md (issue 14) stay in the generated C++: the per-element words
+    are int32 vectors (NOTE [int32 words]), the index comes from the iota buffer (NOTE [index
+    iota]: no per-element arange), and the result stays bit-exact with the eager op."""
+    from pqt_compile.compiler.targets import cpp_vectorised
+
+    if not cpp_vectorised(torch.device("cpu")):
+        pytest.skip("Inductor's C++ backend does not vectorise on this machine: int64 words by design")
+    w = torch.randn(shape)
+    w[0] *= 1e-39  # a row of tiny blocks
+    f, cf = _compiled(PQTConfig(), axis, torch.float32)
+    with inductor_config.patch(fx_graph_cache=False):
+        got, codes = run_and_get_code(cf, w, torch.tensor(3), torch.tensor(4))
+    assert torch.equal(got.view(torch.int32), f(w, torch.tensor(3), torch.tensor(4)).view(torch.int32))
+    code = "\n".join(codes)
+    assert "Vectorized<int32_t>" in code
+    assert code.count("::arange(") <= 1  # once at most: in the loop that fills the iota buffer
+    assert str(MIX_MUL_1) in code
