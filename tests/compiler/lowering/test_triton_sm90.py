@@ -1,0 +1,50 @@
+"""Route 2: Inductor's Triton code for pqt.sample on a faked H100, compiled for sm_90a by the
+ptxas that triton bundles (tests/support/fake_cuda.py; ../shared/design/triton-offline.md).
+
+It runs in a subprocess: route 1 (this test session) sets TRITON_INTERPRET=1, under which
+triton builds no real JIT functions. Skips, with the reason, where a private symbol moved or
+triton's NVIDIA backend is missing. What it holds: the sample compiles for sm_90 in every
+config Inductor would autotune, without spills or local memory, with the generator in 32-bit
+integer multiplies only (no mul.lo.s64: formula.py NOTE [word types]), and the block amax, block
+values and sample fused into one persistent-reduction kernel (stream words and the index iota in
+their own small kernels, once per call).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "support",
+                      "route2_sample.py")
+
+
+@pytest.fixture(scope="module")
+def route2() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    return out
+
+
+def test_the_sample_compiles_for_sm90_without_spills(route2):
+    assert route2["compiled"] and all(k["sm_90"] for k in route2["compiled"])
+    for k in route2["compiled"]:
+        assert k["local_bytes"] == 0 and k["spill_stores"] == 0, k
+
+
+def test_the_generator_uses_32_bit_multiplies_only(route2):
+    assert all(k["mul_lo_s64"] == 0 for k in route2["compiled"])
+    assert sum(k["mul_lo_s32"] for k in route2["compiled"]) > 0  # the mixer is there, in 32 bits
+
+
+def test_amax_block_values_and_sample_fuse_into_one_reduction_kernel(route2):
+    per = [n for n in route2["kernels"] if n.startswith("triton_per_fused")]
+    assert len(per) == 1 and len(route2["kernels"]) == 3, route2["kernels"]

@@ -1,0 +1,60 @@
+"""Route 2 driver, run as its own process (without TRITON_INTERPRET, which route 2 cannot have):
+Inductor's Triton code for pqt.sample on a faked H100, compiled for sm_90a by triton's ptxas.
+
+Prints one JSON line: {"skip": reason} where route 2 cannot run here, else the sample's kernels
+with their registers, local memory, spill bytes and per-kernel PTX instruction counts.
+Used by tests/compiler/lowering/test_triton_sm90.py; `python tests/support/route2_sample.py`
+by hand.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+assert os.environ.get("TRITON_INTERPRET") != "1", "route 2 needs a process without TRITON_INTERPRET=1"
+import torch  # noqa: E402
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+
+import pqt_compile.compiler.lowering  # noqa: E402,F401  (registers the lowering)
+from pqt_compile import PQTConfig  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_cuda import capture_inductor, compile_kernels, fake_h100, kernel_sources, missing_symbols, triton_bin  # noqa: E402
+
+
+def sass_count(cubin: str) -> int:
+    """SASS instructions in a cubin (cuobjdump -sass, NOPs left out)."""
+    import re
+    import subprocess
+
+    text = subprocess.run([triton_bin("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in text.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/\s+[A-Z]", line) and " NOP" not in line)
+
+
+def main() -> None:
+    reason = missing_symbols()
+    if reason:
+        print(json.dumps({"skip": reason}))
+        return
+    cfg = PQTConfig()
+    args = (cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, torch.bfloat16)
+    out: dict = {"torch": torch.__version__}
+    with fake_h100(), tempfile.TemporaryDirectory() as tmp:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            w = torch.empty(256, 192, device="cuda")
+            seed = torch.empty((), device="cuda", dtype=torch.int64)
+            key = torch.empty((), device="cuda", dtype=torch.int64)
+        code = capture_inductor(lambda w, s, k: torch.ops.pqt.sample.default(w, s, k, 1, *args), [w, seed, key])[-1]
+        out["kernels"] = list(kernel_sources(code))
+        out["compiled"] = [
+            {"name": k.name, "registers": k.registers, "local_bytes": k.local_bytes, "spill_stores": k.spill_stores,
+             "mul_lo_s64": k.ptx.count("mul.lo.s64"), "mul_lo_s32": k.ptx.count("mul.lo.s32"),
+             "sm_90": ".target sm_90" in k.ptx, "config": k.config, "sass": sass_count(k.cubin_path)}
+            for k in compile_kernels(code, tmp)
+        ]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
