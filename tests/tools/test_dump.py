@@ -40,6 +40,7 @@ NON_DEFAULT = {
     "exclude": (["--exclude", "head"], ("head",)),
     "sample_in_eval": (["--sample-in-eval"], True),
     "per_rank_noise": (["--per-rank-noise"], True),
+    "share_sample": (["--share-sample"], True),
 }
 
 
