@@ -42,6 +42,7 @@ __all__ = [
     "custom_graph_pass_base",
     "inductor_lowering_api",
     "cpu_vector_isa",
+    "mark_prologue_candidate",
     "floor_div",
     "has_triton",
     "current_graph_task_id",
@@ -69,6 +70,7 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor.virtualized", "ops", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "ComputedBuffer", "the Inductor lowering of pqt.sample (a realized index buffer)"),
     ("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises"),
+    ("torch._inductor.virtualized", "V", "the sample as a GEMM-template prologue (V.graph.invoke_quant_ops)"),
     ("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering"),
     ("torch.utils._triton", "has_triton", "the Triton kernel of the eager op on CUDA"),
     ("torch._C", "_current_graph_task_id", "the seed rule (a recompute inside a backward)"),
@@ -225,6 +227,26 @@ def inductor_lowering_api() -> SimpleNamespace:
 def cpu_vector_isa() -> bool:
     """Whether Inductor's C++ backend has a vector ISA on this machine (pick_vec_isa, torch 2.13)."""
     return bool(require("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises")())
+def mark_prologue_candidate(value: Any) -> bool:
+    """Realise an Inductor IR value and list its operation as Inductor's own `invoke_quant`
+    lowering does for its outputs (torch 2.13: lowering.py `invoke_quant_tracer` adds to
+    `V.graph.invoke_quant_ops`). The scheduler then skips, for that operation only, its
+    heuristics that refuse a GEMM-template prologue before timing it
+    (`Scheduler.check_prologue_fusion_heuristics_fusable`: bytes read <= 1.1 x bytes written,
+    no fp32 math inside a bf16 template); a block-scaled sample fails both. Inductor's legality
+    checks still apply, and with several template choices it still times the fused kernel
+    against the separate one (`benchmark_epilogue_fusion`).
+
+    Returns False, having only realised the value, where this torch has no such set: the
+    sample then stays a separate kernel (same values, no prologue).
+    """
+    value.realize()
+    graph = getattr(require("torch._inductor.virtualized", "V", "the sample as a GEMM-template prologue"), "graph", None)
+    listed = getattr(graph, "invoke_quant_ops", None)
+    if listed is None:
+        return False
+    listed.add(value.get_operation_name())
+    return True
 
 
 def floor_div() -> Any:

@@ -1,4 +1,5 @@
-"""The `pqt::sample` custom op: eager CPU/CUDA implementation, fake impl, autograd.
+"""The `pqt::sample` custom op (and its transposed twin `pqt::sample_t`): eager CPU/CUDA
+implementation, fake impl, autograd.
 
 Schema: sample(Tensor w, Tensor seed, Tensor key, int axis, str format, int block_size,
 str noise, float noise_std, ScalarType out_dtype) -> Tensor. `seed` and `key` are int64
@@ -6,6 +7,11 @@ tensors with one element (runtime values: a new seed never recompiles a graph);
 `block_size` is B > 0, 0 for "row", -1 for "tensor". The output is contiguous, of w's shape,
 in `out_dtype`. The gradient to `w` is the identity, cast to w's dtype. A negative `key`
 switches the noise off (the compiled path's runtime switch; `sample()` refuses one).
+
+`sample_t` takes the same arguments and a 2-D w [N, K]; it returns sample(...).t() laid out
+[K, N] contiguous: the same values, in the layout a GEMM reads its B operand. Only the
+compiler emits it (compiler/passes/template_layout.py), so that a Triton GEMM template can
+compute the sample in its prologue; its gradient is the identity, transposed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from .config import PQTConfig
 from .formats import parse_format
 from .formula import TorchOps, sample_value
 
-__all__ = ["sample", "sample_eager"]
+__all__ = ["sample", "sample_eager", "SAMPLE_OPS"]
 
 # Elements per chunk of the eager formula: bounds the int64 temporaries (~100 B/element).
 _CHUNK = 1 << 20
@@ -56,6 +62,15 @@ def sample_eager(
     return out.view(w.shape)
 
 
+def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype) -> torch.Tensor:
+    if w.is_cuda and w.dim() == 2 and has_triton():
+        # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
+        from .kernels.sample import sample_triton
+
+        return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+    return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+
+
 @torch.library.custom_op("pqt::sample", mutates_args=(), device_types=("cpu", "cuda"))
 def _sample_op(
     w: torch.Tensor,
@@ -68,18 +83,41 @@ def _sample_op(
     noise_std: float,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    if w.is_cuda and w.dim() == 2 and has_triton():
-        # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
-        from .kernels.sample import sample_triton
-
-        return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
-    return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+    return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
 
 
 @_sample_op.register_fake
 def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
     check_sample_args(w, axis, parse_format(format), block_size, out_dtype)
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
+
+
+@torch.library.custom_op("pqt::sample_t", mutates_args=(), device_types=("cpu", "cuda"))
+def _sample_t_op(
+    w: torch.Tensor,
+    seed: torch.Tensor,
+    key: torch.Tensor,
+    axis: int,
+    format: str,
+    block_size: int,
+    noise: str,
+    noise_std: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    _check_2d(w)
+    return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype).t().contiguous()
+
+
+def _check_2d(w: torch.Tensor) -> None:
+    if w.dim() != 2:
+        raise ValueError(f"pqt.sample_t: a 2-D weight is required, got shape {tuple(w.shape)}")
+
+
+@_sample_t_op.register_fake
+def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
+    check_sample_args(w, axis, parse_format(format), block_size, out_dtype)
+    _check_2d(w)
+    return torch.empty((w.shape[1], w.shape[0]), dtype=out_dtype, device=w.device)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -91,7 +129,16 @@ def _backward(ctx, grad: torch.Tensor):
     return grad.to(ctx.w_dtype), None, None, None, None, None, None, None, None
 
 
+def _backward_t(ctx, grad: torch.Tensor):
+    # w_hat^T: the identity, transposed back to w's layout.
+    return grad.t().to(ctx.w_dtype), None, None, None, None, None, None, None, None
+
+
 _sample_op.register_autograd(_backward, setup_context=_setup_context)
+_sample_t_op.register_autograd(_backward_t, setup_context=_setup_context)
+
+#: The compiler's sample ops: what explain and the tests look for in a graph.
+SAMPLE_OPS = (torch.ops.pqt.sample.default, torch.ops.pqt.sample_t.default)
 
 
 def _as_int64_tensor(v: Union[int, torch.Tensor], name: str, device: torch.device, low: int, high: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 `sampled_weights` returns the sample of every weight the compiler samples; `run` runs the
 model's forward with those samples on the matmul paths (an embedding lookup of a tied weight
 reads the clean weight). `run` traces the forward with make_fx and applies the compiler's own
-pattern rules (compiler/passes: find_weight_edges / insert_sample) and its names (naming.py:
+pattern rules (compiler/passes: find_weight_edges / insert_sample / emit_template_layouts) and its names (naming.py:
 canonical names, so a model holding compiled blocks is keyed as the plain model), so both
 sample the same weights on the same paths, along the same axes, in the same dtypes, with the
 same keys; it then replays the graph eagerly with the op's torch implementation. Gradients
@@ -20,7 +20,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from . import op as _op  # noqa: F401  (registers pqt::sample)
 from .compat import allow_nested_fx_trace, pytree
 from .compiler import graph_abi
-from .compiler.passes import SkippedWeight, WeightEdge, find_weight_edges, insert_sample
+from .compiler.passes import SkippedWeight, WeightEdge, emit_template_layouts, find_weight_edges, insert_sample
+from .compiler.targets import gemm_templates
 from .config import PQTConfig
 from .naming import named_parameters, parameter_aliases
 from .op import sample
@@ -132,6 +133,8 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
         return graph_abi.key_of_slot(g, keys_node, slot[edge.name])
 
     insert_sample(graph, edges, seed_node, key_of, config, tag_recompute=False)
+    # The compiler's layout rule too, under the Inductor config in force here (same values).
+    emit_template_layouts(graph, gemm_templates)
     t.gm.recompile()
     device = next(iter(t.params.values())).device if t.params else torch.device("cpu")
     keys = graph_abi.keys_tensor([key_for_name(e.name) for e in edges] or [0], device)

@@ -60,3 +60,17 @@ def assert_matches_reference(call, model, *args, seed: int, config=None, **kwarg
     ref = pqt_compile.reference.run(model, *args, seed=seed, config=config, **kwargs)
     assert max_rel_err(out, ref) < FP32_REL_TOL
     return out
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (compile-heavy cases beyond CI's budget)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow (compile-heavy): run with pytest --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -93,3 +93,22 @@ def test_same_bits_in_a_second_process():
     res = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, check=True)
     assert res.stdout.split(maxsplit=1)[0] == str(out.view(torch.int32).sum().item())
     assert res.stdout.split(maxsplit=1)[1].strip() == str(out.view(torch.int32)[3, :5].tolist())
+
+
+def test_sample_t_is_the_transposed_sample_laid_out_for_a_gemm():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for dtype, out in ((torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)):
+        w = torch.randn(8, 40, dtype=dtype, requires_grad=True)
+        args = _args(w, out=out)
+        torch.library.opcheck(torch.ops.pqt.sample_t.default, args)
+        st = torch.ops.pqt.sample_t.default(*args)
+        assert st.shape == (40, 8) and st.is_contiguous()
+        assert torch.equal(st, torch.ops.pqt.sample.default(*args).t())
+        g = torch.randn(40, 8, dtype=out)
+        st.backward(g)
+        assert w.grad.dtype == dtype and torch.equal(w.grad, g.t().to(dtype))
+    with FakeTensorMode():
+        assert torch.ops.pqt.sample_t.default(*_args(torch.empty(5, 7))).shape == (7, 5)
+        with pytest.raises(ValueError, match="2-D"):
+            torch.ops.pqt.sample_t.default(*_args(torch.empty(2, 5, 7)))

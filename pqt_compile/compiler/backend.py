@@ -24,6 +24,7 @@ from ..naming import GraphWeights, ResolvedWeights
 from . import graph_abi
 from .passes.manager import PassManager
 from .passes.sample_pass import SamplePass
+from .passes.template_layout_pass import TemplateLayoutPass
 from .wrapper import PQTCompiled
 
 __all__ = ["pqt_backend", "compile", "split_options", "GraphCompiler"]
@@ -87,7 +88,8 @@ class GraphCompiler:
         aliases = {n: a for n, a in zip(resolved.names, resolved.aliases) if a}
         pass_ = SamplePass(self.config, dict(zip(self.weights.positions, resolved.names)), len(example_inputs),
                            aliases, self.weights.buffers)
-        return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": PassManager([pass_])})
+        passes = PassManager([pass_, TemplateLayoutPass()])
+        return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": passes})
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:

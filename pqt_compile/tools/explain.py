@@ -27,6 +27,7 @@ from tabulate import tabulate
 
 from ..compat import capture_output_code, custom_graph_pass_base, dynamo_counters, pytree
 from ..config import PQTConfig
+from ..op import SAMPLE_OPS
 
 __all__ = ["explain", "ExplainReport", "SampledWeight", "UnsampledWeight"]
 
@@ -117,7 +118,7 @@ def _landings(code: str, weight_inputs: dict[str, str]) -> tuple[dict[str, str],
     """
     from ..formula import MIX_MUL_1
 
-    if "torch.ops.pqt.sample" in code:
+    if re.search(r"^[^#\n]*torch\.ops\.pqt\.sample", code, re.M):  # a call, not a provenance comment
         return {w: "not lowered (extern call to the eager op)" for w in weight_inputs.values()}, code
     landed: dict[str, str] = {}
     marked = code
@@ -160,9 +161,10 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
     class _PostGrad(custom_graph_pass_base()):  # type: ignore[misc]
         def __call__(self, graph: torch.fx.Graph) -> None:
             post_grad.append(str(graph))
-            for n in graph.find_nodes(op="call_function", target=torch.ops.pqt.sample.default):
-                if isinstance(n.args[0], torch.fx.Node) and "pqt_weight" in n.meta:
-                    weight_inputs[n.args[0].name] = n.meta["pqt_weight"]
+            for target in SAMPLE_OPS:  # pqt.sample, and pqt.sample_t where a GEMM template reads it
+                for n in graph.find_nodes(op="call_function", target=target):
+                    if isinstance(n.args[0], torch.fx.Node) and "pqt_weight" in n.meta:
+                        weight_inputs[n.args[0].name] = n.meta["pqt_weight"]
 
         def uuid(self) -> None:
             return None  # never cached: explain must see the passes run

@@ -32,6 +32,12 @@ def sass_count(cubin: str) -> int:
     return sum(1 for line in text.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/\s+[A-Z]", line) and " NOP" not in line)
 
 
+def _row(k) -> dict:
+    return {"name": k.name, "registers": k.registers, "local_bytes": k.local_bytes, "spill_stores": k.spill_stores,
+            "mul_lo_s64": k.ptx.count("mul.lo.s64"), "mul_lo_s32": k.ptx.count("mul.lo.s32"),
+            "sm_90": ".target sm_90" in k.ptx, "config": k.config, "sass": sass_count(k.cubin_path)}
+
+
 def main() -> None:
     reason = missing_symbols()
     if reason:
@@ -41,18 +47,21 @@ def main() -> None:
     args = (cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, torch.bfloat16)
     out: dict = {"torch": torch.__version__}
     with fake_h100(), tempfile.TemporaryDirectory() as tmp:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        with fake:
+            x = torch.empty(128, 192, device="cuda", dtype=torch.bfloat16)
             w = torch.empty(256, 192, device="cuda")
             seed = torch.empty((), device="cuda", dtype=torch.int64)
             key = torch.empty((), device="cuda", dtype=torch.int64)
         code = capture_inductor(lambda w, s, k: torch.ops.pqt.sample.default(w, s, k, 1, *args), [w, seed, key])[-1]
         out["kernels"] = list(kernel_sources(code))
-        out["compiled"] = [
-            {"name": k.name, "registers": k.registers, "local_bytes": k.local_bytes, "spill_stores": k.spill_stores,
-             "mul_lo_s64": k.ptx.count("mul.lo.s64"), "mul_lo_s32": k.ptx.count("mul.lo.s32"),
-             "sm_90": ".target sm_90" in k.ptx, "config": k.config, "sass": sass_count(k.cubin_path)}
-            for k in compile_kernels(code, tmp)
-        ]
+        out["compiled"] = [_row(k) for k in compile_kernels(code, tmp + "/sample")]
+        # The sample in the prologue of Inductor's GEMM template (max-autotune, one template config):
+        # nn.Linear's forward GEMM reads the sample transposed, which pqt.sample_t writes.
+        code = capture_inductor(lambda x, w, s, k: torch.mm(x, torch.ops.pqt.sample_t.default(w, s, k, 1, *args)),
+                                [x, w, seed, key], max_autotune=True)[-1]
+        out["template_kernels"] = list(kernel_sources(code))
+        out["template"] = [_row(k) for k in compile_kernels(code, tmp + "/template") if k.name.startswith("triton_tem")]
     print(json.dumps(out))
 
 

@@ -219,10 +219,12 @@ def kernel_sources(code: str) -> dict[str, str]:
 
 
 def kernels_computing_sample(code: str) -> list[str]:
-    """The kernels whose body runs the generator (formula.MIX_MUL_1 appears in the code)."""
+    """The kernels that run the generator per element (formula.MIX_MUL_1 appears in the code),
+    leaving out the one-element kernel of the per-call stream words (lowering/sample.py)."""
     from pqt_compile.formula import MIX_MUL_1
 
-    return sorted(name for name, src in kernel_sources(code).items() if str(MIX_MUL_1) in src)
+    return sorted(name for name, src in kernel_sources(code).items()
+                  if str(MIX_MUL_1) in src and not re.search(r"\bxnumel = 1\b", src))
 
 
 def fallback_calls(code: str) -> int:

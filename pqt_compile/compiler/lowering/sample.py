@@ -21,6 +21,13 @@ Inductor fuses the block values into the amax kernel and the sample into its con
 vectorised C++ kernel whose words are int32 vectors (inductor_ops.py NOTE [int32 words]); on GPU
 a Triton kernel with uint32 words (or a GEMM prologue). Costs: docs/results.md (issue 14).
 
+`pqt.sample_t` (emitted by compiler/passes/template_layout.py where a Triton GEMM template
+reads the transpose of a sample) lowers to the same Pointwise iterated over the transposed
+ranges [K, N]: the same values, written in the order the template reads them. Where a Triton
+GEMM template may read the sample (compiler/targets.py `gemm_templates`), the Pointwise is
+realised on its own, apart from the amax Reduction (a prologue must be pointwise), and listed
+as a prologue candidate (compat.mark_prologue_candidate).
+
 NOTE [partial block]: the last block along the axis may be shorter than B; its reduction
 index is clamped to the last element (Min(pos, K - 1)), which repeats an element of the same
 block and so leaves its max unchanged.
@@ -32,13 +39,13 @@ import sympy
 import torch
 
 from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
-from ...compat import inductor_lowering_api
+from ...compat import inductor_lowering_api, mark_prologue_candidate
 from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
-from ..targets import cpp_backend, cpp_vectorised, triton_codegen
+from ..targets import cpp_backend, cpp_vectorised, gemm_templates, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
-__all__ = ["lower_sample"]
+__all__ = ["lower_sample", "lower_sample_t"]
 
 _api = inductor_lowering_api()
 ir, ops, FloorDiv = _api.ir, _api.ops, _api.FloorDiv
@@ -51,12 +58,24 @@ def _abs_f32(x):
 @_api.register_lowering(torch.ops.pqt.sample.default, type_promotion_kind=None)
 def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
     """Lower one pqt.sample call (see the module docstring)."""
+    return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, transposed=False)
+
+
+@_api.register_lowering(torch.ops.pqt.sample_t.default, type_promotion_kind=None)
+def lower_sample_t(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
+    """Lower one pqt.sample_t call: pqt.sample of a 2-D w, written transposed ([K, N] contiguous)."""
+    return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, transposed=True)
+
+
+def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, transposed: bool):
     spec = parse_format(format)
     if w.get_dtype() not in SUPPORTED_DTYPES or out_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pqt.sample lowering: unsupported dtypes {w.get_dtype()} -> {out_dtype}")
     device = w.get_device()
     size = list(w.get_size())
     nd = len(size)
+    if transposed and nd != 2:
+        raise ValueError(f"pqt.sample_t lowering: a 2-D weight is required, got {nd} dimensions")
     axis %= nd
     load_w = w.make_loader()
 
@@ -163,7 +182,8 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
     with _api.force_realize():  # a buffer that reads nothing is otherwise inlined back
         load_iota = iota.make_loader()
 
-    def sample_fn(idx):
+    def sample_fn(out_idx):
+        idx = list(reversed(out_idx)) if transposed else out_idx  # the weight's own index
         rest = sum((i * s for i, s in zip(idx[:-1], strides[:-1])), sympy.Integer(0))
         bidx = block_index(idx)
         index = ops.add(load_iota([idx[-1]]), wo.index_word(rest))
@@ -172,4 +192,8 @@ def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_d
         value = sample_from_params(wo, w32, tuple(load(bidx) for load in load_params), r, spec)
         return ops.to_dtype(value, out_dtype)
 
-    return ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=sample_fn, ranges=size)
+    out = ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=sample_fn,
+                              ranges=list(reversed(size)) if transposed else size)
+    if gemm_templates(device):
+        mark_prologue_candidate(out)
+    return out

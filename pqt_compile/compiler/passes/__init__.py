@@ -2,9 +2,11 @@
 
 - weight_edges: find weight Parameter -> matmul operand paths and their reduction axes.
 - insert_sample: rewire those paths through one `pqt.sample` per weight and dtype.
+- template_layout: where a Triton GEMM template may read a sample, give it the layout it reads.
 """
 
 from .insert_sample import insert_sample
+from .template_layout import emit_template_layouts
 from .weight_edges import MatmulUse, SkippedWeight, WeightEdge, backward_nodes, find_weight_edges
 
-__all__ = ["find_weight_edges", "insert_sample", "backward_nodes", "WeightEdge", "MatmulUse", "SkippedWeight"]
+__all__ = ["find_weight_edges", "insert_sample", "emit_template_layouts", "backward_nodes", "WeightEdge", "MatmulUse", "SkippedWeight"]

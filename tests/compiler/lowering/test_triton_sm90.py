@@ -7,7 +7,8 @@ triton's NVIDIA backend is missing. What it holds: the sample compiles for sm_90
 config Inductor would autotune, without spills or local memory, with the generator in 32-bit
 integer multiplies only (no mul.lo.s64: formula.py NOTE [word types]), and the block amax, block
 values and sample fused into one persistent-reduction kernel (stream words and the index iota in
-their own small kernels, once per call).
+their own small kernels, once per call); and inside the GEMM template, the sample compiles in its
+prologue (`pqt.sample_t`, compiler/passes/template_layout.py).
 """
 
 import json
@@ -48,3 +49,15 @@ def test_the_generator_uses_32_bit_multiplies_only(route2):
 def test_amax_block_values_and_sample_fuse_into_one_reduction_kernel(route2):
     per = [n for n in route2["kernels"] if n.startswith("triton_per_fused")]
     assert len(per) == 1 and len(route2["kernels"]) == 3, route2["kernels"]
+
+
+def test_the_sample_compiles_inside_the_gemm_templates_prologue_for_sm90(route2):
+    """mm(x, pqt.sample_t(w)) under max-autotune: one template kernel computes the sample in its
+    prologue (Inductor names the fused producer in the kernel's name), without spills and with a
+    32-bit generator."""
+    tem = [n for n in route2["template_kernels"] if n.startswith("triton_tem")]
+    assert len(tem) == 1 and "sample_t" in tem[0], route2["template_kernels"]
+    assert route2["template"] and all(k["sm_90"] for k in route2["template"])
+    for k in route2["template"]:
+        assert k["local_bytes"] == 0 and k["spill_stores"] == 0 and k["mul_lo_s64"] == 0, k
+        assert k["mul_lo_s32"] > 0  # the generator is inside the template
