@@ -2,8 +2,8 @@
 fake-quant QAT, in one run. For a user with a CUDA GPU (none was available to this project, so
 no GPU number in docs/results.md comes from it yet):
 
-    python benchmarks/gpu_train_step.py                      # GPT-2 small shape, bf16 autocast
-    python benchmarks/gpu_train_step.py --layers 24 --d-model 1024 --batch 4 --seq 2048 --share
+    python benchmarks/gpu_train_step.py --model gpt2-124m --kernels --share   # GPT-2 124M + kernel benchmarks
+    python benchmarks/gpu_train_step.py --model llama-1b --batch 4 --seq 2048  # a 1.1B Llama
 
 Every arm trains the same GPT-2 (random init, vocab 256, projections as nn.Linear so that
 torchao quantizes the same weights) from the same weights on the same batches, steps interleaved
@@ -31,6 +31,25 @@ import pqt_compile  # noqa: E402
 from cpu_train_step import build, quantiles, torchao_arm  # noqa: E402
 
 
+def build_model(a: argparse.Namespace) -> torch.nn.Module:
+    """The benchmark's model: cpu_train_step's GPT-2 for "gpt2", else a preset from transformers."""
+    if a.model == "gpt2":
+        return build(a)
+    if a.model == "gpt2-124m":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from cpu_train_step import conv1d_to_linear
+
+        m = GPT2LMHeadModel(GPT2Config(n_positions=max(1024, a.seq)))
+        conv1d_to_linear(m)
+        return m
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                        num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                                        max_position_embeddings=max(2048, a.seq)))
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=12)
@@ -42,6 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--format", default="fp6_e3m2")
     p.add_argument("--share", action="store_true", help="add the pqt-shared arm (PQTConfig(share_sample=True))")
     p.add_argument("--no-torchao", action="store_true")
+    p.add_argument("--model", choices=["gpt2", "gpt2-124m", "llama-1b"], default="gpt2",
+                   help="gpt2: the shape given by --layers/--d-model (vocab 256); gpt2-124m: GPT-2 small "
+                        "(12 x 768, vocab 50257); llama-1b: a 1.1B Llama (22 x 2048, GQA 32/4, FFN 5632, vocab 32000)")
+    p.add_argument("--kernels", action="store_true",
+                   help="also run benchmarks/gpu_kernels.py: the sample's bandwidth against a copy, and the "
+                        "prologue GEMM against plain GEMMs for M in --m-sweep")
+    p.add_argument("--m-sweep", default="16,32,64,128,256,512,1024,2048,4096,8192")
+    p.add_argument("--no-train", action="store_true", help="only the kernel benchmarks")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", help="write the numbers here")
     a = p.parse_args(argv)
@@ -52,8 +79,29 @@ def main(argv: list[str] | None = None) -> dict:
                          "(or --device cpu for a smoke test; CPU numbers come from cpu_train_step.py)")
     cuda = dev.type == "cuda"
 
+    result = {"args": vars(a), "torch": torch.__version__, "device": str(dev), "arms": {}}
+    if a.kernels:
+        import gpu_kernels
+
+        cfg = pqt_compile.PQTConfig(format=a.format)
+        side = 8192 if cuda else 256
+        result["bandwidth"] = gpu_kernels.bandwidth(dev, side, side, a.rounds, cfg)
+        result["prologue"] = gpu_kernels.prologue_sweep(dev, 4096 if cuda else 64, 4096 if cuda else 64,
+                                                        [int(m) for m in a.m_sweep.split(",")], a.rounds, cfg)
+        bw = result["bandwidth"]
+        print(f"sample of a {bw['shape']} fp32 weight: {bw['sample_GBps']:.0f} GB/s; copy: {bw['copy_GBps']:.0f} GB/s\n")
+        print(tabulate([[r["M"], f"{r['prologue_s'] * 1e6:.1f}", f"{r['template_on_w_hat_s'] * 1e6:.1f}",
+                         f"{r['default_s'] * 1e6:.1f}"] for r in result["prologue"]],
+                       headers=["M", "prologue GEMM (us)", "template on w_hat (us)", "default: sample + GEMM (us)"]))
+        print()
+    if a.no_train:
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return result
+
     torch.manual_seed(0)
-    base = build(a).to(dev)
+    base = build_model(a).to(dev)
     models = {"inductor": base, "pqt": copy.deepcopy(base)}
     arms = {"inductor": torch.compile(models["inductor"]),
             "pqt": pqt_compile.compile(models["pqt"], pqt_compile.PQTConfig(format=a.format))}
@@ -69,9 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
             notes.append(f"torchao arm skipped: {why}")
         else:
             models["torchao"], arms["torchao"] = m, compiled
+    vocab = base.config.vocab_size
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=cuda) for n, m in models.items()}
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, 256, (a.batch, a.seq), generator=g).to(dev) for _ in range(1 + a.warmup + a.rounds)]
+    batches = [torch.randint(0, vocab, (a.batch, a.seq), generator=g).to(dev) for _ in range(1 + a.warmup + a.rounds)]
     peak = {n: 0 for n in arms}
 
     def step(name: str, idx: torch.Tensor) -> float:
@@ -102,20 +151,23 @@ def main(argv: list[str] | None = None) -> dict:
             t = step(n, batches[1 + rnd])
             if rnd >= a.warmup:
                 times[n].append(t)
-    rows, result = [], {"args": vars(a), "torch": torch.__version__, "device": str(dev), "arms": {}}
+    rows = []
+    n_params = sum(q.numel() for q in base.parameters())
     dev_name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for n in arms:
         lo, med, hi = quantiles(times[n])
         r = [x / b for x, b in zip(times[n], times["inductor"])]
         rlo, rmed, rhi = quantiles(r)
         mem = peak[n] / max(peak["inductor"], 1) if cuda else float("nan")
-        rows.append([n, f"{med * 1e3:.2f}", f"{lo * 1e3:.2f}-{hi * 1e3:.2f}", f"{rmed:.3f} ({rlo:.3f}-{rhi:.3f})",
-                     f"{peak[n] / 2**30:.2f}" if cuda else "-", f"{mem:.3f}" if cuda else "-"])
+        extra = (peak[n] - peak["inductor"]) / n_params if cuda else float("nan")
+        rows.append([n, f"{med * 1e3:.2f}", f"{a.batch * a.seq / med:.0f}", f"{rmed:.3f} ({rlo:.3f}-{rhi:.3f})",
+                     f"{peak[n] / 2**30:.2f}" if cuda else "-", f"{mem:.3f}" if cuda else "-",
+                     f"{extra:.2f}" if cuda else "-"])
         result["arms"][n] = {"step_s": times[n], "ratio_median": rmed, "ratio_iqr": [rlo, rhi], "peak_bytes": peak[n]}
-    print(f"GPT-2 {a.layers} x {a.d_model}, {a.batch} x {a.seq} tokens/step, {'bf16 autocast' if cuda else 'fp32'}, {dev_name}, "
+    print(f"{a.model} ({n_params / 1e6:.0f}M params), {a.batch} x {a.seq} tokens/step, {'bf16 autocast' if cuda else 'fp32'}, {dev_name}, "
           f"torch {torch.__version__}; {a.rounds} interleaved rounds after {a.warmup}\n")
-    print(tabulate(rows, headers=["arm", "step median (ms)", "IQR (ms)", "step / inductor (IQR)", "peak GiB",
-                                  "peak / inductor"]))
+    print(tabulate(rows, headers=["arm", "step median (ms)", "tokens/s", "step / inductor (IQR)", "peak GiB",
+                                  "peak / inductor", "extra bytes / param"]))
     for note in notes:
         print("\nnote:", note)
     if a.json:
