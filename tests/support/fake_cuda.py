@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from symbols import resolve as _resolve  # imported top-level: route 2 runs as a script
+
 __all__ = ["H100", "FakeCudaDriver", "fake_h100", "capture_inductor", "compile_kernels", "missing_symbols",
            "warm_patterns", "CompiledKernel", "kernel_sources", "SYMBOLS"]
 
@@ -85,17 +87,6 @@ SYMBOLS: list[tuple[str, str]] = [
 ]
 
 
-def _resolve(path: str):
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for p in parts[i:]:
-            obj = getattr(obj, p)
-        return obj
-    raise ImportError(path)
 
 
 def missing_symbols() -> Optional[str]:

@@ -48,6 +48,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from .symbols import resolve as _resolve
+
 __all__ = ["VERSIONS_CHECKED", "SYMBOLS", "unavailable", "inductor_triton_on_cpu", "kernel_sources",
            "kernels_computing_sample", "fallback_calls"]
 
@@ -78,17 +80,6 @@ SOURCE_FACTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _resolve(path: str) -> Any:
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for name in parts[i:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(path)
 
 
 def unavailable() -> Optional[str]:
