@@ -22,7 +22,11 @@ BlockSize = Union[int, str]
 #: The standard deviation of uniform rounding error, in units of the step: 1/sqrt(12).
 DEFAULT_NOISE_STD = 1.0 / math.sqrt(12.0)
 
-_NOISES = ("gaussian", "uniform")
+_NOISES = ("gaussian", "uniform", "rounded_gaussian")
+_MODES = ("sample", "ste")
+#: noise_std when none is given: the rounding error's std for the continuous noises; for the
+#: rounded Gaussian, the std before rounding (R = round(N(0, 1) / 2), as in Ahn & Yoo's later version).
+_DEFAULT_STD = {"gaussian": DEFAULT_NOISE_STD, "uniform": DEFAULT_NOISE_STD, "rounded_gaussian": 0.5}
 
 
 def _check_patterns(name: str, value: Any) -> tuple[str, ...]:
@@ -46,8 +50,14 @@ class PQTConfig:
         format: target storage format (see `pqt_compile.formats`), default "fp6_e3m2".
         block_size: elements per shared-scale block along the reduction axis (default 32,
             as in OCP MX), or "row" (the whole reduction axis) or "tensor" (one block).
-        noise: "gaussian" (default) or "uniform".
-        noise_std: noise standard deviation in units of the step Δ, default 1/sqrt(12).
+        mode: "sample" (default): the matmul reads w + Δ r, a fresh draw per step (PQT).
+            "ste": the matmul reads round-to-nearest of w on the same grid (exactly what
+            `quantize_model` deploys) and the gradient reaches w unchanged (straight-through
+            fake-quant QAT), compiled and fused the same way, with no noise to draw.
+        noise: "gaussian" (default), "uniform", or "rounded_gaussian" (the Gaussian rounded to
+            whole steps, r = round(noise_std N(0, 1))).
+        noise_std: noise standard deviation in units of the step Δ, default 1/sqrt(12); for
+            "rounded_gaussian", the std before rounding (default 1/2). Not used by mode "ste".
         include: regular expressions; if non-empty, only weights whose qualified name matches
             one of them (re.search) are sampled.
         exclude: regular expressions; weights whose qualified name matches one are not sampled.
@@ -67,8 +77,9 @@ class PQTConfig:
 
     format: str = "fp6_e3m2"
     block_size: BlockSize = 32
+    mode: str = "sample"
     noise: str = "gaussian"
-    noise_std: float = DEFAULT_NOISE_STD
+    noise_std: Optional[float] = None  # None: the noise's default (_DEFAULT_STD)
     include: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     sample_in_eval: bool = False
@@ -92,10 +103,24 @@ class PQTConfig:
             )
         if self.noise not in _NOISES:
             raise ValueError(f"PQTConfig.noise must be one of {_NOISES}, got {self.noise!r}")
-        s = self.noise_std
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+        if self.mode not in _MODES:
+            raise ValueError(
+                f"PQTConfig.mode must be one of {_MODES}, got {self.mode!r} ('sample': PQT noise; "
+                "'ste': round to nearest with a straight-through gradient)"
+            )
+        if self.mode == "ste" and (self.noise != "gaussian" or self.noise_std is not None):
+            raise ValueError(
+                "PQTConfig(mode='ste') rounds to nearest and draws no noise: leave noise and noise_std "
+                f"unset (got noise={self.noise!r}, noise_std={self.noise_std!r})"
+            )
+        if self.mode == "ste":
+            s = None  # nothing to resolve: no noise is drawn
+        else:
+            s = _DEFAULT_STD[self.noise] if self.noise_std is None else self.noise_std
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0):
             raise ValueError(f"PQTConfig.noise_std must be a finite number > 0 (units of the step), got {s!r}")
-        object.__setattr__(self, "noise_std", float(s))
+        # Resolved here so that the op, explain and the cache key see the number itself.
+        object.__setattr__(self, "noise_std", None if s is None else float(s))
         object.__setattr__(self, "include", _check_patterns("include", self.include))
         object.__setattr__(self, "exclude", _check_patterns("exclude", self.exclude))
         if not isinstance(self.sample_in_eval, bool):
@@ -109,6 +134,16 @@ class PQTConfig:
     def spec(self) -> FormatSpec:
         """The parsed format."""
         return parse_format(self.format)
+
+    @property
+    def op_noise(self) -> str:
+        """The perturbation as the op's schema carries it: the noise, or "rtn" for mode "ste"."""
+        return "rtn" if self.mode == "ste" else self.noise
+
+    @property
+    def op_noise_std(self) -> float:
+        """noise_std as the op's schema carries it (0.0 for mode "ste", which draws none)."""
+        return 0.0 if self.noise_std is None else self.noise_std
 
     @property
     def block_code(self) -> int:
@@ -132,6 +167,10 @@ class PQTConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def replace(self, **changes: Any) -> "PQTConfig":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). A noise_std that was the old noise's
+        default follows a change of noise or mode (it is not carried over as if chosen)."""
+        if ("noise" in changes or "mode" in changes) and "noise_std" not in changes:
+            if self.noise_std is None or self.noise_std == _DEFAULT_STD[self.noise]:
+                changes["noise_std"] = None
         return dataclasses.replace(self, **changes)
 

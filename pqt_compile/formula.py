@@ -47,12 +47,15 @@ __all__ = [
     "element_hash",
     "noise_from_hash",
     "noise_scale",
+    "rounded_thresholds",
     "floor_log2",
     "pow2",
     "step_log2",
     "sample_value",
     "sample_value_direct",
+    "block_exponent",
     "block_params",
+    "step_from_params",
     "sample_from_params",
     "BLOCK_SHIFT",
     "GAUSSIAN_TERMS",
@@ -201,14 +204,33 @@ def noise_scale(noise: str, noise_std: float) -> float:
     return float(torch.tensor(noise_std / math.sqrt(var), dtype=torch.float32).item())
 
 
+def rounded_thresholds(noise_std: float) -> tuple[int, ...]:
+    """The draws of "rounded_gaussian": |R| = the number of t_j <= |z|, where z is the centred
+    Irwin-Hall integer of "gaussian" and t_j = ceil((j - 1/2) sqrt(21845) / noise_std), j = 1, 2, ...:
+    R = round(noise_std G) with G the unit Gaussian z / sqrt(21845), halves away from zero
+    (computed in float64 here, once; the sampler only compares integers)."""
+    sd = math.sqrt(_GAUSSIAN_VAR)
+    out = []
+    j = 1
+    while True:
+        t = math.ceil((j - 0.5) * sd / noise_std)
+        if t > _GAUSSIAN_MEAN:  # |z| <= 510
+            return tuple(out)
+        out.append(t)
+        j += 1
+
+
 def noise_from_hash(o: SampleOps, h: Any, noise: str, noise_std: float) -> Any:
-    """r: mean 0, std `noise_std`, from one 32-bit hash.
+    """r: mean 0, from one 32-bit hash.
 
     gaussian: the sum of the hash's four bytes minus 510 (Irwin-Hall of 4 discrete uniforms,
-    bounded at +-510/sqrt(21845) = +-3.45 standard deviations). uniform: the odd integers
-    2U + 1 - 2^24 with U the top 24 bits. Then one fp32 multiply by `noise_scale`.
+    bounded at +-510/sqrt(21845) = +-3.45 standard deviations), then one fp32 multiply by
+    `noise_scale` (std `noise_std`). uniform: the odd integers 2U + 1 - 2^24 with U the top 24
+    bits, then the same multiply. rounded_gaussian: the gaussian draw rounded to whole steps,
+    round(noise_std G) (`rounded_thresholds`; the rounded Gaussian of Ahn & Yoo's later version
+    with noise_std 1/2): an integer r, so w + Δ r moves w by whole steps.
     """
-    if noise == "gaussian":
+    if noise in ("gaussian", "rounded_gaussian"):
         b = o.word(255)
         s = o.add(
             o.add(o.band(h, b), o.band(o.shr_word(h, 8), b)),
@@ -219,8 +241,14 @@ def noise_from_hash(o: SampleOps, h: Any, noise: str, noise_std: float) -> Any:
         u = o.shr_word(h, 8)
         z = o.sub(o.small_of_word(o.add(u, u)), o.small(2**24 - 1))  # 2u < 2^25
     else:
-        raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
-    return o.mul(o.int_to_f32(z), o.f32(noise_scale(noise, noise_std)))
+        raise ValueError(f"noise must be 'gaussian', 'uniform' or 'rounded_gaussian', got {noise!r}")
+    if noise != "rounded_gaussian":
+        return o.mul(o.int_to_f32(z), o.f32(noise_scale(noise, noise_std)))
+    az = o.abs(z)
+    count = o.f32(0.0)
+    for t in rounded_thresholds(noise_std):  # small integers compared, counts exact in fp32
+        count = o.add(count, o.where(o.ge(az, o.small(t)), o.f32(1.0), o.f32(0.0)))
+    return o.where(o.lt(z, o.small(0)), o.sub(o.f32(0.0), count), count)
 
 
 def floor_log2(o: SampleOps, x: Any) -> Any:
@@ -329,6 +357,15 @@ BLOCK_SHIFT = 64
 _EXP_MASK = 0x7F800000
 
 
+def block_exponent(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) -> tuple[Any, Any]:
+    """(valid, k_b): whether the block gets a step (amax finite and > 0, and `live`), and its
+    scale exponent k_b = floor(log2 amax) - emax (a small integer; unused where not valid)."""
+    valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))
+    if live is not None:
+        valid = o.logical_and(valid, live)
+    return valid, o.sub(floor_log2(o, o.where(valid, amax, o.f32(1.0))), o.small(spec.emax))
+
+
 def block_params(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) -> tuple:
     """Per-block values of NOTE [per-block step], from the block's amax (fp32).
 
@@ -337,10 +374,7 @@ def block_params(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) ->
     live: an optional boolean that switches the noise off like an invalid block (a negative key).
     """
     assert spec.is_int or spec.emax - spec.emin <= 30
-    valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))
-    if live is not None:
-        valid = o.logical_and(valid, live)
-    k = o.sub(floor_log2(o, o.where(valid, amax, o.f32(1.0))), o.small(spec.emax))
+    valid, k = block_exponent(o, amax, spec, live)
     if spec.is_int:
         return (o.where(valid, pow2(o, k), o.f32(-1.0)),)
     c = o.add(k, o.small(spec.emin))
@@ -352,16 +386,21 @@ def block_params(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) ->
     return scale, floor, o.where(valid, step, o.f32(-1.0))
 
 
+def step_from_params(o: SampleOps, absw: Any, params: tuple, spec: FormatSpec) -> Any:
+    """Δ of an element (|w| given) from its block's `block_params`: < 0 (or NaN) where the block
+    is not valid. With the step scale S replaced by c S, the product is c Δ (c a power of two)."""
+    if spec.is_int:
+        return params[0]
+    scale, floor, step = params
+    # max(|w| s, T) on the bits: both are >= +0, where the integer order of the bits is the
+    # float order (one integer max; a NaN |w| only occurs in an invalid block, S < 0).
+    a = o.maximum(o.f32_bits(o.mul(absw, scale)), o.f32_bits(floor))
+    return o.mul(o.bits_f32(o.band(a, o.small(_EXP_MASK))), step)
+
+
 def sample_from_params(o: SampleOps, w32: Any, params: tuple, r: Any, spec: FormatSpec) -> Any:
     """w_hat in fp32 before the final cast, from the block's `block_params` and the noise r."""
-    if spec.is_int:
-        (delta,) = params
-    else:
-        scale, floor, step = params
-        # max(|w| s, T) on the bits: both are >= +0, where the integer order of the bits is the
-        # float order (one integer max; a NaN |w| only occurs in an invalid block, S < 0).
-        a = o.maximum(o.f32_bits(o.mul(o.abs(w32), scale)), o.f32_bits(floor))
-        delta = o.mul(o.bits_f32(o.band(a, o.small(_EXP_MASK))), step)
+    delta = step_from_params(o, o.abs(w32), params, spec)
     # Δ >= +0 exactly in a valid block (D > 0, or S > 0); an invalid one has S = -1 and D >=
     # 2^-126 (or Inf), so Δ < 0 (or NaN, for a NaN |w|: the comparison is false).
     return o.where(o.ge(delta, o.f32(0.0)), o.add(w32, o.mul(delta, r)), w32)

@@ -4,7 +4,9 @@ implementation, fake impl, autograd.
 Schema: sample(Tensor w, Tensor seed, Tensor key, int axis, str format, int block_size,
 str noise, float noise_std, ScalarType out_dtype) -> Tensor. `seed` and `key` are int64
 tensors with one element (runtime values: a new seed never recompiles a graph);
-`block_size` is B > 0, 0 for "row", -1 for "tensor". The output is contiguous, of w's shape,
+`block_size` is B > 0, 0 for "row", -1 for "tensor"; `noise` is "gaussian", "uniform",
+"rounded_gaussian", or "rtn": no noise, round to nearest on the same grid (PQTConfig(mode="ste"),
+the straight-through estimator; seed and noise_std unused). The output is contiguous, of w's shape,
 in `out_dtype`. The gradient to `w` is the identity, cast to w's dtype. A negative `key`
 switches the noise off (the compiled path's runtime switch; `sample()` refuses one).
 
@@ -25,8 +27,12 @@ from .compat import has_triton
 from .config import PQTConfig
 from .formats import parse_format
 from .formula import TorchOps, sample_value
+from .rounding import rtn_value
 
-__all__ = ["sample", "sample_eager", "SAMPLE_OPS"]
+__all__ = ["sample", "sample_eager", "SAMPLE_OPS", "RTN"]
+
+#: The op's `noise` for PQTConfig(mode="ste"): round to nearest (rounding.py), no draw.
+RTN = "rtn"
 
 # Elements per chunk of the eager formula: bounds the int64 temporaries (~100 B/element).
 _CHUNK = 1 << 20
@@ -54,6 +60,10 @@ def sample_eager(
     out = torch.empty(w.numel(), dtype=out_dtype, device=w.device)
     for start in range(0, w.numel(), _CHUNK):
         stop = min(start + _CHUNK, w.numel())
+        if noise == RTN:  # mode "ste": round to nearest, no draw (rounding.py)
+            live = o.gt(key_v, o.i64(-1))
+            out[start:stop] = rtn_value(o, w_flat[start:stop].float(), amax_flat[start:stop], spec, live).to(out_dtype)
+            continue
         index = torch.arange(start, stop, dtype=torch.int64, device=w.device)
         value = sample_value(
             o, w_flat[start:stop].float(), amax_flat[start:stop], index, seed_v, key_v, spec, noise, noise_std
@@ -63,7 +73,7 @@ def sample_eager(
 
 
 def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype) -> torch.Tensor:
-    if w.is_cuda and w.dim() == 2 and has_triton():
+    if w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
         from .kernels.sample import sample_triton
 
@@ -166,7 +176,8 @@ def sample(
     config: Optional[PQTConfig] = None,
     out_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
-    """Sample a weight: w + Δ r per method.md, differentiable (identity gradient).
+    """Sample a weight: w + Δ r per method.md (or, with `PQTConfig(mode="ste")`, its
+    round-to-nearest value), differentiable (identity gradient).
 
     Args:
         w: the weight (float32, bfloat16 or float16, at least 2-D).
@@ -184,7 +195,7 @@ def sample(
         axis,
         config.format,
         config.block_code,
-        config.noise,
-        config.noise_std,
+        config.op_noise,
+        config.op_noise_std,
         out_dtype or w.dtype,
     )

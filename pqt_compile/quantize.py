@@ -18,6 +18,7 @@ from .blocks import block_amax, block_code, block_starts, check_sample_args, exp
 from .config import PQTConfig
 from .formats import FormatSpec, parse_format
 from .formula import TorchOps, floor_log2, pow2, step_log2
+from .rounding import rtn_value
 
 __all__ = ["quantize", "pack", "unpack", "PackedTensor"]
 
@@ -46,19 +47,9 @@ def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = N
     """
     config = config or PQTConfig()
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
-    spec, w32, valid, n, k = _scales(w, axis, config)
-    o = TorchOps(w.device)
-    delta = pow2(o, n)
-    usable = valid & (delta > 0)
-    safe_delta = torch.where(usable, delta, torch.ones_like(delta))
-    q = torch.round(w32 / safe_delta) * safe_delta  # w / Δ is exact: Δ is a power of two
-    limit = spec.max_value * pow2(o, k)
-    q = torch.minimum(torch.maximum(q, -limit), limit)
-    # Where Δ underflows fp32 (tiny blocks of wide-exponent formats), w already lies on the
-    # finer grid of fp32 subnormals, so it is its own round-to-nearest value.
-    q = torch.where(usable, q, w32)
-    # + 0.0 turns -0.0 into +0.0: one zero, as the packed codes hold it (an int code has no -0).
-    return (q + 0.0).to(w.dtype)
+    amax = block_amax(w, axis, config.block_code)
+    # rounding.py: the formula the compiled STE forward (PQTConfig(mode="ste")) runs too.
+    return rtn_value(TorchOps(w.device), w.detach().float(), amax, config.spec).to(w.dtype)
 
 
 @dataclass(frozen=True)

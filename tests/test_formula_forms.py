@@ -35,14 +35,14 @@ def adversarial(n_blocks: int = 4096, b: int = 32, seed: int = 0) -> tuple[torch
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("noise", ["gaussian", "uniform"])
+@pytest.mark.parametrize("noise", ["gaussian", "uniform", "rounded_gaussian"])
 def test_per_block_form_is_bit_identical(fmt, noise):
     o = TorchOps(torch.device("cpu"))
     spec = parse_format(fmt)
     w, amax = adversarial(seed=len(fmt))
     idx = torch.arange(w.numel(), dtype=torch.int64)
     seed = torch.tensor(-(2**40) + 7)
-    std = 0.37 if noise == "uniform" else 1 / math.sqrt(12)
+    std = {"uniform": 0.37, "gaussian": 1 / math.sqrt(12), "rounded_gaussian": 1.0}[noise]
     for key in (torch.tensor(2**31 + 9), torch.tensor(-1)):
         a = sample_value(o, w, amax, idx, seed, key, spec, noise, std)
         b = sample_value_direct(o, w, amax, idx, seed, key, spec, noise, std)

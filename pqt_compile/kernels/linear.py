@@ -78,6 +78,11 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """Forward only: x [..., K] (float32 or bfloat16) @ sample(weight [N, K])^T + bias."""
     spec = config.spec
     check_sample_args(weight, 1, spec, config.block_code, x.dtype)
+    if config.mode != "sample" or config.noise not in ("gaussian", "uniform"):
+        raise NotImplementedError(
+            f"pqt linear (the Triton kernel): mode {config.mode!r} with noise {config.noise!r} is not "
+            "implemented here; compile the model with backend='pqt' (the Inductor lowering has every mode)"
+        )
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"pqt linear: x must be float32 or bfloat16, got {x.dtype}")
     N, K = weight.shape

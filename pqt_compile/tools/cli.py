@@ -85,8 +85,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 _HELP = {
     "format": "target storage format",
     "block_size": "elements per scale block: an int, 'row' or 'tensor'",
-    "noise": "'gaussian' or 'uniform'",
-    "noise_std": "noise std in units of the step",
+    "mode": "'sample' (PQT noise) or 'ste' (round to nearest, straight-through gradient)",
+    "noise": "'gaussian', 'uniform' or 'rounded_gaussian'",
+    "noise_std": "noise std in units of the step (default: the noise's own, 1/sqrt(12) or 1/2 before rounding)",
     "include": "sample only weights whose name matches (repeatable)",
     "exclude": "never sample weights whose name matches (repeatable)",
 }
@@ -103,6 +104,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action="store_true", help=f"{text} (default off)")
         elif isinstance(default, tuple):
             group.add_argument(flag, dest=f.name, action="append", default=[], metavar="REGEX", help=text)
+        elif f.name == "noise_std":
+            group.add_argument(flag, dest=f.name, type=float, default=None, help=text)
         elif isinstance(default, float):
             group.add_argument(flag, dest=f.name, type=float, default=default, help=f"{text} (default {default:.4g})")
         else:

@@ -67,7 +67,9 @@ class ExplainReport:
 
     def __str__(self) -> str:
         c = self.config
-        head = (f"pqt explain: format {c.format}, block {c.block_size}, noise {c.noise} (std {c.noise_std:.4g} step)\n"
+        what = ("mode ste (round to nearest, straight-through gradient)" if c.mode == "ste"
+                else f"noise {c.noise} (std {c.noise_std:.4g} step)")
+        head = (f"pqt explain: format {c.format}, block {c.block_size}, {what}\n"
                 f"graphs: {self.graphs}, recompiles: {self.recompiles}, graph breaks: {len(self.graph_breaks)}, "
                 f"sampled weights: {len(self.sampled)}, not sampled: {len(self.unsampled)}")
         rows = [[s.name, "x".join(map(str, s.shape)), s.dtype, s.axis, ",".join(s.out_dtypes), s.forward_uses, s.backward_uses, s.landed]

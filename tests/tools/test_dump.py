@@ -34,6 +34,7 @@ def test_cli_errors_are_one_line_and_nonzero(argv, msg, capsys):
 NON_DEFAULT = {
     "format": (["--format", "int4"], "int4"),
     "block_size": (["--block-size", "16"], 16),
+    "mode": (["--mode", "ste"], "ste"),
     "noise": (["--noise", "uniform"], "uniform"),
     "noise_std": (["--noise-std", "0.5"], 0.5),
     "include": (["--include", "a", "--include", "b"], ("a", "b")),

@@ -14,6 +14,9 @@ After (IR)::
     w_hat = Pointwise(formula.sample_from_params(w[n, k], (s, T, S)[n, k // 32],
                       noise_from_hash(element_hash(iota[k] + n K, s1, s2))))
 
+With noise "rtn" (PQTConfig(mode="ste")) the block buffers hold rounding.rtn_params and the
+Pointwise computes rounding.rtn_from_params(w[n, k], ...): no stream words, iota or hash.
+
 The bodies are formula.py's, the functions that `formula.sample_value` (the eager op) composes
 per element, so the generated code computes the eager op's bits (NOTE [per-block step] gives the
 identities; tests/test_formula_forms.py checks them against method.md's step-by-step form).
@@ -42,6 +45,8 @@ from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
 from ...compat import inductor_lowering_api, mark_prologue_candidate
 from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
+from ...op import RTN
+from ...rounding import rtn_from_params, rtn_params
 from ..targets import cpp_backend, cpp_vectorised, gemm_templates, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
@@ -147,16 +152,28 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     # NOTE [per-block step]: the block's values (formula.block_params) once per block, in buffers
     # of amax's shape, instead of an exponent computation per element. The key's switch (a
     # negative key: no noise) is folded in here.
+    rtn = noise == RTN  # PQTConfig(mode="ste"): round to nearest (rounding.py), no draw
+    params_of = rtn_params if rtn else block_params
+
     def block_buffer(j):
         def fn(bidx):
             _, k = seed_and_key()
-            return block_params(bo, load_amax(bidx), spec, live=bo.gt(k, bo.i64(-1)))[j]
+            return params_of(bo, load_amax(bidx), spec, live=bo.gt(k, bo.i64(-1)))[j]
 
         buf = ir.Pointwise.create(device=device, dtype=torch.float32, inner_fn=fn, ranges=block_ranges)
         buf.realize()
         return buf.make_loader()
 
-    load_params = [block_buffer(j) for j in range(1 if spec.is_int else 3)]
+    load_params = [block_buffer(j) for j in range((1 if spec.is_int else 3) + (3 if rtn else 0))]
+    if rtn:
+
+        def rtn_fn(out_idx):
+            idx = list(reversed(out_idx)) if transposed else out_idx
+            w32 = ops.to_dtype(load_w(idx), torch.float32)
+            value = rtn_from_params(wo, w32, tuple(load(block_index(idx)) for load in load_params), spec)
+            return ops.to_dtype(value, out_dtype)
+
+        return _pointwise(device, out_dtype, rtn_fn, size, transposed)
 
     # The two stream words once per call (0-d buffers), stored as words. In C++ they are computed
     # in int64 (a 0-d loop is scalar code, where an int32 multiply could overflow: NOTE [int32
@@ -192,7 +209,13 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         value = sample_from_params(wo, w32, tuple(load(bidx) for load in load_params), r, spec)
         return ops.to_dtype(value, out_dtype)
 
-    out = ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=sample_fn,
+    return _pointwise(device, out_dtype, sample_fn, size, transposed)
+
+
+def _pointwise(device, out_dtype, inner_fn, size, transposed: bool):
+    """The op's output: one Pointwise over w's ranges (transposed for sample_t), a GEMM prologue
+    candidate where a Triton template may read it."""
+    out = ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=inner_fn,
                               ranges=list(reversed(size)) if transposed else size)
     if gemm_templates(device):
         mark_prologue_candidate(out)

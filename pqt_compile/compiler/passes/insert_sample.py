@@ -99,7 +99,7 @@ def insert_sample(
                     s = graph.call_function(
                         torch.ops.pqt.sample.default,
                         (edge.node, seed, key, edge.axis, config.format, config.block_code,
-                         config.noise, config.noise_std, dtype),
+                         config.op_noise, config.op_noise_std, dtype),
                     )
                 _set_val(s, fake_mode)
                 s.meta["pqt_weight"] = edge.name

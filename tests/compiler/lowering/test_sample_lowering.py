@@ -12,6 +12,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch._inductor.utils import run_and_get_code
 
+import pqt_compile
 import pqt_compile.compiler.lowering  # noqa: F401  (registers the lowering)
 from pqt_compile import PQTConfig
 from pqt_compile.formula import MIX_MUL_1
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI 
 
 def _compiled(cfg: PQTConfig, axis: int, out_dtype: torch.dtype):
     def f(w, seed, key):
-        return torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out_dtype)
+        return torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std,
+                                            out_dtype)
 
     return f, torch.compile(f, dynamic=False)
 
@@ -35,6 +37,11 @@ CASES = [
     ((9, 40), 0, PQTConfig(format="fp6_e2m3", block_size="tensor", noise="uniform"), torch.float16, torch.float16),
     ((3, 20, 33), 1, PQTConfig(format="fp8_e5m2", block_size=8), torch.float32, torch.float32),
     ((1, 1), 1, PQTConfig(format="int8"), torch.float32, torch.float32),
+    ((16, 70), 1, PQTConfig(format="fp4_e2m1", noise="rounded_gaussian"), torch.float32, torch.bfloat16),
+    # mode "ste": round to nearest (rounding.py), float and int grids, ragged and per-tensor blocks
+    ((16, 70), 1, PQTConfig(format="fp4_e2m1", mode="ste"), torch.float32, torch.float32),
+    ((70, 24), 0, PQTConfig(format="int4", block_size=16, mode="ste"), torch.bfloat16, torch.bfloat16),
+    ((9, 40), 1, PQTConfig(format="fp8_e5m2", block_size="tensor", mode="ste"), torch.float32, torch.bfloat16),
 ]
 
 
@@ -63,6 +70,18 @@ def test_a_negative_key_is_bit_exact_too():
         got = cf(w, seed, key)
     assert torch.equal(got.view(torch.int16), f(w, seed, key).view(torch.int16))
     assert torch.equal(got, w.to(torch.bfloat16))
+
+
+def test_ste_lowering_equals_quantize_and_draws_nothing():
+    torch.manual_seed(0)
+    w = torch.randn(32, 64) * torch.logspace(-30, 30, 64)  # blocks from tiny to huge (2^-64 scaling)
+    cfg = PQTConfig(format="fp6_e3m2", mode="ste")
+    f, cf = _compiled(cfg, 1, torch.float32)
+    with inductor_config.patch(fx_graph_cache=False):
+        got, code = run_and_get_code(cf, w, torch.tensor(1), torch.tensor(2))
+    want = pqt_compile.quantize(w, axis=1, config=cfg)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert str(MIX_MUL_1) not in "".join(code)  # no hash: the rounding alone
 
 
 def test_noncontiguous_input_gives_logical_index_noise():
