@@ -53,6 +53,7 @@ __all__ = [
     "mode_options",
     "dynamo_counters",
     "capture_output_code",
+    "dynamo_recompile_limit",
 ]
 
 #: torch releases this module's symbols were checked on.
@@ -277,6 +278,14 @@ def has_triton() -> bool:
 def dynamo_counters() -> Any:
     """Dynamo's event counters (counters["graph_break"], torch 2.13)."""
     return require("torch._dynamo.utils", "counters", "explain (graph breaks)")
+
+
+def dynamo_recompile_limit(limit: int) -> Any:
+    """A context in which Dynamo keeps up to `limit` compiled entries per code object (torch
+    2.13: torch._dynamo.config.recompile_limit, default 8; past it a frame runs eagerly). For a
+    process that compiles one model's forward with many configs, or many copies of one model."""
+    config = require("torch._dynamo", "config", "a raised recompile limit")
+    return config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, 64 * limit))
 
 
 @contextlib.contextmanager

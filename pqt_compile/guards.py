@@ -160,7 +160,9 @@ def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
         if _state.graph_calls == state["before"]:
             warnings.warn(
                 "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "
-                "(Dynamo compiled nothing here). Compile the module that holds the weights, "
+                "(Dynamo compiled nothing here, or ran this frame eagerly because its recompile limit was "
+                "reached: torch._dynamo.config.recompile_limit, 8 compiled entries per code object, which many "
+                "compiled copies or configs of one model's forward exhaust). Compile the module that holds the weights, "
                 "e.g. DDP(pqt_compile.compile(model)) instead of pqt_compile.compile(DDP(model)) "
                 "for a torch.nn container; pqt-dump shows what was compiled.",
                 stacklevel=2,

@@ -159,3 +159,15 @@ def test_a_root_whose_frame_compiles_but_whose_weights_run_eagerly_warns_through
     m = Outer()
     named = [w for w in _train(torch.compile(m, backend="pqt"), m, torch.randn(2, 8)) if "never reached" in w]
     assert len(named) == 1 and "inner.fc.weight" in named[0] and "scale" not in named[0]
+
+
+def test_a_stage_past_dynamos_recompile_limit_warns_instead_of_training_clean():
+    """Switching one model's forward between configs (PQT then STE, an annealed noise) adds a
+    Dynamo cache entry per config; past the recompile limit Dynamo runs the frame eagerly."""
+    torch._dynamo.reset()
+    m = MLP()
+    x = torch.randn(2, 3, 32)
+    with pqt_compile.compat.dynamo_recompile_limit(1):
+        pqt_compile.compile(m, PQTConfig(format="fp4_e2m1"))(x).sum().backward()
+        with pytest.warns(UserWarning, match="recompile limit was reached"):
+            pqt_compile.compile(m, PQTConfig(format="fp4_e2m1", mode="ste"))(x).sum().backward()

@@ -2,12 +2,15 @@
 
 import json
 import os
+import sys
 
 import pytest
 import torch
 
 import pqt_compile
 from examples import train
+
+sys.path.insert(0, os.path.dirname(train.__file__))  # train_arms, as train.py imports it
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
@@ -37,28 +40,67 @@ def test_models_build_from_configs(arch):
 
 
 def test_a_short_run_end_to_end(tmp_path):
+    """The finetune scenario with two seeds: a cached pretraining, every arm from it on the same
+    batches, clean and quantized curves, the aggregate over seeds, the verdict, the exports."""
     torch._dynamo.reset()
-    res = train.main(["--size", "tiny", "--steps", "8", "--eval-every", "4", "--eval-batches", "2", "--batch", "4",
-                      "--out", str(tmp_path), "--no-progress"])
+    argv = ["--size", "tiny", "--scenario", "finetune", "--pretrain-steps", "3", "--steps", "6", "--eval-every", "3",
+            "--eval-batches", "2", "--batch", "4", "--seeds", "0,1", "--arms", "pqt,ste", "--deploy-grids", "int4:16",
+            "--out", str(tmp_path), "--no-progress"]
+    res = train.main(argv)
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
-    for k in ("baseline", "pqt"):
-        assert len(saved["train_loss"][k]) == 8
-        assert set(saved["eval"][k]) == {"clean", "fp4_e2m1", "int3"}
-        assert saved["eval"][k]["clean"] == pytest.approx(res["eval"][k]["clean"])
-    assert saved["train_loss"]["baseline"] != saved["train_loss"]["pqt"]  # PQT changed training
-    assert saved["train_loss"]["baseline"][0] == pytest.approx(saved["train_loss"]["pqt"][0], rel=0.02)  # same init
-    assert set(saved["verdict"]) >= {"clean_within_2pct", "pqt_loses_at_most_half"}
-    # The exported PQT model loads back to its round-to-nearest weights.
+    assert [r["seed"] for r in saved["per_seed"]] == [0, 1]
+    first = saved["per_seed"][0]
+    for k in ("baseline", "pqt", "ste"):  # the baseline is always there
+        assert len(first["train_loss"][k]) == 6
+        assert [p[0] for p in first["val_curve"][k]] == [3, 6]  # (step, clean, quantized) per evaluation
+        assert set(first["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16"}
+        assert first["eval"][k]["clean"] == pytest.approx(res["per_seed"][0]["eval"][k]["clean"])
+        assert first["eval"][k]["clean"] != first["eval"][k]["fp4_e2m1"]  # quantization did something
+    assert first["train_loss"]["baseline"] != first["train_loss"]["pqt"] != first["train_loss"]["ste"]
+    assert first["train_loss"]["baseline"][0] == pytest.approx(first["train_loss"]["pqt"][0], rel=0.05)  # same start
+    assert saved["per_seed"][1]["train_loss"]["baseline"] != first["train_loss"]["baseline"]  # another seed
+    assert len(list(tmp_path.glob("pretrain_*.pt"))) == 2  # one cached checkpoint per seed
+    agg = saved["aggregate"]["arms"]["pqt"]["fp4_e2m1"]
+    values = [r["eval"]["pqt"]["fp4_e2m1"] for r in saved["per_seed"]]
+    assert agg["n"] == 2 and agg["mean"] == pytest.approx(sum(values) / 2) and agg["min"] == min(values)
+    v = saved["verdict"]
+    assert v["best_quantized_arm"] == min(("baseline", "pqt", "ste"), key=lambda k: saved["aggregate"]["arms"][k]["fp4_e2m1"]["mean"])
+    assert set(v["per_arm"]) == {"baseline", "pqt", "ste"} and "pqt_pays" in v
+    # The exported model (the recommended arm, or the last one asked for) loads back to its weights.
     m = train.build_model("gpt2", "tiny", 64)
     pqt_compile.export.load(saved["export"]["path"], m)
     assert os.path.getsize(saved["export"]["path"]) == saved["export"]["bytes"]
-    # Both models as GGUF files in the target format (llama.cpp's loss where llama-cpp-python is installed).
-    for k in ("baseline", "pqt"):
+    for k in ("baseline", "pqt", "ste"):  # every arm as GGUF in the target format
         g = saved["gguf"][k]
         assert os.path.getsize(g["path"]) == g["bytes"] > 0
         if "llamacpp_val_loss" in g:
-            assert g["llamacpp_val_loss"] == pytest.approx(saved["eval"][k]["fp4_e2m1"], abs=0.01)
+            assert g["llamacpp_val_loss"] == pytest.approx(first["eval"][k]["fp4_e2m1"], abs=0.01)
+
+
+def test_arms_switch_stages_at_their_steps():
+    """pqt-ste trains with STE for the last fraction; pqt-anneal steps the noise down by quarters."""
+    from train_arms import ANNEAL, Arm
+
+    cfg = pqt_compile.PQTConfig(format="fp4_e2m1")
+    mk = lambda name: Arm(name, torch.nn.Linear(4, 4), cfg, steps=100, lr=1e-3, ste_fraction=0.2)  # noqa: E731
+    ps = mk("pqt-ste")
+    assert [(s[0], s[1].mode) for s in ps.stages] == [(0, "sample"), (80, "ste")]
+    assert ps.stage(79)[1].mode == "sample" and ps.stage(80)[1].mode == "ste"
+    an = mk("pqt-anneal")
+    assert [s[0] for s in an.stages] == [0, 25, 50, 75]
+    assert [s[1].noise_std for s in an.stages] == pytest.approx([cfg.noise_std * f for f in ANNEAL])
+    assert mk("baseline").stage(50)[1] is None and mk("ste").stage(0)[1].mode == "ste"
+    with pytest.raises(SystemExit, match="int4/int8 groups"):
+        mk("torchao")  # fp4 has no torchao counterpart
+
+
+def test_bad_arguments_are_refused_with_the_fix(capsys):
+    for argv, msg in ((["--arms", "pqt,fancy"], "unknown arm"), (["--seeds", "0,x"], "comma-separated integers"),
+                      (["--ste-fraction", "1.5"], "must be in (0, 1)")):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert msg in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("d,width", [(64, 160), (128, 320), (256, 672)])
