@@ -44,19 +44,19 @@ def _weight(shape, dtype):
 
 
 def _sample(w, key, axis, cfg, out):
-    return torch.ops.pqt.sample.default(w, SEED, key, axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out)
+    return torch.ops.pqt.sample.default(w, SEED, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, out)
 
 
 FP4, DEFAULT = PQTConfig(format="fp4_e2m1"), PQTConfig()
 
 
 def _all_samples(ws, neg_w, strided_w, seed, key, neg_key):
-    outs = [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, out)
+    outs = [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, out)
             for w, (_, axis, cfg, _, out) in zip(ws, ALL)]
-    outs.append(torch.ops.pqt.sample.default(neg_w, seed, neg_key, 1, FP4.format, FP4.block_code, FP4.noise,
-                                             FP4.noise_std, torch.bfloat16))
+    outs.append(torch.ops.pqt.sample.default(neg_w, seed, neg_key, 1, FP4.format, FP4.block_code, FP4.op_noise,
+                                             FP4.op_noise_std, torch.bfloat16))
     outs.append(torch.ops.pqt.sample.default(strided_w, seed, key, 1, DEFAULT.format, DEFAULT.block_code,
-                                             DEFAULT.noise, DEFAULT.noise_std, torch.float32))
+                                             DEFAULT.op_noise, DEFAULT.op_noise_std, torch.float32))
     return outs
 
 
