@@ -23,17 +23,13 @@ from .compiler import graph_abi
 from .compiler.passes import SkippedWeight, WeightEdge, emit_template_layouts, find_weight_edges, insert_sample
 from .compiler.targets import gemm_templates
 from .config import PQTConfig
-from .naming import named_parameters, parameter_aliases
+from .moe import check_experts, traced_as_compiled
+from .naming import named_parameters
 from .op import sample
 from .seeds import key_for_name
-from .selection import admits, module_rule_axes
+from .selection import admits_fn, module_rule_axes
 
 __all__ = ["sampled_weights", "run", "trace_weight_edges", "sampled_axes"]
-
-
-def _admits_fn(config: PQTConfig, model: torch.nn.Module):
-    aliases = parameter_aliases(model)
-    return lambda name: admits(config, name, aliases.get(name, ()))
 
 
 class _Traced:
@@ -62,7 +58,7 @@ class _Traced:
 
         # A model may hold compiled parts (per-block `block.compile()`): the reference must run
         # their original code, so Dynamo is told to inline them rather than refuse the trace.
-        with torch.no_grad(), allow_nested_fx_trace():
+        with torch.no_grad(), allow_nested_fx_trace(), traced_as_compiled():
             self.gm = make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(
                 list(self.params.values()), [leaves[i] for i in self.tensor_pos]
             )
@@ -76,7 +72,7 @@ def trace_weight_edges(
     """Trace one forward and return the compiler's view: (sampled edges, skipped weights)."""
     config = config or PQTConfig()
     t = _Traced(model, args, kwargs)
-    return find_weight_edges(t.gm.graph, t.weights, _admits_fn(config, model))
+    return find_weight_edges(t.gm.graph, t.weights, admits_fn(config, model))
 
 
 def sampled_axes(model: torch.nn.Module, config: PQTConfig, example_args: Optional[tuple] = None,
@@ -123,9 +119,10 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     tensors (an HF KV-cache object) come back as None: pass use_cache=False to such models.
     """
     config = config or PQTConfig()
+    check_experts(model, admits_fn(config, model))  # the compiler's refusal, here too
     t = _Traced(model, args, kwargs)
     graph = t.gm.graph
-    edges, _ = find_weight_edges(graph, t.weights, _admits_fn(config, model))
+    edges, _ = find_weight_edges(graph, t.weights, admits_fn(config, model))
     seed_node, keys_node = graph_abi.add_inputs(graph, dynamo=False)
     slot = {e.name: i for i, e in enumerate(edges)}
 

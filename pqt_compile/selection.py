@@ -25,9 +25,10 @@ import torch
 
 from .blocks import SUPPORTED_DTYPES
 from .config import PQTConfig
+from .moe import expert_axes, experts_modules
 from .naming import named_parameters, parameter_aliases
 
-__all__ = ["admits", "skip_reason", "could_be_sampled", "module_rule_axes", "Reason"]
+__all__ = ["admits", "admits_fn", "skip_reason", "could_be_sampled", "module_rule_axes", "Reason"]
 
 
 class Reason:
@@ -71,6 +72,12 @@ def skip_reason(*, dtype: Optional[torch.dtype], ndim: int, forward_matmul: bool
     return None
 
 
+def admits_fn(config: PQTConfig, model: torch.nn.Module):
+    """`admits` over a model's qualified names (its tied names included)."""
+    aliases = parameter_aliases(model)
+    return lambda name: admits(config, name, aliases.get(name, ()))
+
+
 def could_be_sampled(p: torch.Tensor, config: PQTConfig, name: str, aliases: tuple[str, ...] = ()) -> bool:
     """Rules 1, 2, 4 and 6: `p` would be sampled if a matmul read it."""
     return isinstance(p, torch.nn.Parameter) and p.dtype in SUPPORTED_DTYPES and p.dim() >= 2 and admits(config, name, aliases)
@@ -80,14 +87,20 @@ def module_rule_axes(model: torch.nn.Module, config: PQTConfig) -> dict[str, int
     """{name: reduction axis} of the sampled weights, by module type, without tracing.
 
     nn.Linear's weight [N, K] is contracted along axis 1; transformers' Conv1D holds [K, N]
-    (used as x @ W) and is contracted along axis 0; a weight tied to an embedding is listed
+    (used as x @ W) and is contracted along axis 0; transformers' MoE experts [E, N, K] along
+    axis 2, or 1 where transposed (moe.expert_axes); a weight tied to an embedding is listed
     once, under its first name. Pass example inputs to export instead to apply the graph rules.
     """
     params = named_parameters(model)
     canon = {id(p): n for n, p in params.items()}
     aliases = parameter_aliases(model)
     axes: dict[str, int] = {}
+    experts = {m for m, _ in experts_modules(model).values()}
     for module in model.modules():
+        for pname, axis in expert_axes(module).items() if module in experts else ():
+            p = getattr(module, pname)
+            if id(p) in canon and could_be_sampled(p, config, canon[id(p)], aliases.get(canon[id(p)], ())):
+                axes.setdefault(canon[id(p)], axis)
         w = getattr(module, "weight", None)
         if not isinstance(w, torch.nn.Parameter) or id(w) not in canon:
             continue

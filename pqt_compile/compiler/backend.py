@@ -20,7 +20,9 @@ import torch
 from .. import guards, naming
 from ..compat import compile_fx, copy_dynamo_graph_attrs, frame_root_module, inductor_config_options, mode_options
 from ..config import PQTConfig
+from ..moe import check_experts
 from ..naming import GraphWeights, ResolvedWeights
+from ..selection import admits_fn
 from . import graph_abi
 from .passes.manager import PassManager
 from .passes.sample_pass import SamplePass
@@ -105,9 +107,11 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     root = frame_root_module()
     if root is not None:
         naming.register(root)  # through torch.compile too: the guards and the names need the model
+        check_experts(root, admits_fn(config, root))  # experts that would run eagerly: refused
     weights = GraphWeights.for_graph(gm, example_inputs, root)
     if not weights.positions:  # no Parameter inputs: nothing to sample
         return compile_fx(gm, example_inputs, inductor_patches)
+    _refuse_tensor_subclass_weights(weights, example_inputs)
     device = example_inputs[weights.positions[0]].device
     compiler = GraphCompiler(gm, config, inductor_patches, weights)
     first = weights.resolve(example_inputs)
@@ -117,6 +121,24 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     # builds a joint (training) graph when grad is on and an input requires grad.
     training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     return PQTCompiled(fn, compiler, weights, first, config, device, samples=training or config.sample_in_eval)
+
+
+def _refuse_tensor_subclass_weights(weights: GraphWeights, example_inputs: list) -> None:
+    """A weight held as a tensor subclass (a DTensor under tensor parallelism, a float8 or NF4
+    wrapper) reaches the joint graph as its flattened parts, which the pass does not map yet:
+    sampling a local shard as if it were the whole weight would give the wrong noise and blocks.
+    Refused by name (issue 17 tracks tensor-parallel sampling)."""
+    for pos, name in zip(weights.positions, weights.names):
+        t = example_inputs[pos]
+        if not hasattr(t, "__tensor_flatten__"):
+            continue
+        what = (f"a DTensor {tuple(getattr(t, 'placements', ()))} (tensor parallelism)" if hasattr(t, "placements")
+                else f"a tensor subclass ({type(t).__name__})")
+        raise NotImplementedError(
+            f"pqt: weight {name!r} is {what}; pqt compiles models whose weights are plain tensors in the forward "
+            "(DDP, and FSDP2, whose all-gather gives plain weights), not tensor-parallel ones yet. Apply pqt "
+            "without tensor parallelism (FSDP2 or DDP over the same ranks)."
+        )
 
 
 def compile(
@@ -142,6 +164,7 @@ def compile(
         raise TypeError(f"pqt_compile.compile: config must be a PQTConfig, got {type(cfg).__name__}")
     split_options({"config": cfg, **(options or {})})  # refuse bad options now, not at first call
     naming.register(model)
+    check_experts(model, admits_fn(cfg, model))
 
     def pqt(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})

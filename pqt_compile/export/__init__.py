@@ -5,7 +5,9 @@
 - `write_gguf` (gguf.py): a GGUF file for llama.cpp and Ollama (HF GPT-2 and Llama).
 - `write_compressed_tensors` (compressed_tensors.py): an HF checkpoint directory in the
   compressed-tensors format, for transformers and vLLM.
-- `write(model, path, config, to=...)`: either of the two, as `pqt-export` calls them.
+- `write_gpt_oss_mxfp4` (gpt_oss.py): a gpt-oss checkpoint directory with its experts in
+  gpt-oss's own MXFP4 layout (blocks + scales), for transformers.
+- `write(model, path, config, to=...)`: any of these, as `pqt-export` calls them.
 
 Every writer stores the values `quantize_model` gives (the codes and block exponents of
 `pqt_compile.quantize.pack`, regrouped by codes.py; MXFP4 through the one packer in mx.py),
@@ -24,21 +26,23 @@ from ..config import PQTConfig
 from .common import ExportError
 from .compressed_tensors import CTSummary, write_compressed_tensors
 from .gguf import GGUFSummary, read_gguf, write_gguf
+from .gpt_oss import GptOssSummary, write_gpt_oss_mxfp4
 from .packed import FILE_VERSION, load, quantize_model, save, saved_config
 
 __all__ = ["quantize_model", "save", "load", "saved_config", "FILE_VERSION", "ExportError", "TARGETS", "write", "write_gguf",
-           "read_gguf", "GGUFSummary", "write_compressed_tensors", "CTSummary"]
+           "read_gguf", "GGUFSummary", "write_compressed_tensors", "CTSummary", "write_gpt_oss_mxfp4", "GptOssSummary"]
 
 #: The targets of `write` (and `pqt-export --to`).
-TARGETS = ("gguf", "compressed-tensors")
+TARGETS = ("gguf", "compressed-tensors", "gpt-oss-mxfp4")
 
 
 def write(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, *, to: str, tokenizer: Any = None,
           example_args: Optional[tuple] = None, force: bool = False,
-          gguf_type: Optional[str] = None) -> Union[GGUFSummary, CTSummary]:
+          gguf_type: Optional[str] = None) -> Union[GGUFSummary, CTSummary, GptOssSummary]:
     """Write `model` for an inference engine: `to="gguf"` (a file, `write_gguf`) or
-    `to="compressed-tensors"` (a directory, `write_compressed_tensors`). `gguf_type` applies to
-    GGUF only; the other arguments mean the same for both."""
+    `to="compressed-tensors"` (a directory, `write_compressed_tensors`) or `to="gpt-oss-mxfp4"` (a
+    directory, `write_gpt_oss_mxfp4`; tokenizer and example_args do not apply). `gguf_type`
+    applies to GGUF only; the other arguments mean the same for every target."""
     if to == "gguf":
         return write_gguf(model, path, config, tokenizer=tokenizer, gguf_type=gguf_type, example_args=example_args,
                           force=force)
@@ -46,4 +50,8 @@ def write(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None,
         if gguf_type is not None:
             raise ExportError("gguf_type applies to GGUF files only")
         return write_compressed_tensors(model, path, config, tokenizer=tokenizer, example_args=example_args, force=force)
+    if to == "gpt-oss-mxfp4":
+        if gguf_type is not None:
+            raise ExportError("gguf_type applies to GGUF files only")
+        return write_gpt_oss_mxfp4(model, path, config, force=force)
     raise ExportError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     # None marks a config flag that was not given: a packed checkpoint supplies its own config.
     p.set_defaults(**{name: None for name in _CONFIG_FIELDS})
     out = p.add_argument_group("output")
-    out.add_argument("--to", required=True, choices=["gguf", "compressed-tensors"], help="the target format")
+    out.add_argument("--to", required=True, choices=["gguf", "compressed-tensors", "gpt-oss-mxfp4"], help="the target format")
     out.add_argument("--out", required=True, help="the output file (gguf) or directory (compressed-tensors)")
     out.add_argument("--force", action="store_true", help="replace an existing output")
     out.add_argument("--tokenizer", metavar="DIR|bytes|none",
@@ -140,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run pqt-export on `argv` (sys.argv[1:] if None): 0 when the output was written, 2 with
     a one-line error on stderr (and nothing left behind) when the input was refused."""
     a = _parser().parse_args(argv)
-    from ..export import GGUFSummary, write
+    from ..export import GGUFSummary, GptOssSummary, write
     from ..export.common import check_destination
 
     try:
@@ -162,6 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             counts[t] = counts.get(t, 0) + 1
         print(f"  {summary.arch}, {summary.bytes} bytes, vocabulary {summary.vocab}; tensors: "
               + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
+    elif isinstance(summary, GptOssSummary):
+        print(f"  gpt-oss MXFP4 experts (blocks + scales): {', '.join(summary.experts)}")
     else:
         print(f"  {summary.format}: {len(summary.compressed)} nn.Linear compressed; dense (ignore): "
               f"{', '.join(summary.ignore) or 'none'}")

@@ -86,6 +86,11 @@ def insert_sample(
     # Keys and samples go right after the placeholders, before the first computation.
     anchor = next(n for n in graph.nodes if n.op != "placeholder")
     for edge in edges:
+        if edge.expert_axes and config.block_size == "tensor":
+            raise ValueError(
+                f"pqt: weight {edge.name!r} holds experts along axis {edge.expert_axes[0]}; block_size='tensor' would "
+                "give all experts one scale. Use an int block size or 'row' (per expert), or exclude the weight."
+            )
         fwd_dtypes = edge.dtypes
         with graph.inserting_before(anchor):
             key = key_of(graph, edge)

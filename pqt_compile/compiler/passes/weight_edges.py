@@ -10,6 +10,19 @@ Along the path we track which weight axis each dim of the intermediate tensor co
 so that at the matmul we know which weight axis is contracted: the reduction axis of the
 sample's blocks.
 
+NOTE [expert paths]: MoE experts are 3-D Parameters [E, ., .]. An expert is picked by indexing
+dim 0 (`W[expert_ids]` -> bmm, `W.select(0, e)`), or all experts are passed to a grouped matmul
+whose dim 0 enumerates groups (matmul_ops.py NOTE [grouped matmuls]). Both are paths: the full
+3-D Parameter is sampled once, with blocks along the expert's own reduction axis (never across
+experts), and the path is re-applied to the sample, so a gathered expert reads the sample of the
+full Parameter. The indexed or grouped axes are recorded as the edge's `expert_axes`. Indexing
+is transparent only where it picks experts: a 2-D weight read through `W[idx]` (an embedding
+written as indexing) is not a path, exactly as `aten.embedding` is not.
+
+NOTE [opaque consumers]: a weight that no known matmul reads but that a custom op outside aten,
+prims and pqt reads (a library's fused MoE kernel) is refused: pqt cannot see whether that op
+multiplies by it, and sampling nothing would let it train clean.
+
 NOTE [forward decides]: in a joint graph the backward reuses the weight in matmuls that
 contract another axis (grad_input = grad_out @ W contracts N, not K). Only forward paths
 decide the axis and the dtype; backward paths are rewired to the same sample so that one
@@ -28,20 +41,20 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ...blocks import SUPPORTED_DTYPES
 from ...selection import skip_reason
+from .matmul_ops import MATMUL_OPERANDS, group_dims, matmul_operands, op_name
 
 __all__ = ["MatmulUse", "WeightEdge", "SkippedWeight", "find_weight_edges", "backward_nodes", "MATMUL_OPERANDS"]
+# MATMUL_OPERANDS is re-exported from matmul_ops (its home) for callers that look ops up here.
 
 log = logging.getLogger("pqt_compile.passes")
 aten = torch.ops.aten
 prims = torch.ops.prims
 
-#: matmul op -> {operand position: contracted dim of that operand}
-MATMUL_OPERANDS: dict = {
-    aten.mm.default: {0: 1, 1: 0},
-    aten.addmm.default: {1: 1, 2: 0},
-    aten.bmm.default: {0: 2, 1: 1},
-    aten.baddbmm.default: {1: 2, 2: 1},
-}
+#: indexing that may pick experts out of a weight of 3 or more dims (NOTE [expert paths])
+#: namespaces whose ops are not a library's opaque kernel (NOTE [opaque consumers]): torch's own
+#: ops, collectives, higher-order ops, and ours
+_KNOWN_NAMESPACES = ("aten", "prims", "pqt", "higher_order", "_c10d_functional", "c10d_functional", "c10d")
+_INDEXING = {aten.index.Tensor, aten.select.int, aten.index_select.default, aten.slice.Tensor}
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 _IDENTITY = {aten.alias.default, aten.clone.default, aten.detach.default, aten.contiguous.default}
 _CASTS = {aten._to_copy.default, prims.convert_element_type.default}
@@ -68,6 +81,7 @@ class MatmulUse:
     axis: Optional[int]  # the weight axis the matmul contracts (None: not a single axis)
     dtype: torch.dtype  # dtype at the matmul operand
     is_backward: bool
+    expert_axes: tuple[int, ...] = ()  # weight axes indexed or grouped on this path (NOTE [expert paths])
 
 
 @dataclass
@@ -79,6 +93,21 @@ class WeightEdge:
     axis: int
     uses: list[MatmulUse] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def expert_axes(self) -> tuple[int, ...]:
+        """Weight axes that enumerate experts on a forward path (NOTE [expert paths])."""
+        return tuple(sorted({a for u in self.uses if not u.is_backward for a in u.expert_axes}))
+
+    @property
+    def kinds(self) -> list[str]:
+        """The matmul ops of the forward uses, in order: which (experts) implementation ran."""
+        out: list[str] = []
+        for u in self.uses:
+            k = op_name(u.matmul.target) or str(u.matmul.target)
+            if not u.is_backward and k not in out:
+                out.append(k)
+        return out
 
     @property
     def dtypes(self) -> list[torch.dtype]:
@@ -180,7 +209,37 @@ def _step_dims(n: Node, dims: list) -> Optional[list]:
         return [None] * (len(a[1]) - nd) + list(dims)
     if t in _VIEWS:
         return _view_dims(dims, list(_val(a[0]).shape), list(_val(n).shape))
+    # Picking experts (NOTE [expert paths]; only reached where _picks_experts holds): the picked
+    # dim becomes a batch dim (None) or is dropped; the other axes carry through.
+    if t is aten.select.int:
+        d = a[1] % nd
+        return dims[:d] + dims[d + 1 :]
+    if t is aten.index_select.default:
+        out = list(dims)
+        out[a[1] % nd] = None
+        return out
+    if t is aten.slice.Tensor:
+        return list(dims)  # a range of experts: the sample is still the full weight's
+    if t is aten.index.Tensor:
+        return [None] * _val(a[1][0]).dim() + list(dims[1:])
     return None
+
+
+def _picks_experts(n: Node, dims: Optional[list]) -> bool:
+    """Whether an indexing node picks experts: dim 0 of a weight of 3 or more dims, still holding
+    the weight's axis 0, by an integer index (NOTE [expert paths])."""
+    if n.target not in _INDEXING or dims is None or len(dims) < 3 or dims[0] != 0:
+        return False
+    if n.target is aten.index.Tensor:
+        idx = list(n.args[1])
+        first = _val(idx[0]) if idx else None
+        return [k for k, i in enumerate(idx) if i is not None] == [0] and first is not None and first.dtype != torch.bool
+    return n.args[1] % len(dims) == 0
+
+
+def _expert_axis(n: Node) -> tuple[int, ...]:
+    """The weight axis an indexing node picks experts from (axis 0; not for a slice)."""
+    return () if n.target is aten.slice.Tensor else (0,)
 
 
 def backward_nodes(graph: Graph) -> set[Node]:
@@ -194,21 +253,35 @@ def backward_nodes(graph: Graph) -> set[Node]:
     return seen
 
 
-def _walk(weight: Node, bwd: set[Node]) -> list[MatmulUse]:
+def _walk(weight: Node, bwd: set[Node], opaque: list[str]) -> list[MatmulUse]:
+    """Every path from `weight` through transparent ops to a matmul operand; appends to `opaque`
+    the custom ops outside aten/prims/pqt that read it in the forward (NOTE [opaque consumers])."""
     nd = len(_val(weight).shape)
     uses: list[MatmulUse] = []
-    stack: list[tuple[Node, list[Node], Optional[list]]] = [(weight, [], list(range(nd)))]
+    stack: list[tuple[Node, list[Node], Optional[list], tuple]] = [(weight, [], list(range(nd)), ())]
     while stack:
-        node, path, dims = stack.pop()
+        node, path, dims, experts = stack.pop()
         for user in node.users:
-            if user.target in MATMUL_OPERANDS:
-                for pos, cdim in MATMUL_OPERANDS[user.target].items():
+            operands = matmul_operands(user.target)
+            if operands is not None:
+                for pos, cdim in operands.items():
                     if len(user.args) > pos and user.args[pos] is node:
-                        axis = dims[cdim] if dims is not None and cdim < len(dims) else None
+                        axis = dims[cdim] if dims is not None and -len(dims) <= cdim < len(dims) else None
                         axis = axis if isinstance(axis, int) and axis >= 0 else None
-                        uses.append(MatmulUse(path, user, pos, axis, _val(node).dtype, user in bwd))
-            elif (user.target in _VIEWS or user.target in _IDENTITY or user.target in _OTHER or _is_dtype_cast(user)) and user.args[0] is node:
-                stack.append((user, path + [user], _step_dims(user, dims) if dims is not None else None))
+                        grouped = experts
+                        g = group_dims(user.target).get(pos)
+                        if g is not None and dims is not None and len(dims) == 3 and isinstance(dims[g], int) and dims[g] >= 0:
+                            grouped = (*experts, dims[g])
+                        uses.append(MatmulUse(path, user, pos, axis, _val(node).dtype, user in bwd, grouped))
+            elif user.args and user.args[0] is node and (
+                user.target in _VIEWS or user.target in _IDENTITY or user.target in _OTHER or _is_dtype_cast(user)
+                or _picks_experts(user, dims)
+            ):
+                nxt = _step_dims(user, dims) if dims is not None else None
+                more = _expert_axis(user) if user.target in _INDEXING else ()
+                stack.append((user, path + [user], nxt, (*experts, *more)))
+            elif user not in bwd and (name := op_name(user.target)) and name.split("::")[0] not in _KNOWN_NAMESPACES:
+                opaque.append(name)
     return uses
 
 
@@ -232,8 +305,16 @@ def find_weight_edges(
     skipped: list[SkippedWeight] = []
     for node, name in weights.items():
         val = _val(node)
-        uses = _walk(node, bwd) if val is not None and val.dtype in SUPPORTED_DTYPES else []
+        opaque: list[str] = []
+        uses = _walk(node, bwd, opaque) if val is not None and val.dtype in SUPPORTED_DTYPES else []
         fwd = [u for u in uses if not u.is_backward]
+        if not fwd and opaque and val.dim() >= 2 and admits(name):  # NOTE [opaque consumers]
+            raise ValueError(
+                f"pqt: weight {name!r} {tuple(val.shape)} is read by the custom op {sorted(set(opaque))[0]}, whose "
+                "inside pqt cannot see, so it would train without noise. For transformers experts use "
+                "experts_implementation='grouped_mm' or 'batched_mm'; if the op is a matmul, add its operands to "
+                "pqt_compile/compiler/passes/matmul_ops.py (_NAMED_MATMULS); or exclude the weight in the PQTConfig."
+            )
         axes = [u.axis for u in fwd if u.axis is not None]
         reason = skip_reason(
             dtype=getattr(val, "dtype", None), ndim=val.dim() if val is not None else 0, forward_matmul=bool(fwd),
@@ -243,6 +324,14 @@ def find_weight_edges(
             skipped.append(SkippedWeight(name, reason))
             continue
         edge = WeightEdge(node, name, axes[0], uses)
+        if edge.expert_axes:  # shown by explain and pqt-dump (NOTE [expert paths])
+            edge.notes.append(f"experts along axis {edge.expert_axes[0]} (blocks per expert along axis {min(axes)}); "
+                              f"implementation: {', '.join(edge.kinds)}")
+        if set(axes) & set(edge.expert_axes):
+            raise ValueError(
+                f"pqt: weight {name!r}: a matmul contracts its expert axis {edge.expert_axes[0]}, which also picks "
+                "experts; pqt knows no such layout. Exclude the weight in the PQTConfig, and report the model."
+            )
         if len(set(axes)) > 1:
             # Blocks follow the lowest contracted axis (not the first use, whose order could
             # differ between the traced reference graph and the joint graph).

@@ -36,6 +36,7 @@ CASES = [
     ((9, 40), 1, PQTConfig(format="fp4_e2m1", block_size="row"), torch.bfloat16, torch.bfloat16),
     ((9, 40), 0, PQTConfig(format="fp6_e2m3", block_size="tensor", noise="uniform"), torch.float16, torch.float16),
     ((3, 20, 33), 1, PQTConfig(format="fp8_e5m2", block_size=8), torch.float32, torch.float32),
+    ((4, 24, 64), 2, PQTConfig(format="fp4_e2m1"), torch.float32, torch.float32),  # MoE experts [E, N, K]
     ((1, 1), 1, PQTConfig(format="int8"), torch.float32, torch.float32),
     ((16, 70), 1, PQTConfig(format="fp4_e2m1", noise="rounded_gaussian"), torch.float32, torch.bfloat16),
     # mode "ste": round to nearest (rounding.py), float and int grids, ragged and per-tensor blocks
