@@ -2,7 +2,7 @@
 # Issue 16's measurements (docs/results.md, "Does PQT pay?"): the main job's comparison on the
 # tiny GPT-2, one CPU thread per run (deterministic fp32), five seeds. Each run writes
 # runs/science/<name>/results.json; `python examples/science_table.py runs/science/*/results.json`
-# prints the tables. About 75 minutes on one core of the 2-core machine; pass names to run a subset:
+# prints the tables (int4-llama needs torchao: pip install -e '.[bench]'). About 90 minutes on one core of the 2-core machine; pass names to run a subset:
 #     bash scripts/science.sh finetune noise-0.577
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +18,10 @@ declare -A RUNS=(
   [noise-0.577]="--scenario finetune --pretrain-steps 1000 --steps 500 --arms baseline,pqt --noise-std 0.577"
   [noise-1.0]="--scenario finetune --pretrain-steps 1000 --steps 500 --arms baseline,pqt --noise-std 1.0"
   [rounded-gaussian]="--scenario finetune --pretrain-steps 1000 --steps 500 --arms baseline,pqt --noise rounded_gaussian"
+  [int4-llama]="--arch llama --scenario finetune --pretrain-steps 1000 --steps 500 --format int4 --seeds 0,1,2 --arms baseline,pqt,ste,pqt-ste,torchao --deploy-grids int4:16,fp4_e2m1:32"
   [scratch-long]="--scenario scratch --steps 3000 --seeds 0,1,2 --arms baseline,pqt,ste,pqt-ste"
 )
-ORDER=(finetune scratch noise-0.577 rounded-gaussian noise-1.0 scratch-long)
+ORDER=(finetune scratch noise-0.577 rounded-gaussian noise-1.0 scratch-long int4-llama)
 names=("$@"); [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do
   [ -n "${RUNS[$name]:-}" ] || { echo "unknown run $name; known: ${ORDER[*]}"; exit 2; }
