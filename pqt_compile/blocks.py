@@ -12,7 +12,8 @@ quantize and the kernels.
 
 from __future__ import annotations
 
-from typing import Any, Union
+import math
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ __all__ = [
     "block_starts",
     "expand_blocks",
     "check_sample_args",
+    "index_bound",
 ]
 
 #: Block-size codes as the op's schema carries them: B > 0, ROW for "row", TENSOR for "tensor".
@@ -113,7 +115,17 @@ def expand_blocks(per_block: torch.Tensor, shape: tuple[int, ...], axis: int, co
     return per_block.repeat_interleave(block_length(k, code), dim=axis).narrow(axis, 0, k)
 
 
-def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, out_dtype: torch.dtype) -> int:
+def index_bound(shape: Sequence[Length], index_strides: Optional[Sequence[int]] = None, index_offset: int = 0) -> Length:
+    """One past the largest draw index of a weight of `shape` (its numel; for a shard placed in a
+    larger weight by `index_strides` / `index_offset`, sharding.py NOTE [global index], one past
+    the index of its last element)."""
+    if index_strides is None:
+        return math.prod(shape)
+    return index_offset + 1 + sum((n - 1) * s for n, s in zip(shape, index_strides))
+
+
+def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, out_dtype: torch.dtype,
+                      index_strides: Optional[Sequence[int]] = None, index_offset: int = 0) -> int:
     """Validate the inputs of a sample, a quantize or a pack; return the axis made non-negative."""
     if w.is_complex() or not w.is_floating_point():
         raise TypeError(f"pqt: weight must be float32, bfloat16 or float16, got {w.dtype}")
@@ -130,8 +142,13 @@ def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, o
         raise ValueError(f"pqt: axis {axis} is out of range for a weight of shape {tuple(w.shape)}")
     if w.numel() == 0:
         raise ValueError(f"pqt: weight of shape {tuple(w.shape)} is empty; there is nothing to sample")
-    if w.numel() > 2**32:
-        raise ValueError(f"pqt: weight has {w.numel()} elements; at most 2^32 are supported (the counter is 32-bit)")
+    if index_strides is not None and (len(index_strides) != w.dim() or index_offset < 0
+                                      or any(s < 0 for s in index_strides)):
+        raise ValueError(f"pqt: index_strides {list(index_strides)} / index_offset {index_offset} do not place a "
+                         f"weight of shape {tuple(w.shape)}: one non-negative stride per dim, offset >= 0")
+    if index_bound(w.shape, index_strides, index_offset) > 2**32:
+        raise ValueError(f"pqt: weight has {index_bound(w.shape, index_strides, index_offset)} elements; at most "
+                         "2^32 are supported (the counter is 32-bit)")
     if code < TENSOR:
         raise ValueError(f"pqt: block_size code {code} is invalid (B > 0, 0 = row, -1 = tensor)")
     check_resolution(spec, out_dtype)

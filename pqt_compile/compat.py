@@ -37,6 +37,7 @@ __all__ = [
     "mark_added_input",
     "copy_dynamo_graph_attrs",
     "fsdp2_unsharded_params",
+    "dtensor_local_shape_and_offset",
     "inductor_config_options",
     "compile_fx",
     "custom_graph_pass_base",
@@ -80,6 +81,8 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor", "list_mode_options", "mode= with pqt_compile.compile"),
     ("torch._dynamo.utils", "counters", "explain (graph breaks)"),
     ("torch._inductor.graph", "GraphLowering", "explain (the output code)"),
+    ("torch.distributed.tensor._utils", "compute_local_shape_and_global_offset",
+     "tensor-parallel weights (a shard's place in the full weight)"),
 )
 
 
@@ -187,6 +190,26 @@ def fsdp2_unsharded_params(root: torch.nn.Module) -> dict[int, torch.nn.Paramete
     except Exception:  # noqa: BLE001 - a changed private API means "no FSDP2 stand-ins"
         return {}
     return out
+
+
+# ---- DTensor (tensor parallelism) ---------------------------------------------------------
+
+def dtensor_local_shape_and_offset(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(local shape, global offset) of this rank's shard of DTensor `t`.
+
+    `torch.distributed.tensor._utils.compute_local_shape_and_global_offset` (torch 2.13-2.15):
+    the rule DTensor itself uses to cut shards (torch.chunk sizes), so the offsets agree with
+    the local tensors it holds. Checked against `t.to_local().shape` here.
+    """
+    fn = require("torch.distributed.tensor._utils", "compute_local_shape_and_global_offset",
+                 "tensor-parallel weights (a shard's place in the full weight)")
+    local_shape, offset = fn(t.shape, t.device_mesh, t.placements)
+    if tuple(local_shape) != tuple(t.to_local().shape):
+        raise CompatError(
+            f"pqt_compile: DTensor's shard rule gave local shape {tuple(local_shape)} but the rank holds "
+            f"{tuple(t.to_local().shape)} (torch {torch.__version__}); checked on torch {', '.join(TORCH_CHECKED)}"
+        )
+    return tuple(local_shape), tuple(offset)
 
 
 # ---- Inductor -------------------------------------------------------------------------------

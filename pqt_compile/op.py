@@ -2,13 +2,17 @@
 implementation, fake impl, autograd.
 
 Schema: sample(Tensor w, Tensor seed, Tensor key, int axis, str format, int block_size,
-str noise, float noise_std, ScalarType out_dtype) -> Tensor. `seed` and `key` are int64
+str noise, float noise_std, ScalarType out_dtype, int[]? index_strides=None, int index_offset=0)
+-> Tensor. `seed` and `key` are int64
 tensors with one element (runtime values: a new seed never recompiles a graph);
 `block_size` is B > 0, 0 for "row", -1 for "tensor"; `noise` is "gaussian", "uniform",
 "rounded_gaussian", or "rtn": no noise, round to nearest on the same grid (PQTConfig(mode="ste"),
 the straight-through estimator; seed and noise_std unused). The output is contiguous, of w's shape,
 in `out_dtype`. The gradient to `w` is the identity, cast to w's dtype. A negative `key`
 switches the noise off (the compiled path's runtime switch; `sample()` refuses one).
+`index_strides` / `index_offset` place a shard of a larger weight in it (sharding.py NOTE
+[global index]): element l draws with index `index_offset + sum(l[d] * index_strides[d])`; None
+means w is the whole weight (its own row-major strides, offset 0).
 
 `sample_t` takes the same arguments and a 2-D w [N, K]; it returns sample(...).t() laid out
 [K, N] contiguous: the same values, in the layout a GEMM reads its B operand. Only the
@@ -48,10 +52,12 @@ def sample_eager(
     noise: str,
     noise_std: float,
     out_dtype: torch.dtype,
+    index_strides: Optional[list[int]] = None,
+    index_offset: int = 0,
 ) -> torch.Tensor:
     """The formula in eager torch, on any device; chunked to bound the int64 temporaries."""
     spec = parse_format(format)
-    axis = check_sample_args(w, axis, spec, block_size, out_dtype)
+    axis = check_sample_args(w, axis, spec, block_size, out_dtype, index_strides, index_offset)
     o = TorchOps(w.device)
     seed_v = seed.reshape(()).to(device=w.device, dtype=torch.int64)
     key_v = key.reshape(()).to(device=w.device, dtype=torch.int64)
@@ -64,7 +70,7 @@ def sample_eager(
             live = o.gt(key_v, o.i64(-1))
             out[start:stop] = rtn_value(o, w_flat[start:stop].float(), amax_flat[start:stop], spec, live).to(out_dtype)
             continue
-        index = torch.arange(start, stop, dtype=torch.int64, device=w.device)
+        index = element_index(w.shape, start, stop, index_strides, index_offset, w.device)
         value = sample_value(
             o, w_flat[start:stop].float(), amax_flat[start:stop], index, seed_v, key_v, spec, noise, noise_std
         )
@@ -72,7 +78,26 @@ def sample_eager(
     return out.view(w.shape)
 
 
-def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype) -> torch.Tensor:
+def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optional[list[int]], index_offset: int,
+                  device: torch.device) -> torch.Tensor:
+    """The draw index (int64) of the elements start..stop-1 of a weight of `shape`, in row-major
+    order: the element's own linear index, or its index in the full weight (sharding.py NOTE
+    [global index])."""
+    flat = torch.arange(start, stop, dtype=torch.int64, device=device)
+    if index_strides is None:
+        return flat
+    index = torch.full_like(flat, index_offset)
+    for size, stride in zip(reversed(shape), reversed(index_strides)):
+        index += (flat % size) * stride
+        flat = flat // size
+    return index
+
+
+def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
+                 index_offset=0) -> torch.Tensor:
+    if index_strides is not None:  # a shard: the Triton kernel knows only whole weights
+        return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
+                            index_offset)
     if w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
         from .kernels.sample import sample_triton
@@ -92,13 +117,17 @@ def _sample_op(
     noise: str,
     noise_std: float,
     out_dtype: torch.dtype,
+    index_strides: Optional[list[int]] = None,
+    index_offset: int = 0,
 ) -> torch.Tensor:
-    return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+    return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
+                        index_offset)
 
 
 @_sample_op.register_fake
-def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
-    check_sample_args(w, axis, parse_format(format), block_size, out_dtype)
+def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
+                 index_offset=0):
+    check_sample_args(w, axis, parse_format(format), block_size, out_dtype, index_strides, index_offset)
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
 
 
@@ -113,9 +142,12 @@ def _sample_t_op(
     noise: str,
     noise_std: float,
     out_dtype: torch.dtype,
+    index_strides: Optional[list[int]] = None,
+    index_offset: int = 0,
 ) -> torch.Tensor:
     _check_2d(w)
-    return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype).t().contiguous()
+    return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
+                        index_offset).t().contiguous()
 
 
 def _check_2d(w: torch.Tensor) -> None:
@@ -124,8 +156,9 @@ def _check_2d(w: torch.Tensor) -> None:
 
 
 @_sample_t_op.register_fake
-def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
-    check_sample_args(w, axis, parse_format(format), block_size, out_dtype)
+def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
+                   index_offset=0):
+    check_sample_args(w, axis, parse_format(format), block_size, out_dtype, index_strides, index_offset)
     _check_2d(w)
     return torch.empty((w.shape[1], w.shape[0]), dtype=out_dtype, device=w.device)
 
@@ -136,12 +169,12 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: torch.Tensor):
     # d w_hat / d w = I: the gradient passes through, in the weight's dtype.
-    return grad.to(ctx.w_dtype), None, None, None, None, None, None, None, None
+    return grad.to(ctx.w_dtype), *([None] * 10)
 
 
 def _backward_t(ctx, grad: torch.Tensor):
     # w_hat^T: the identity, transposed back to w's layout.
-    return grad.t().to(ctx.w_dtype), None, None, None, None, None, None, None, None
+    return grad.t().to(ctx.w_dtype), *([None] * 10)
 
 
 _sample_op.register_autograd(_backward, setup_context=_setup_context)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import sympy
 import torch
 
-from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, num_blocks
+from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_blocks
 from ...compat import inductor_lowering_api, mark_prologue_candidate
 from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
@@ -61,18 +61,23 @@ def _abs_f32(x):
 
 
 @_api.register_lowering(torch.ops.pqt.sample.default, type_promotion_kind=None)
-def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
+def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
+                 index_offset=0):
     """Lower one pqt.sample call (see the module docstring)."""
-    return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, transposed=False)
+    return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+                  transposed=False)
 
 
 @_api.register_lowering(torch.ops.pqt.sample_t.default, type_promotion_kind=None)
-def lower_sample_t(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype):
+def lower_sample_t(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
+                   index_offset=0):
     """Lower one pqt.sample_t call: pqt.sample of a 2-D w, written transposed ([K, N] contiguous)."""
-    return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, transposed=True)
+    return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+                  transposed=True)
 
 
-def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, transposed: bool):
+def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+           transposed: bool):
     spec = parse_format(format)
     if w.get_dtype() not in SUPPORTED_DTYPES or out_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pqt.sample lowering: unsupported dtypes {w.get_dtype()} -> {out_dtype}")
@@ -128,9 +133,14 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     amax.realize()
     load_amax = amax.make_loader()
     load_seed, load_key = seed.make_loader(), key.make_loader()
+    # The draw index's strides: w's own row-major ones, or the full weight's for a shard
+    # (sharding.py NOTE [global index]), whose offset then starts every index.
     strides = [sympy.Integer(1)] * nd
     for d in range(nd - 2, -1, -1):
         strides[d] = strides[d + 1] * size[d + 1]
+    if index_strides is not None:
+        strides = [sympy.Integer(s) for s in index_strides]
+    offset = sympy.Integer(index_offset if index_strides is not None else 0)
 
     def seed_and_key():
         return (ops.to_dtype(load_seed([0] * len(seed.get_size())), torch.int64),
@@ -138,7 +148,7 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
 
     # The word types per code target (formula.py NOTE [word types]): `wo` for the per-element
     # part, `bo` for the per-block values and the per-call stream words.
-    numel = sympy.sympify(sympy.prod(size))
+    numel = sympy.sympify(index_bound(size, index_strides, index_offset))
     if triton_codegen(device):
         wo = bo = Native32Ops()
         word_dtype = torch.uint32
@@ -193,7 +203,7 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     # with one vector load, where `index_expr` of the whole index prints
     # Vectorized<int32_t>::arange(base, 1), which g++ 12 builds lane by lane.
     iota = ir.Pointwise.create(
-        device=device, dtype=word_dtype, inner_fn=lambda i: wo.index_word(i[0]), ranges=[size[-1]]
+        device=device, dtype=word_dtype, inner_fn=lambda i: wo.index_word(i[0] * strides[-1]), ranges=[size[-1]]
     )
     iota.realize()
     with _api.force_realize():  # a buffer that reads nothing is otherwise inlined back
@@ -201,7 +211,7 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
 
     def sample_fn(out_idx):
         idx = list(reversed(out_idx)) if transposed else out_idx  # the weight's own index
-        rest = sum((i * s for i, s in zip(idx[:-1], strides[:-1])), sympy.Integer(0))
+        rest = sum((i * s for i, s in zip(idx[:-1], strides[:-1])), offset)
         bidx = block_index(idx)
         index = ops.add(load_iota([idx[-1]]), wo.index_word(rest))
         r = noise_from_hash(wo, element_hash(wo, index, load_s1([]), load_s2([])), noise, noise_std)

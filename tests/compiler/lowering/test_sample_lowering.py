@@ -16,6 +16,7 @@ import pqt_compile
 import pqt_compile.compiler.lowering  # noqa: F401  (registers the lowering)
 from pqt_compile import PQTConfig
 from pqt_compile.formula import MIX_MUL_1
+from pqt_compile.sharding import ShardLayout
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
@@ -83,6 +84,45 @@ def test_ste_lowering_equals_quantize_and_draws_nothing():
     want = pqt_compile.quantize(w, axis=1, config=cfg)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert str(MIX_MUL_1) not in "".join(code)  # no hash: the rounding alone
+
+
+#: Shards of a [12, 128] weight and of [6, 40, 64] experts (sharding.py NOTE [global index]):
+#: (full shape, shard dim, shard index, shards, reduction axis, config, out dtype)
+SHARDS = [
+    ((12, 128), 1, 1, 2, 1, PQTConfig(format="fp4_e2m1"), torch.bfloat16),  # rowwise: columns 64..127
+    ((12, 128), 0, 2, 3, 1, PQTConfig(format="fp6_e3m2", block_size=16), torch.float32),  # colwise: rows 8..11
+    ((6, 40, 64), 0, 1, 3, 2, PQTConfig(format="int4"), torch.float32),  # experts 2, 3
+]
+
+
+def test_a_shard_lowers_bit_exact_to_the_slice_of_the_full_sample():
+    """One compile for every shard case: the index map (index_strides, index_offset) in the
+    generated code draws what the eager op draws for the full weight."""
+    seed, key = torch.tensor(77), torch.tensor(2**31 + 9)
+    pieces, fulls, args = [], [], []
+    for shape, dim, i, n, axis, cfg, out in SHARDS:
+        torch.manual_seed(sum(shape))
+        w = torch.randn(shape) * torch.logspace(-3, 2, shape[-1])
+        piece = w.chunk(n, dim)[i]
+        offsets = [0] * w.dim()
+        offsets[dim] = sum(p.shape[dim] for p in w.chunk(n, dim)[:i])
+        layout = ShardLayout(tuple(w.shape), tuple(piece.shape), tuple(offsets), f"Shard({dim})")
+        pieces.append(piece.contiguous())
+        args.append((axis, cfg, out, *layout.op_args()))
+        full = torch.ops.pqt.sample(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, out)
+        fulls.append(full.narrow(dim, offsets[dim], piece.shape[dim]))
+
+    def f(ws, seed, key):
+        return [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise,
+                                             cfg.op_noise_std, out, strides, offset)
+                for w, (axis, cfg, out, strides, offset) in zip(ws, args)]
+
+    with inductor_config.patch(fx_graph_cache=False):
+        got = torch.compile(f, dynamic=False)(pieces, seed, key)
+    for g, want, eager in zip(got, fulls, f(pieces, seed, key)):
+        bits = torch.int32 if g.dtype == torch.float32 else torch.int16
+        assert torch.equal(g.view(bits), eager.view(bits))
+        assert torch.equal(g.view(bits), want.contiguous().view(bits))
 
 
 def test_noncontiguous_input_gives_logical_index_noise():

@@ -50,13 +50,19 @@ def _sample(w, key, axis, cfg, out):
 FP4, DEFAULT = PQTConfig(format="fp4_e2m1"), PQTConfig()
 
 
-def _all_samples(ws, neg_w, strided_w, seed, key, neg_key):
+#: A rowwise shard: columns 64..127 of a [12, 128] weight (sharding.py NOTE [global index]).
+SHARD_STRIDES, SHARD_OFFSET = [128, 1], 64
+
+
+def _all_samples(ws, neg_w, strided_w, shard_w, seed, key, neg_key):
     outs = [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, out)
             for w, (_, axis, cfg, _, out) in zip(ws, ALL)]
     outs.append(torch.ops.pqt.sample.default(neg_w, seed, neg_key, 1, FP4.format, FP4.block_code, FP4.op_noise,
                                              FP4.op_noise_std, torch.bfloat16))
     outs.append(torch.ops.pqt.sample.default(strided_w, seed, key, 1, DEFAULT.format, DEFAULT.block_code,
                                              DEFAULT.op_noise, DEFAULT.op_noise_std, torch.float32))
+    outs.append(torch.ops.pqt.sample.default(shard_w, seed, key, 1, FP4.format, FP4.block_code, FP4.op_noise,
+                                             FP4.op_noise_std, torch.float32, SHARD_STRIDES, SHARD_OFFSET))
     return outs
 
 
@@ -66,7 +72,8 @@ def compiled():
     ws = [_weight(shape, dtype) for shape, _, _, dtype, _ in ALL]
     neg_w = torch.randn(16, 70)
     strided_w = torch.randn(40, 48).t()  # [48, 40], column-major
-    args = (ws, neg_w, strided_w, SEED, KEY, torch.tensor(-1))
+    shard_w = torch.randn(12, 128)[:, 64:].contiguous()
+    args = (ws, neg_w, strided_w, shard_w, SEED, KEY, torch.tensor(-1))
     torch._dynamo.reset()
     with inductor_triton_on_cpu():
         outs, codes = run_and_get_code(torch.compile(_all_samples, dynamic=False), *args)
@@ -97,6 +104,13 @@ def test_a_negative_key_passes_the_weight_through(compiled):
 def test_a_noncontiguous_weight_draws_by_logical_index(compiled):
     outs, _, (_, _, strided_w, *_rest) = compiled
     assert torch.equal(outs[len(ALL) + 1], _sample(strided_w.contiguous(), KEY, 1, DEFAULT, torch.float32))
+
+
+def test_a_shard_draws_the_full_weights_indices(compiled):
+    outs, _, (_, _, _, shard_w, *_rest) = compiled
+    full = torch.cat([torch.randn(12, 64), shard_w], dim=1)  # any left half: blocks never cross column 64
+    want = _sample(full, KEY, 1, FP4, torch.float32)[:, 64:]
+    assert torch.equal(outs[len(ALL) + 2].view(torch.int32), want.contiguous().view(torch.int32))
 
 
 def test_the_code_is_the_gpu_code(compiled):
