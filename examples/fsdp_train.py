@@ -131,6 +131,13 @@ def train(steps: int, global_batch: int, shard: str = "whole", config: pqt_compi
     device = torch.device("cuda" if distributed and torch.cuda.is_available() else "cpu")
     model = make_model().to(device)
     compiled = shard_and_compile(model, shard, config, single)
+    return train_steps(model, compiled, steps, global_batch, rank, world, device)
+
+
+def train_steps(model: nn.Module, compiled: nn.Module, steps: int, global_batch: int, rank: int, world: int,
+                device: torch.device) -> dict:
+    """`steps` SGD steps of `compiled` on data-parallel rank `rank`'s part of each global batch
+    (of `world` parts); returns the full state. Shared by the distributed examples."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     pqt_compile.manual_seed(1)  # the noise of step s is then a function of s alone, in any layout
     per_rank = global_batch // world

@@ -23,6 +23,7 @@ from ..config import PQTConfig
 from ..moe import check_experts
 from ..naming import GraphWeights, ResolvedWeights
 from ..selection import admits_fn
+from ..sharding import is_dtensor, shard_layout
 from . import graph_abi
 from .passes.manager import PassManager
 from .passes.sample_pass import SamplePass
@@ -86,10 +87,18 @@ class GraphCompiler:
         self.weights = weights
 
     def compile(self, resolved: ResolvedWeights, example_inputs: list) -> Callable:
-        """Compile with the pass deciding include/exclude from `resolved`'s names."""
+        """Compile with the pass deciding include/exclude from `resolved`'s names.
+
+        The pass sees AOTAutograd's primal inputs, where a DTensor weight is its local shard
+        (graph_abi.primal_positions); each shard's place in its full weight goes with it
+        (sharding.py NOTE [global index])."""
         aliases = {n: a for n, a in zip(resolved.names, resolved.aliases) if a}
-        pass_ = SamplePass(self.config, dict(zip(self.weights.positions, resolved.names)), len(example_inputs),
-                           aliases, self.weights.buffers)
+        primal, num_primals = graph_abi.primal_positions(example_inputs)
+        shards = {primal[pos]: layout for pos, name in zip(self.weights.positions, resolved.names)
+                  if (layout := shard_layout(name, example_inputs[pos])) is not None}
+        pass_ = SamplePass(self.config, {primal[pos]: n for pos, n in zip(self.weights.positions, resolved.names)},
+                           num_primals, aliases, {primal[pos]: n for pos, n in self.weights.buffers.items()},
+                           shards=shards)
         passes = PassManager([pass_, TemplateLayoutPass()])
         return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": passes})
 
@@ -124,21 +133,17 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
 
 
 def _refuse_tensor_subclass_weights(weights: GraphWeights, example_inputs: list) -> None:
-    """A weight held as a tensor subclass (a DTensor under tensor parallelism, a float8 or NF4
-    wrapper) reaches the joint graph as its flattened parts, which the pass does not map yet:
-    sampling a local shard as if it were the whole weight would give the wrong noise and blocks.
-    Refused by name (issue 17 tracks tensor-parallel sampling)."""
+    """A weight held as a tensor subclass other than a DTensor (a float8 or NF4 wrapper) reaches
+    the joint graph as parts whose meaning the pass does not know: refused by name rather than
+    sampling one part as if it were the weight. DTensors are sampled (sharding.py)."""
     for pos, name in zip(weights.positions, weights.names):
         t = example_inputs[pos]
-        if not hasattr(t, "__tensor_flatten__"):
-            continue
-        what = (f"a DTensor {tuple(getattr(t, 'placements', ()))} (tensor parallelism)" if hasattr(t, "placements")
-                else f"a tensor subclass ({type(t).__name__})")
-        raise NotImplementedError(
-            f"pqt: weight {name!r} is {what}; pqt compiles models whose weights are plain tensors in the forward "
-            "(DDP, and FSDP2, whose all-gather gives plain weights), not tensor-parallel ones yet. Apply pqt "
-            "without tensor parallelism (FSDP2 or DDP over the same ranks)."
-        )
+        if hasattr(t, "__tensor_flatten__") and not is_dtensor(t):
+            raise NotImplementedError(
+                f"pqt: weight {name!r} is a tensor subclass ({type(t).__name__}); pqt samples plain and DTensor "
+                "weights only. Keep the weight a plain Parameter while training with pqt (convert it after), or "
+                "exclude it in the PQTConfig."
+            )
 
 
 def compile(

@@ -25,7 +25,7 @@ from torch.fx import Graph, Node
 from ..compat import mark_added_input
 
 __all__ = ["SEED", "KEYS", "DISABLED_KEY", "add_inputs", "example_inputs", "seed_tensor", "keys_tensor",
-           "find_inputs", "key_of_slot"]
+           "find_inputs", "key_of_slot", "primal_positions"]
 
 SEED = "pqt_seed"
 KEYS = "pqt_keys"
@@ -56,6 +56,27 @@ def seed_tensor(seed: int, device: torch.device) -> torch.Tensor:
 
 def keys_tensor(keys: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(list(keys), dtype=torch.int64, device=device)
+
+
+def primal_positions(inputs: Sequence[object]) -> tuple[list[int], int]:
+    """(the position of each of `inputs` among the joint graph's primal inputs, their number).
+
+    AOTAutograd passes a tensor subclass as its flattened parts, in `__tensor_flatten__` order and
+    recursively: a DTensor weight as its local tensor (the rank's shard, at the returned position)
+    followed by its device mesh (an opaque object). Every other input is one primal.
+    """
+    positions, n = [], 0
+    for x in inputs:
+        positions.append(n)
+        n += _num_parts(x)
+    return positions, n
+
+
+def _num_parts(x: object) -> int:
+    if not (isinstance(x, torch.Tensor) and hasattr(x, "__tensor_flatten__")):
+        return 1
+    attrs, _ = x.__tensor_flatten__()
+    return sum(_num_parts(getattr(x, a)) for a in attrs)
 
 
 def find_inputs(primals: Sequence[Node], num_weights: int) -> tuple[Node, Node]:

@@ -1,28 +1,71 @@
-"""Tensor-parallel (DTensor) weights are refused by name, not sampled as if a local shard were
-the whole weight (one process, a 1-rank mesh: the compiled graph sees DTensor weights exactly as
-with more ranks)."""
+"""Tensor parallelism on CPU (gloo, 4 processes): the same result as one process with the global batch.
+
+One spawn runs both layouts of examples/tp_train.py (process start-up and compiles dominate):
+  * `tp`: colwise fc1 (rows sharded) and rowwise fc2 (the reduction axis sharded) on a 4-rank
+    mesh: each rank samples its shards with the full weight's indices and blocks;
+  * `fsdp-tp`: the same plan on the tp axis of a 2 x 2 mesh, FSDP2 on the dp axis.
+The per-shard bits are checked exactly in one process (tests/compiler/test_sharded_weights.py).
+"""
+
+import os
+import socket
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
-import pqt_compile
-from models import MLP
+pytestmark = pytest.mark.private_api  # compiles DTensor graphs through the backend: CI reruns it on the newest torch
 
-pytestmark = pytest.mark.private_api  # compiles through the backend: CI reruns it on the newest torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+WORLD, STEPS, GLOBAL_BATCH = 4, 5, 8
 
 
-def test_a_dtensor_weight_is_refused_with_the_fix(tmp_path):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    sys.path.insert(0, ROOT)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # 4 processes on a 2-core machine
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from examples import tp_train
+
+    results = {}
+    for layout in tp_train.LAYOUTS:
+        torch._dynamo.reset()
+        results[layout] = tp_train.train(STEPS, GLOBAL_BATCH, layout)
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_tensor_parallel_matches_one_process(tmp_path):
+    sys.path.insert(0, ROOT)
+    from examples import tp_train
+
+    import pqt_compile
+
+    out = str(tmp_path / "tp.pt")
+    mp.spawn(_worker, args=(WORLD, _free_port(), out), nprocs=WORLD)
+    got = torch.load(out, weights_only=False)
 
     torch._dynamo.reset()
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        m = MLP()
-        parallelize_module(m, init_device_mesh("cpu", (1,)), {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()})
-        with pytest.raises(Exception, match=r"weight 'fc\d.weight' is a DTensor .*Shard.*tensor parallelism.*FSDP2 or DDP"):
-            pqt_compile.compile(m)(torch.randn(2, 3, 32))
-    finally:
-        dist.destroy_process_group()
-        torch._dynamo.reset()
+    single = tp_train.train(STEPS, GLOBAL_BATCH, single=True)
+    clean = tp_train.train(STEPS, GLOBAL_BATCH, config=pqt_compile.PQTConfig(format="fp4_e2m1", exclude=(".",)),
+                           single=True)
+    start = {k: v for k, v in tp_train.make_model().state_dict().items()}
+    for layout in tp_train.LAYOUTS:
+        assert set(got[layout]) == set(single), layout
+        for k in single:
+            # The rowwise all-reduce sums 4 fp32 partial products, and FSDP averages 2 halves: a few ulps.
+            assert torch.allclose(got[layout][k], single[k], rtol=1e-5, atol=1e-6), (layout, k)
+    # The runs trained, and PQT was on for the sharded weights: a run without sampling ends elsewhere.
+    for k in ("blocks.0.fc1.weight", "blocks.1.fc2.weight", "stem.weight", "head.weight"):
+        assert not torch.allclose(single[k], start[k]), k
+        assert not torch.allclose(clean[k], single[k], rtol=1e-5, atol=1e-6), k

@@ -28,7 +28,7 @@ for the backward (memory for speed: one sample pass per step instead of two).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.fx import Graph, Node
@@ -68,6 +68,7 @@ def insert_sample(
     key_of: Callable[[Graph, WeightEdge], Node],
     config: PQTConfig,
     tag_recompute: bool = True,
+    index_args: Optional[dict[Node, tuple]] = None,
 ) -> dict[tuple[str, torch.dtype], Node]:
     """Rewire every matmul path of every edge to one sample per (weight, dtype).
 
@@ -78,6 +79,8 @@ def insert_sample(
         key_of: makes (or returns) the node holding an edge's int64 key.
         config: format, block size and noise.
         tag_recompute: tag samples MUST_RECOMPUTE, or MUST_SAVE under config.share_sample (joint graphs).
+        index_args: {weight node: (index_strides, index_offset)} of weights that are a shard of a
+            larger weight (sharding.py NOTE [global index]); the others draw with their own index.
     Returns:
         {(weight name, dtype): sample node}.
     """
@@ -92,6 +95,8 @@ def insert_sample(
                 "give all experts one scale. Use an int block size or 'row' (per expert), or exclude the weight."
             )
         fwd_dtypes = edge.dtypes
+        strides, offset = (index_args or {}).get(edge.node, (None, 0))
+        shard_args = () if strides is None else (strides, offset)
         with graph.inserting_before(anchor):
             key = key_of(graph, edge)
         if key.op != "placeholder" and "val" not in key.meta:
@@ -104,7 +109,7 @@ def insert_sample(
                     s = graph.call_function(
                         torch.ops.pqt.sample.default,
                         (edge.node, seed, key, edge.axis, config.format, config.block_code,
-                         config.op_noise, config.op_noise_std, dtype),
+                         config.op_noise, config.op_noise_std, dtype, *shard_args),
                     )
                 _set_val(s, fake_mode)
                 s.meta["pqt_weight"] = edge.name

@@ -20,6 +20,7 @@ from torch.fx import Graph, Node
 
 from ...config import PQTConfig
 from ...selection import Reason, admits
+from ...sharding import ShardLayout, check_blocks
 from .. import graph_abi
 from .base import PQTPass, active_recording
 from .insert_sample import insert_sample
@@ -60,7 +61,7 @@ class SamplePass(PQTPass):
 
     def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
                  aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
-                 dump_dir: Optional[str] = None) -> None:
+                 dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None) -> None:
         """
         Args:
             config: the PQT settings.
@@ -69,6 +70,8 @@ class SamplePass(PQTPass):
             aliases: {name: other names} of tied Parameters (include/exclude match them too).
             buffer_inputs: {input position: name} of module buffers: never sampled; those that feed
                 a matmul are reported as skipped ("not a Parameter").
+            shards: {input position: layout} of the weights that are this rank's shard of a DTensor
+                (sharding.py NOTE [global index]): sampled as the slice of the full weight's sample.
         """
         super().__init__(dump_dir)
         self.config = config
@@ -76,9 +79,11 @@ class SamplePass(PQTPass):
         self.buffer_inputs = dict(buffer_inputs or {})
         self.weight_inputs = dict(weight_inputs)
         self.num_inputs = num_inputs
+        self.shards = dict(shards or {})
 
     def cache_key(self) -> tuple:
-        return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()), self.num_inputs)
+        return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()),
+                self.num_inputs, sorted(self.shards.items()))  # a shard's offset differs per rank
 
     def run(self, graph: Graph) -> None:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -92,6 +97,15 @@ class SamplePass(PQTPass):
         seed, keys = graph_abi.find_inputs(primals, len(self.weight_inputs))
         weights = {primals[pos]: name for pos, name in self.weight_inputs.items()}
         edges, skipped = find_weight_edges(graph, weights, lambda n: admits(self.config, n, self.aliases.get(n, ())))
+        shards = {primals[pos]: layout for pos, layout in self.shards.items()}
+        for e in edges:
+            if e.node in shards:
+                layout = shards[e.node]
+                check_blocks(e.name, layout, e.axis, self.config.block_code)
+                if not layout.is_whole:  # shown by explain and pqt-dump
+                    e.notes.append(f"tensor-parallel shard {layout.local_shape} of {layout.global_shape} at offset "
+                                   f"{layout.offsets} {layout.placements}: the full weight's draw indices and blocks")
+        index_args = {node: layout.op_args() for node, layout in shards.items()}
         buffers = {primals[pos]: name for pos, name in self.buffer_inputs.items()}
         buffer_edges, _ = find_weight_edges(graph, buffers)
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
@@ -106,4 +120,4 @@ class SamplePass(PQTPass):
         def key_of(g: Graph, edge: WeightEdge) -> Node:
             return graph_abi.key_of_slot(g, keys, slot[edge.node])
 
-        insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint)
+        insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint, index_args=index_args)
