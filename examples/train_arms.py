@@ -43,7 +43,8 @@ class Arm:
     def __init__(self, name: str, model: torch.nn.Module, cfg: PQTConfig, steps: int, lr: float,
                  ste_fraction: float = 0.25) -> None:
         self.name, self.model = name, model
-        ste = cfg.replace(mode="ste")
+        # STE draws no noise: the PQT arms' noise settings do not carry over to it.
+        ste = cfg.replace(mode="ste", noise="gaussian", noise_std=None)
         plan: list[tuple[int, Optional[PQTConfig]]]
         if name == "baseline":
             plan = [(0, None)]

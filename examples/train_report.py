@@ -43,6 +43,11 @@ def verdict(results: dict, fmt: str, recommended: str) -> dict:
         v["pqt_pays"] = p["quantized_minus_baseline"] < 0 and p["seeds_better"] == len(runs)
     if recommended in per_arm:
         v["recommended_is_best"] = best == recommended
+        if "ste" in per_arm and recommended != "ste":  # the peer users would pick otherwise, paired by seed
+            d = [r["eval"][recommended][fmt] - r["eval"]["ste"][fmt] for r in runs]
+            c = [r["eval"][recommended]["clean"] - r["eval"]["ste"]["clean"] for r in runs]
+            v["recommended_minus_ste"] = {"quantized": _stats(d), "clean": _stats(c),
+                                          "seeds_better": sum(x < 0 for x in d)}
     return v
 
 
@@ -79,6 +84,10 @@ def report(results: dict, fmt: str) -> str:
         lines.append(f"PQT alone {'beats' if v['pqt_pays'] else 'does NOT beat'} the baseline after {fmt} quantization in every seed")
     if "recommended_is_best" in v:
         lines.append(f"the recommended recipe ({v['recommended']}) {'is' if v['recommended_is_best'] else 'is NOT'} the best arm here")
+    if "recommended_minus_ste" in v:
+        d = v["recommended_minus_ste"]
+        lines.append(f"  {v['recommended']} minus ste, paired: {fmt} {_pm(d['quantized'])} (better in {d['seeds_better']}/{n} "
+                     f"seeds), clean {_pm(d['clean'])}")
     if n < 3:
         lines.append(f"(one verdict from {n} seed{'s' if n > 1 else ''}: differences below ~0.01 nats are within seed-to-seed spread; use --seeds 0,1,2)")
     return "\n".join(lines)

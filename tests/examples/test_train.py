@@ -93,6 +93,9 @@ def test_arms_switch_stages_at_their_steps():
     assert mk("baseline").stage(50)[1] is None and mk("ste").stage(0)[1].mode == "ste"
     with pytest.raises(SystemExit, match="int4/int8 groups"):
         mk("torchao")  # fp4 has no torchao counterpart
+    for noisy in (cfg.replace(noise_std=0.577), cfg.replace(noise="rounded_gaussian")):  # --noise-std, --noise
+        arm = Arm("pqt-ste", torch.nn.Linear(4, 4), noisy, steps=100, lr=1e-3, ste_fraction=0.2)
+        assert arm.stages[0][1] == noisy and arm.stages[1][1] == cfg.replace(mode="ste")
 
 
 def test_bad_arguments_are_refused_with_the_fix(capsys):
@@ -107,3 +110,18 @@ def test_bad_arguments_are_refused_with_the_fix(capsys):
 def test_llama_ffn_width_is_a_multiple_of_32(d, width):
     size = next(name for name, s in train.SIZES.items() if s[1] == d)
     assert train.build_model("llama", size, 64).config.intermediate_size == width
+
+
+def test_the_verdict_compares_the_recommended_recipe_with_ste_by_seed():
+    import train_report
+
+    runs = [{"eval": {"baseline": {"clean": 2.0, "fp4_e2m1": 2.10}, "ste": {"clean": 2.05, "fp4_e2m1": 2.04},
+                      "pqt-ste": {"clean": 2.02, "fp4_e2m1": q}}} for q in (2.03, 2.05, 2.02)]
+    results = {"per_seed": runs}
+    results["aggregate"] = train_report.aggregate(results)
+    v = train_report.verdict(results, "fp4_e2m1", "pqt-ste")
+    d = v["recommended_minus_ste"]
+    assert d["seeds_better"] == 2 and d["quantized"]["mean"] == pytest.approx(-0.02 / 3)
+    assert d["clean"]["mean"] == pytest.approx(-0.03) and v["best_quantized_arm"] == "pqt-ste"
+    assert "pqt-ste minus ste, paired: fp4_e2m1 -0.0067 ± 0.0153 (better in 2/3 seeds)" in train_report.report(
+        {**results, "verdict": v, "per_seed": [{**r, "step_time_ratio_median": {"ste": 1.0}} for r in runs]}, "fp4_e2m1")
