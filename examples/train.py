@@ -156,15 +156,15 @@ SCENARIO_DEFAULTS = {  # scenario: (lr, warmup)
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
-    p.add_argument("--size", default="small", choices=list(SIZES))
+    p.add_argument("--size", default="tiny", choices=list(SIZES))
     p.add_argument("--seq", type=int, help="sequence length (default: the size's)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--scenario", default="finetune", choices=list(SCENARIO_DEFAULTS),
                    help="scratch: from random weights; finetune: from a checkpoint pretrained without quantization")
-    p.add_argument("--pretrain-steps", type=int, default=600, help="finetune: steps of the pretraining (cached in --out)")
+    p.add_argument("--pretrain-steps", type=int, default=1000, help="finetune: steps of the pretraining (cached in --out)")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
     p.add_argument("--pretrain-dir", help="where pretrained checkpoints are cached (default: --out)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3 scratch, 5e-4 finetune)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: 50 scratch, 20 finetune)")
     p.add_argument("--arms", default="baseline,pqt,ste,pqt-ste", help=f"comma-separated, from {', '.join(ARMS)}")
@@ -184,7 +184,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--eval-batches", type=int, default=20)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--seeds", default="0", help="comma-separated seeds; each repeats the whole comparison")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each repeats the whole comparison")
     p.add_argument("--out", default="runs/train", help="directory for results.json, loss.png and the exports")
     p.add_argument("--no-export", action="store_true", help="skip the packed and GGUF exports")
     p.add_argument("--no-progress", action="store_true")
@@ -269,6 +269,10 @@ def train_seed(a: argparse.Namespace, seed: int, cfg: PQTConfig, corpus: tuple, 
         init.load_state_dict(pretrained(a, seed, seq, train_tokens, dtype))
     axes = pqt_compile.reference.sampled_axes(init, cfg)  # the same names in every arm
     arms = {k: Arm(k, copy.deepcopy(init), cfg, a.steps, a.lr, a.ste_fraction) for k in a.arm_list}
+    # Each arm its own position in one seed stream: every PQT arm draws the same noise at the
+    # same step (a paired comparison), whichever other arms run beside it.
+    start = pqt_compile.seed_state()
+    noise_at = {k: dict(start) for k in arms}
     ev = lambda m: evaluate(m, val_tokens, a.batch, seq, a.eval_batches, a.device, dtype)  # noqa: E731
     g = torch.Generator().manual_seed(seed)
     order = list(arms)
@@ -279,6 +283,7 @@ def train_seed(a: argparse.Namespace, seed: int, cfg: PQTConfig, corpus: tuple, 
             arm = arms[k]
             for group in arm.opt.param_groups:
                 group["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+            pqt_compile.set_seed_state(noise_at[k])
             t0 = time.perf_counter()
             with torch.autocast(a.device, dtype=dtype, enabled=dtype != torch.float32):
                 loss = lm_loss(arm.fn(step), x, y)
@@ -286,6 +291,7 @@ def train_seed(a: argparse.Namespace, seed: int, cfg: PQTConfig, corpus: tuple, 
             torch.nn.utils.clip_grad_norm_(arm.model.parameters(), 1.0)
             arm.opt.step()
             arm.opt.zero_grad(set_to_none=True)
+            noise_at[k] = pqt_compile.seed_state()
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             arm.step_s.append(time.perf_counter() - t0)

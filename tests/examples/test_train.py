@@ -44,7 +44,7 @@ def test_a_short_run_end_to_end(tmp_path):
     batches, clean and quantized curves, the aggregate over seeds, the verdict, the exports."""
     torch._dynamo.reset()
     argv = ["--size", "tiny", "--scenario", "finetune", "--pretrain-steps", "3", "--steps", "6", "--eval-every", "3",
-            "--eval-batches", "2", "--batch", "4", "--seeds", "0,1", "--arms", "pqt,ste", "--deploy-grids", "int4:16",
+            "--eval-batches", "2", "--batch", "4", "--seeds", "0,1", "--arms", "pqt,ste,pqt-ste", "--deploy-grids", "int4:16",
             "--out", str(tmp_path), "--no-progress"]
     res = train.main(argv)
     with open(tmp_path / "results.json") as f:
@@ -58,6 +58,10 @@ def test_a_short_run_end_to_end(tmp_path):
         assert first["eval"][k]["clean"] == pytest.approx(res["per_seed"][0]["eval"][k]["clean"])
         assert first["eval"][k]["clean"] != first["eval"][k]["fp4_e2m1"]  # quantization did something
     assert first["train_loss"]["baseline"] != first["train_loss"]["pqt"] != first["train_loss"]["ste"]
+    # pqt-ste is pqt until its STE stage (step 4 of 6): the same noise at the same step, whatever
+    # other arms ran in between, so the same losses; then it differs
+    assert first["train_loss"]["pqt-ste"][:4] == first["train_loss"]["pqt"][:4]
+    assert first["train_loss"]["pqt-ste"][4:] != first["train_loss"]["pqt"][4:]
     assert first["train_loss"]["baseline"][0] == pytest.approx(first["train_loss"]["pqt"][0], rel=0.05)  # same start
     assert saved["per_seed"][1]["train_loss"]["baseline"] != first["train_loss"]["baseline"]  # another seed
     assert len(list(tmp_path.glob("pretrain_*.pt"))) == 2  # one cached checkpoint per seed
@@ -65,8 +69,10 @@ def test_a_short_run_end_to_end(tmp_path):
     values = [r["eval"]["pqt"]["fp4_e2m1"] for r in saved["per_seed"]]
     assert agg["n"] == 2 and agg["mean"] == pytest.approx(sum(values) / 2) and agg["min"] == min(values)
     v = saved["verdict"]
-    assert v["best_quantized_arm"] == min(("baseline", "pqt", "ste"), key=lambda k: saved["aggregate"]["arms"][k]["fp4_e2m1"]["mean"])
-    assert set(v["per_arm"]) == {"baseline", "pqt", "ste"} and "pqt_pays" in v
+    assert v["best_quantized_arm"] == min(("baseline", "pqt", "ste", "pqt-ste"),
+                                          key=lambda k: saved["aggregate"]["arms"][k]["fp4_e2m1"]["mean"])
+    assert set(v["per_arm"]) == {"baseline", "pqt", "ste", "pqt-ste"} and "pqt_pays" in v
+    assert v["recommended_minus_ste"]["quantized"]["n"] == 2
     # The exported model (the recommended arm, or the last one asked for) loads back to its weights.
     m = train.build_model("gpt2", "tiny", 64)
     pqt_compile.export.load(saved["export"]["path"], m)
