@@ -51,6 +51,9 @@ class ShardLayout:
     local_shape: tuple[int, ...]
     offsets: tuple[int, ...]
     placements: str  # as DTensor prints them, for messages
+    #: per tensor dim, the sizes of the mesh dims that shard it, outermost first (() if none
+    #: is known): lets check_blocks judge every rank's shard, not only this one's
+    splits: tuple[tuple[int, ...], ...] = ()
 
     @property
     def index_strides(self) -> list[int]:
@@ -90,8 +93,26 @@ def shard_layout(name: str, t: torch.Tensor) -> Optional[ShardLayout]:
             "exclude it in the PQTConfig."
         )
     local_shape, offsets = dtensor_local_shape_and_offset(t)
+    mesh_sizes = tuple(t.device_mesh.shape)
+    splits = tuple(tuple(mesh_sizes[i] for i, p in enumerate(t.placements) if kinds[i] == "Shard" and p.dim % t.dim() == d)
+                   for d in range(t.dim()))
     return ShardLayout(tuple(int(n) for n in t.shape), tuple(int(n) for n in local_shape),
-                       tuple(int(o) for o in offsets), str(tuple(t.placements)))
+                       tuple(int(o) for o in offsets), str(tuple(t.placements)), splits)
+
+
+def _pieces(length: int, splits: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(offset, size) of every shard of an axis of `length` split by mesh dims of sizes `splits`,
+    outermost first, each split as DTensor's Shard cuts (torch.chunk sizes; trailing ones may be empty)."""
+    pieces = [(0, length)]
+    for n in splits:
+        out = []
+        for o, size in pieces:
+            c = -(-size // n)
+            for i in range(n):
+                start = min(i * c, size)
+                out.append((o + start, min(start + c, size) - start))
+        pieces = out
+    return pieces
 
 
 def check_blocks(name: str, layout: ShardLayout, axis: int, block_code: int) -> None:
@@ -101,7 +122,8 @@ def check_blocks(name: str, layout: ShardLayout, axis: int, block_code: int) -> 
     """
     if layout.is_whole:
         return
-    split = [d for d, (n, g) in enumerate(zip(layout.local_shape, layout.global_shape)) if n != g]
+    split = ([d for d, ns in enumerate(layout.splits) if math.prod(ns) > 1] if layout.splits
+             else [d for d, (n, g) in enumerate(zip(layout.local_shape, layout.global_shape)) if n != g])
     where = (f"weight {name!r} {layout.global_shape} is sharded {layout.placements} (this rank holds "
              f"{layout.local_shape} at offset {layout.offsets})")
     if block_code == TENSOR:
@@ -109,16 +131,23 @@ def check_blocks(name: str, layout: ShardLayout, axis: int, block_code: int) -> 
                          "ranks' shards. Use an int block size, or keep the weight replicated, or exclude it.")
     if axis not in split:
         return  # blocks run along an axis the shard holds whole
-    size, offset, total = layout.local_shape[axis], layout.offsets[axis], layout.global_shape[axis]
+    total = layout.global_shape[axis]
     if block_code == ROW:
         raise ValueError(f"pqt: {where}, along its reduction axis {axis}; block_size='row' needs the whole row. "
                          "Use an int block size that divides the shard size, or shard another axis (colwise).")
     b = block_length(total, block_code)
-    ends_axis = offset + size == total
-    if offset % b or (size % b and not ends_axis):
-        good = math.gcd(size, offset) if offset else size
-        raise ValueError(
-            f"pqt: {where}, along its reduction axis {axis} into shards of {size} elements (this one starting at "
-            f"{offset}); blocks of {b} would span two shards. Use a block size that divides {good}, or a shard "
+    # Every rank's shard is judged, so that all ranks refuse together (none waits in a collective
+    # for a rank that stopped); without the splits, this rank's shard.
+    pieces = (_pieces(total, layout.splits[axis]) if len(layout.splits) > axis and layout.splits[axis]
+              else [(layout.offsets[axis], layout.local_shape[axis])])
+    for offset, size in pieces:
+        if size and (offset % b or (size % b and offset + size != total)):
+            break
+    else:
+        return
+    good = math.gcd(size, offset) if offset else size
+    raise ValueError(
+        f"pqt: {where}, along its reduction axis {axis} into shards of {size} elements (one starting at "
+        f"{offset}); blocks of {b} would span two shards. Use a block size that divides {good}, or a shard "
             f"size that is a multiple of {b} (a world size that divides {total // b} blocks), or exclude the weight."
         )

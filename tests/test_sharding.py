@@ -80,6 +80,19 @@ def test_a_block_across_shards_is_refused(layout, axis, code, match):
         check_blocks("w", layout, axis, code)
 
 
+def test_every_ranks_shard_is_judged_so_that_all_ranks_refuse_together():
+    # 48 columns over 3 ranks: 16 each. The last shard alone (offset 32, ending the axis) holds whole
+    # 32-blocks, but the others do not: its rank must refuse too, not wait for them in a collective.
+    last = ShardLayout((8, 48), (8, 16), (0, 32), "(Shard(dim=1),)", splits=((), (3,)))
+    with pytest.raises(ValueError, match=r"shards of 16 elements \(one starting at 0\)"):
+        check_blocks("w", last, 1, 32)
+    check_blocks("w", ShardLayout((8, 48), (8, 16), (0, 32), "(Shard(dim=1),)"), 1, 32)  # alone it would pass
+    # two mesh dims splitting K: 128 -> 64 -> 32, whole blocks everywhere; 96 -> 48 -> 24 not
+    check_blocks("w", ShardLayout((8, 128), (8, 32), (0, 96), "", splits=((), (2, 2))), 1, 32)
+    with pytest.raises(ValueError, match="shards of 24 elements"):
+        check_blocks("w", ShardLayout((8, 96), (8, 24), (0, 72), "", splits=((), (2, 2))), 1, 32)
+
+
 def test_shards_that_hold_whole_blocks_pass():
     check_blocks("w", ShardLayout((16, 80), (16, 16), (0, 64), "(Shard(dim=1),)"), 1, 32)  # the ragged tail
     check_blocks("w", ShardLayout((16, 64), (8, 64), (8, 0), "(Shard(dim=0),)"), 1, ROW)  # rows held whole
