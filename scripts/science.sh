@@ -2,7 +2,8 @@
 # Issue 16's measurements (docs/results.md, "Does PQT pay?"): the main job's comparison on the
 # tiny GPT-2, one CPU thread per run (deterministic fp32), five seeds. Each run writes
 # runs/science/<name>/results.json; `python examples/science_table.py runs/science/*/results.json`
-# prints the tables (int4-llama needs torchao: pip install -e '.[bench]'). About 90 minutes on one core of the 2-core machine; pass names to run a subset:
+# prints the tables (int4-llama needs torchao: pip install -e '.[bench]'). About 55 minutes on one core of the
+# 2-core machine (docs/results.md, issue 16); pass names to run a subset:
 #     bash scripts/science.sh finetune noise-0.577
 set -euo pipefail
 cd "$(dirname "$0")/.."
