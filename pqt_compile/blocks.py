@@ -32,6 +32,7 @@ __all__ = [
     "expand_blocks",
     "check_sample_args",
     "index_bound",
+    "row_major_strides",
 ]
 
 #: Block-size codes as the op's schema carries them: B > 0, ROW for "row", TENSOR for "tensor".
@@ -115,6 +116,14 @@ def expand_blocks(per_block: torch.Tensor, shape: tuple[int, ...], axis: int, co
     return per_block.repeat_interleave(block_length(k, code), dim=axis).narrow(axis, 0, k)
 
 
+def row_major_strides(shape: Sequence[Length]) -> list[Length]:
+    """The strides of `shape` in row-major order (ints, or sympy expressions in the lowering)."""
+    strides: list[Length] = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    return strides
+
+
 def index_bound(shape: Sequence[Length], index_strides: Optional[Sequence[int]] = None, index_offset: int = 0) -> Length:
     """One past the largest draw index of a weight of `shape` (its numel; for a shard placed in a
     larger weight by `index_strides` / `index_offset`, sharding.py NOTE [global index], one past
@@ -142,6 +151,8 @@ def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, o
         raise ValueError(f"pqt: axis {axis} is out of range for a weight of shape {tuple(w.shape)}")
     if w.numel() == 0:
         raise ValueError(f"pqt: weight of shape {tuple(w.shape)} is empty; there is nothing to sample")
+    if index_strides is None and index_offset != 0:
+        raise ValueError(f"pqt: index_offset {index_offset} needs index_strides (the full weight's strides)")
     if index_strides is not None and (len(index_strides) != w.dim() or index_offset < 0
                                       or any(s < 0 for s in index_strides)):
         raise ValueError(f"pqt: index_strides {list(index_strides)} / index_offset {index_offset} do not place a "

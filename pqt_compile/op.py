@@ -95,15 +95,14 @@ def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optio
 
 def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0) -> torch.Tensor:
-    if index_strides is not None:  # a shard: the Triton kernel knows only whole weights
-        return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
-                            index_offset)
-    if w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
+    whole = index_strides is None and index_offset == 0  # the Triton kernel knows only whole weights
+    if whole and w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
         from .kernels.sample import sample_triton
 
         return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
-    return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+    return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
+                        index_offset)
 
 
 @torch.library.custom_op("pqt::sample", mutates_args=(), device_types=("cpu", "cuda"))

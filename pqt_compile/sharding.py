@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from .blocks import ROW, TENSOR, block_length
+from .blocks import ROW, TENSOR, block_length, row_major_strides
 from .compat import dtensor_local_shape_and_offset
 
 __all__ = ["ShardLayout", "shard_layout", "check_blocks", "is_dtensor"]
@@ -50,18 +50,15 @@ class ShardLayout:
     global_shape: tuple[int, ...]
     local_shape: tuple[int, ...]
     offsets: tuple[int, ...]
-    placements: str  # as DTensor prints them, for messages
-    #: per tensor dim, the sizes of the mesh dims that shard it, outermost first (() if none
-    #: is known): lets check_blocks judge every rank's shard, not only this one's
-    splits: tuple[tuple[int, ...], ...] = ()
+    #: per tensor dim, the sizes of the mesh dims that shard it, outermost first: every rank's
+    #: shard follows from them (`_pieces`), so check_blocks judges all ranks alike
+    splits: tuple[tuple[int, ...], ...]
+    placements: str = ""  # as DTensor prints them, for messages
 
     @property
     def index_strides(self) -> list[int]:
         """The full weight's row-major strides: the draw index's strides."""
-        strides = [1] * len(self.global_shape)
-        for d in range(len(self.global_shape) - 2, -1, -1):
-            strides[d] = strides[d + 1] * self.global_shape[d + 1]
-        return strides
+        return row_major_strides(self.global_shape)
 
     @property
     def index_offset(self) -> int:
@@ -97,7 +94,7 @@ def shard_layout(name: str, t: torch.Tensor) -> Optional[ShardLayout]:
     splits = tuple(tuple(mesh_sizes[i] for i, p in enumerate(t.placements) if kinds[i] == "Shard" and p.dim % t.dim() == d)
                    for d in range(t.dim()))
     return ShardLayout(tuple(int(n) for n in t.shape), tuple(int(n) for n in local_shape),
-                       tuple(int(o) for o in offsets), str(tuple(t.placements)), splits)
+                       tuple(int(o) for o in offsets), splits, str(tuple(t.placements)))
 
 
 def _pieces(length: int, splits: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -122,32 +119,27 @@ def check_blocks(name: str, layout: ShardLayout, axis: int, block_code: int) -> 
     """
     if layout.is_whole:
         return
-    split = ([d for d, ns in enumerate(layout.splits) if math.prod(ns) > 1] if layout.splits
-             else [d for d, (n, g) in enumerate(zip(layout.local_shape, layout.global_shape)) if n != g])
     where = (f"weight {name!r} {layout.global_shape} is sharded {layout.placements} (this rank holds "
              f"{layout.local_shape} at offset {layout.offsets})")
     if block_code == TENSOR:
         raise ValueError(f"pqt: {where}; block_size='tensor' needs the whole weight's amax, which needs the other "
                          "ranks' shards. Use an int block size, or keep the weight replicated, or exclude it.")
-    if axis not in split:
-        return  # blocks run along an axis the shard holds whole
+    if math.prod(layout.splits[axis]) == 1:
+        return  # blocks run along an axis every shard holds whole
     total = layout.global_shape[axis]
     if block_code == ROW:
         raise ValueError(f"pqt: {where}, along its reduction axis {axis}; block_size='row' needs the whole row. "
                          "Use an int block size that divides the shard size, or shard another axis (colwise).")
     b = block_length(total, block_code)
     # Every rank's shard is judged, so that all ranks refuse together (none waits in a collective
-    # for a rank that stopped); without the splits, this rank's shard.
-    pieces = (_pieces(total, layout.splits[axis]) if len(layout.splits) > axis and layout.splits[axis]
-              else [(layout.offsets[axis], layout.local_shape[axis])])
-    for offset, size in pieces:
-        if size and (offset % b or (size % b and offset + size != total)):
-            break
-    else:
+    # for a rank that stopped).
+    crossing = [(o, n) for o, n in _pieces(total, layout.splits[axis]) if n and (o % b or (n % b and o + n != total))]
+    if not crossing:
         return
+    offset, size = crossing[0]
     good = math.gcd(size, offset) if offset else size
     raise ValueError(
         f"pqt: {where}, along its reduction axis {axis} into shards of {size} elements (one starting at "
         f"{offset}); blocks of {b} would span two shards. Use a block size that divides {good}, or a shard "
-            f"size that is a multiple of {b} (a world size that divides {total // b} blocks), or exclude the weight."
-        )
+        f"size that is a multiple of {b} (a world size that divides {total // b} blocks), or exclude the weight."
+    )

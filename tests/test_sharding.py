@@ -20,7 +20,8 @@ def _shards(w: torch.Tensor, dim: int, n: int) -> list[tuple[torch.Tensor, Shard
     for piece in w.chunk(n, dim):
         offsets = [0] * w.dim()
         offsets[dim] = start
-        out.append((piece.contiguous(), ShardLayout(tuple(w.shape), tuple(piece.shape), tuple(offsets), f"Shard({dim})")))
+        splits = tuple((n,) if d == dim else () for d in range(w.dim()))
+        out.append((piece.contiguous(), ShardLayout(tuple(w.shape), tuple(piece.shape), tuple(offsets), splits)))
         start += piece.shape[dim]
     return out
 
@@ -60,20 +61,21 @@ def test_a_shard_samples_as_the_slice_of_the_full_weight(shape, dim, n, axis, cf
 
 
 def test_layout_index_math():
-    layout = ShardLayout((6, 40, 64), (6, 40, 32), (0, 0, 32), "(Shard(dim=2),)")
+    layout = ShardLayout((6, 40, 64), (6, 40, 32), (0, 0, 32), ((), (), (2,)))
     assert layout.index_strides == [2560, 64, 1]
     assert layout.index_offset == 32
-    assert ShardLayout((4, 8), (4, 8), (0, 0), "(Replicate(),)").op_args() == (None, 0)
+    assert ShardLayout((4, 8), (4, 8), (0, 0), ((), ())).op_args() == (None, 0)
 
 
 @pytest.mark.parametrize("layout,axis,code,match", [
-    # 80 columns over 2 ranks: 40 each, blocks of 32 would cross the shard boundary at 40
-    (ShardLayout((16, 80), (16, 40), (0, 40), "(Shard(dim=1),)"), 1, 32,
-     r"'w' \(16, 80\) is sharded .*reduction axis 1 into shards of 40 elements .*starting at 40.*blocks of 32 would "
+    # 80 columns over 2 ranks: 40 each, blocks of 32 would cross the shard boundary at 40 (on rank 1, the
+    # first shard that breaks the rule is named, whichever rank reports it)
+    (ShardLayout((16, 80), (16, 40), (0, 40), ((), (2,)), "(Shard(dim=1),)"), 1, 32,
+     r"'w' \(16, 80\) is sharded .*reduction axis 1 into shards of 40 elements .*starting at 0.*blocks of 32 would "
      r"span two shards.*divides 40"),
-    (ShardLayout((16, 80), (16, 40), (0, 0), "(Shard(dim=1),)"), 1, 32, r"shards of 40 elements.*blocks of 32"),
-    (ShardLayout((16, 64), (16, 32), (0, 32), "(Shard(dim=1),)"), 1, ROW, r"block_size='row' needs the whole row"),
-    (ShardLayout((16, 64), (8, 64), (8, 0), "(Shard(dim=0),)"), 1, TENSOR, r"block_size='tensor' needs the whole"),
+    (ShardLayout((16, 80), (16, 40), (0, 0), ((), (2,))), 1, 32, r"shards of 40 elements.*blocks of 32"),
+    (ShardLayout((16, 64), (16, 32), (0, 32), ((), (2,))), 1, ROW, r"block_size='row' needs the whole row"),
+    (ShardLayout((16, 64), (8, 64), (8, 0), ((2,), ())), 1, TENSOR, r"block_size='tensor' needs the whole"),
 ])
 def test_a_block_across_shards_is_refused(layout, axis, code, match):
     with pytest.raises(ValueError, match=match):
@@ -83,20 +85,20 @@ def test_a_block_across_shards_is_refused(layout, axis, code, match):
 def test_every_ranks_shard_is_judged_so_that_all_ranks_refuse_together():
     # 48 columns over 3 ranks: 16 each. The last shard alone (offset 32, ending the axis) holds whole
     # 32-blocks, but the others do not: its rank must refuse too, not wait for them in a collective.
-    last = ShardLayout((8, 48), (8, 16), (0, 32), "(Shard(dim=1),)", splits=((), (3,)))
+    last = ShardLayout((8, 48), (8, 16), (0, 32), ((), (3,)))
     with pytest.raises(ValueError, match=r"shards of 16 elements \(one starting at 0\)"):
         check_blocks("w", last, 1, 32)
-    check_blocks("w", ShardLayout((8, 48), (8, 16), (0, 32), "(Shard(dim=1),)"), 1, 32)  # alone it would pass
     # two mesh dims splitting K: 128 -> 64 -> 32, whole blocks everywhere; 96 -> 48 -> 24 not
-    check_blocks("w", ShardLayout((8, 128), (8, 32), (0, 96), "", splits=((), (2, 2))), 1, 32)
+    check_blocks("w", ShardLayout((8, 128), (8, 32), (0, 96), ((), (2, 2))), 1, 32)
     with pytest.raises(ValueError, match="shards of 24 elements"):
-        check_blocks("w", ShardLayout((8, 96), (8, 24), (0, 72), "", splits=((), (2, 2))), 1, 32)
+        check_blocks("w", ShardLayout((8, 96), (8, 24), (0, 72), ((), (2, 2))), 1, 32)
 
 
 def test_shards_that_hold_whole_blocks_pass():
-    check_blocks("w", ShardLayout((16, 80), (16, 16), (0, 64), "(Shard(dim=1),)"), 1, 32)  # the ragged tail
-    check_blocks("w", ShardLayout((16, 64), (8, 64), (8, 0), "(Shard(dim=0),)"), 1, ROW)  # rows held whole
-    check_blocks("w", ShardLayout((16, 64), (16, 64), (0, 0), "(Replicate(),)"), 1, TENSOR)
+    # 70 columns over 3 ranks: 24, 24, 22; blocks of 8 are whole, the last one ragged as in the full weight
+    check_blocks("w", ShardLayout((16, 70), (16, 22), (0, 48), ((), (3,))), 1, 8)
+    check_blocks("w", ShardLayout((16, 64), (8, 64), (8, 0), ((2,), ())), 1, ROW)  # rows held whole
+    check_blocks("w", ShardLayout((16, 64), (16, 64), (0, 0), ((), ())), 1, TENSOR)  # replicated
 
 
 def test_the_op_refuses_an_index_map_that_does_not_fit():
@@ -106,3 +108,9 @@ def test_the_op_refuses_an_index_map_that_does_not_fit():
     with pytest.raises(ValueError, match="at most 2\\^32"):
         torch.ops.pqt.sample(w, torch.tensor(1), torch.tensor(2), 1, "fp4_e2m1", 32, "gaussian", 0.3, w.dtype,
                              [2**31, 1], 2**31)
+
+
+def test_an_offset_without_strides_is_refused():
+    w = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="index_offset 8 needs index_strides"):
+        torch.ops.pqt.sample(w, torch.tensor(1), torch.tensor(2), 1, "fp4_e2m1", 32, "gaussian", 0.3, w.dtype, None, 8)

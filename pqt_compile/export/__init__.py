@@ -43,15 +43,13 @@ def write(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None,
     `to="compressed-tensors"` (a directory, `write_compressed_tensors`) or `to="gpt-oss-mxfp4"` (a
     directory, `write_gpt_oss_mxfp4`; tokenizer and example_args do not apply). `gguf_type`
     applies to GGUF only; the other arguments mean the same for every target."""
+    if to not in TARGETS:
+        raise ExportError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
+    if to != "gguf" and gguf_type is not None:
+        raise ExportError("gguf_type applies to GGUF files only")
     if to == "gguf":
         return write_gguf(model, path, config, tokenizer=tokenizer, gguf_type=gguf_type, example_args=example_args,
                           force=force)
     if to == "compressed-tensors":
-        if gguf_type is not None:
-            raise ExportError("gguf_type applies to GGUF files only")
         return write_compressed_tensors(model, path, config, tokenizer=tokenizer, example_args=example_args, force=force)
-    if to == "gpt-oss-mxfp4":
-        if gguf_type is not None:
-            raise ExportError("gguf_type applies to GGUF files only")
-        return write_gpt_oss_mxfp4(model, path, config, force=force)
-    raise ExportError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
+    return write_gpt_oss_mxfp4(model, path, config, force=force)  # "gpt-oss-mxfp4"

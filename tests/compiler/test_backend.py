@@ -12,7 +12,7 @@ from conftest import FP32_REL_TOL, assert_matches_reference, max_rel_err
 from models import MLP, WithGraphBreak
 from pqt_compile import PQTConfig, key_for_name, reference, sample
 from pqt_compile.compiler.backend import pqt_backend
-from pqt_compile.compiler.passes.weight_edges import MATMUL_OPERANDS
+from pqt_compile.compiler.passes.matmul_ops import MATMUL_OPERANDS
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 

@@ -1,7 +1,5 @@
 """DDP on CPU (gloo, 2 processes): the same result as one process with the global batch."""
 
-import os
-import socket
 import sys
 
 import torch
@@ -9,22 +7,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import pytest
 
+from support.gloo import ROOT, free_port, join
+
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, bucket_cap_mb: float, out: str) -> None:
-    sys.path.insert(0, ROOT)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join(rank, world, port)
     from examples.ddp_train import train
 
     model = train(5, 8, bucket_cap_mb)
@@ -32,12 +20,10 @@ def _worker(rank: int, world: int, port: int, bucket_cap_mb: float, out: str) ->
         torch.save(model.state_dict(), out)
     dist.destroy_process_group()
 
-
 def _ddp(tmp_path, bucket_cap_mb: float) -> dict:
     out = str(tmp_path / f"ddp_{bucket_cap_mb}.pt")
-    mp.spawn(_worker, args=(2, _free_port(), bucket_cap_mb, out), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), bucket_cap_mb, out), nprocs=2)
     return torch.load(out, weights_only=True)
-
 
 def test_ddp_matches_one_process(tmp_path):
     sys.path.insert(0, ROOT)

@@ -9,8 +9,6 @@ One spawn runs every case (process start-up and compiles dominate the cost):
     2.11-2.13), and the weights it owns must be named in a warning, not silently left clean.
 """
 
-import os
-import socket
 import sys
 import warnings
 
@@ -19,20 +17,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import pytest
 
-pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
+from support.gloo import ROOT, free_port, join
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
 STEPS, GLOBAL_BATCH = 5, 8
 LAYOUTS = ("whole", "blocks", "compiled-blocks")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _per_rank_outputs(per_rank_noise: bool) -> list[torch.Tensor]:
     """Every rank's sample of one weight (read through an identity input), gathered."""
@@ -47,11 +37,8 @@ def _per_rank_outputs(per_rank_noise: bool) -> list[torch.Tensor]:
     dist.all_gather(out, mine)
     return out
 
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    sys.path.insert(0, ROOT)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join(rank, world, port)
     from examples import fsdp_train
     from torch.distributed.fsdp import fully_shard
 
@@ -76,7 +63,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(results, out)
     dist.destroy_process_group()
 
-
 def test_fsdp2_matches_one_process(tmp_path):
     sys.path.insert(0, ROOT)
     from examples import fsdp_train
@@ -85,7 +71,7 @@ def test_fsdp2_matches_one_process(tmp_path):
     from pqt_compile import key_for_name, rank_seed, sample
 
     out = str(tmp_path / "fsdp.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2)
     got = torch.load(out, weights_only=False)
 
     torch._dynamo.reset()

@@ -7,8 +7,6 @@ One spawn runs both layouts of examples/tp_train.py (process start-up and compil
 The per-shard bits are checked exactly in one process (tests/compiler/test_sharded_weights.py).
 """
 
-import os
-import socket
 import sys
 
 import pytest
@@ -16,24 +14,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from support.gloo import ROOT, free_port, join
+
 pytestmark = pytest.mark.private_api  # compiles DTensor graphs through the backend: CI reruns it on the newest torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 WORLD, STEPS, GLOBAL_BATCH = 4, 5, 8
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    sys.path.insert(0, ROOT)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # 4 processes on a 2-core machine
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join(rank, world, port)
     from examples import tp_train
 
     results = {}
@@ -44,14 +33,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(results, out)
     dist.destroy_process_group()
 
-
 def test_tensor_parallel_matches_one_process(tmp_path):
     sys.path.insert(0, ROOT)
     from examples import tp_train
     from examples.fsdp_train import train_steps
 
     out = str(tmp_path / "tp.pt")
-    mp.spawn(_worker, args=(WORLD, _free_port(), out), nprocs=WORLD)
+    mp.spawn(_worker, args=(WORLD, free_port(), out), nprocs=WORLD)
     got = torch.load(out, weights_only=False)
 
     torch._dynamo.reset()

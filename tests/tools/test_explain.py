@@ -88,6 +88,9 @@ def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
 
     from models import MLP
 
+    # A fresh Dynamo cache first: after other tests' MLPs, MLP.forward can be at Dynamo's recompile
+    # limit, and cm would then run eagerly. (No reset between cm and explain: that is the point.)
+    torch._dynamo.reset()
     torch.manual_seed(0)
     m, x = MLP(), torch.randn(4, 32)
     cm = torch.compile(m, backend="pqt")

@@ -41,7 +41,7 @@ from __future__ import annotations
 import sympy
 import torch
 
-from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_blocks
+from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_blocks, row_major_strides
 from ...compat import inductor_lowering_api, mark_prologue_candidate
 from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
@@ -135,12 +135,8 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     load_seed, load_key = seed.make_loader(), key.make_loader()
     # The draw index's strides: w's own row-major ones, or the full weight's for a shard
     # (sharding.py NOTE [global index]), whose offset then starts every index.
-    strides = [sympy.Integer(1)] * nd
-    for d in range(nd - 2, -1, -1):
-        strides[d] = strides[d + 1] * size[d + 1]
-    if index_strides is not None:
-        strides = [sympy.Integer(s) for s in index_strides]
-    offset = sympy.Integer(index_offset if index_strides is not None else 0)
+    strides = [sympy.sympify(s) for s in (row_major_strides(size) if index_strides is None else index_strides)]
+    offset = sympy.Integer(index_offset)
 
     def seed_and_key():
         return (ops.to_dtype(load_seed([0] * len(seed.get_size())), torch.int64),

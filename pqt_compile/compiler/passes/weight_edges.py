@@ -41,19 +41,18 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ...blocks import SUPPORTED_DTYPES
 from ...selection import skip_reason
-from .matmul_ops import MATMUL_OPERANDS, group_dims, matmul_operands, op_name
+from .matmul_ops import group_dims, matmul_operands, op_name
 
-__all__ = ["MatmulUse", "WeightEdge", "SkippedWeight", "find_weight_edges", "backward_nodes", "MATMUL_OPERANDS"]
-# MATMUL_OPERANDS is re-exported from matmul_ops (its home) for callers that look ops up here.
+__all__ = ["MatmulUse", "WeightEdge", "SkippedWeight", "find_weight_edges", "backward_nodes"]
 
 log = logging.getLogger("pqt_compile.passes")
 aten = torch.ops.aten
 prims = torch.ops.prims
 
-#: indexing that may pick experts out of a weight of 3 or more dims (NOTE [expert paths])
 #: namespaces whose ops are not a library's opaque kernel (NOTE [opaque consumers]): torch's own
 #: ops, collectives, higher-order ops, and ours
 _KNOWN_NAMESPACES = ("aten", "prims", "pqt", "higher_order", "_c10d_functional", "c10d_functional", "c10d")
+#: indexing that may pick experts out of a weight of 3 or more dims (NOTE [expert paths])
 _INDEXING = {aten.index.Tensor, aten.select.int, aten.index_select.default, aten.slice.Tensor}
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 _IDENTITY = {aten.alias.default, aten.clone.default, aten.detach.default, aten.contiguous.default}

@@ -106,7 +106,8 @@ def test_a_shard_lowers_bit_exact_to_the_slice_of_the_full_sample():
         piece = w.chunk(n, dim)[i]
         offsets = [0] * w.dim()
         offsets[dim] = sum(p.shape[dim] for p in w.chunk(n, dim)[:i])
-        layout = ShardLayout(tuple(w.shape), tuple(piece.shape), tuple(offsets), f"Shard({dim})")
+        layout = ShardLayout(tuple(w.shape), tuple(piece.shape), tuple(offsets),
+                             tuple((n,) if d == dim else () for d in range(w.dim())))
         pieces.append(piece.contiguous())
         args.append((axis, cfg, out, *layout.op_args()))
         full = torch.ops.pqt.sample(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, out)
