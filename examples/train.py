@@ -41,6 +41,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pqt_compile.tools.offline import hub_offline  # noqa: E402
+
+hub_offline()  # the job downloads nothing: a library that tries fails at once (HF_HUB_OFFLINE=0 allows it)
 import pqt_compile  # noqa: E402
 import pqt_compile.compat  # noqa: E402
 import pqt_compile.reference  # noqa: E402

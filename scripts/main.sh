@@ -4,7 +4,6 @@
 # (see python examples/train.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+PQT_EXTRAS=examples bash scripts/setup.sh   # the tested versions (ci/constraints.txt)
 . .venv/bin/activate
-pip install -q -e ".[examples]"
 python examples/train.py "$@"

@@ -15,6 +15,12 @@ if not torch.cuda.is_available():
 # Test helpers (models.py, formula_py.py) live here; tests in subfolders import them too.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Hermetic: hub access off and sockets to other machines refused, before any test module
+# imports transformers (huggingface_hub reads its offline switch at import).
+from support import hermetic  # noqa: E402
+
+hermetic.install()
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

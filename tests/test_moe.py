@@ -11,6 +11,8 @@ from pqt_compile.moe import check_experts, experts_modules
 from pqt_compile.selection import admits_fn
 from support.moe_models import tiny_moe, tokens
 
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
+
 CFG = PQTConfig(format="fp4_e2m1")
 
 

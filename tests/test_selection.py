@@ -1,11 +1,14 @@
 """selection.py: the one rule of which weights are sampled."""
 
+import pytest
 import torch
 import torch.nn as nn
 
 from models import TinyGPT
 from pqt_compile import PQTConfig, reference
 from pqt_compile.selection import Reason, admits, could_be_sampled, module_rule_axes, skip_reason
+
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
 
 
 def test_include_and_exclude_match_any_name_of_a_tied_weight():

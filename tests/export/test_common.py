@@ -9,6 +9,8 @@ import pytest
 from pqt_compile.export import ExportError
 from pqt_compile.export.common import atomic_output
 
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
+
 
 @pytest.mark.parametrize("directory", [False, True])
 def test_output_appears_only_when_complete(tmp_path, directory):

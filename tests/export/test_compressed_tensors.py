@@ -20,6 +20,8 @@ if sys.version_info < (3, 11):  # compressed-tensors needs Python >= 3.11 (the t
     pytest.skip("compressed-tensors needs Python >= 3.11", allow_module_level=True)
 import compressed_tensors  # noqa: E402,F401  the test extra installs it: a missing package fails, not skips
 
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
+
 # (format, block, tied head, compressed-tensors format): each exact mapping once, tied and
 # untied heads alternating.
 CASES = [

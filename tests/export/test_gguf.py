@@ -16,6 +16,8 @@ from pqt_compile.export.gguf_arch import arch_plan
 from pqt_compile.export.gguf_blocks import encode_weight
 from pqt_compile.export.gguf_vocab import byte_symbols
 
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
+
 MODELS = {
     "gpt2": tiny_gpt2,  # Conv1D [K, N] weights, tied head
     "llama": tiny_llama,  # tied head, GQA (Q and K rows permuted for GGML's RoPE)

@@ -14,6 +14,8 @@ from pqt_compile.export import ExportError
 from pqt_compile.export.gpt_oss import write_gpt_oss_mxfp4
 from support.moe_models import tiny_moe, tokens
 
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
+
 CFG = PQTConfig(format="fp4_e2m1", block_size=32)
 
 
@@ -35,7 +37,7 @@ def trained_gpt_oss() -> torch.nn.Module:
 
 
 def test_transformers_loads_the_checkpoint_to_quantize_models_weights(tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, Mxfp4Config
 
     m = trained_gpt_oss()
     out = tmp_path / "ckpt"
@@ -49,7 +51,10 @@ def test_transformers_loads_the_checkpoint_to_quantize_models_weights(tmp_path):
     assert sd["model.layers.0.mlp.experts.gate_up_proj_blocks"].shape == (4, 128, 2, 16)  # [E, 2I, H/32, 16]
     assert sd["model.layers.0.mlp.experts.gate_up_proj_scales"].dtype == torch.uint8
     assert "model.layers.0.mlp.experts.gate_up_proj" not in sd
-    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    # Offline, on the CPU: dequantize=True (transformers >= 5.25 otherwise fetches gpt-oss's
+    # Triton kernels from the hub for its MXFP4 layers). README, Deploy.
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(out), dtype=torch.float32, local_files_only=True, quantization_config=Mxfp4Config(dequantize=True))
     want = pqt_compile.quantize_model(m, CFG)
     got = dict(loaded.named_parameters())
     for n, p in want.named_parameters():

@@ -13,6 +13,8 @@ from pqt_compile.export import read_gguf
 from pqt_compile.tools import export as export_cli
 from pqt_compile.tools.cli import PRESETS
 
+pytestmark = pytest.mark.third_party  # goes through another library (transformers, compressed-tensors, gguf)
+
 
 def _run(argv, capsys):
     rc = export_cli.main(argv)
