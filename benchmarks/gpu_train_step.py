@@ -4,13 +4,18 @@ no GPU number in docs/results.md comes from it yet):
 
     python benchmarks/gpu_train_step.py --model gpt2-124m --kernels --share   # GPT-2 124M + kernel benchmarks
     python benchmarks/gpu_train_step.py --model llama-1b --batch 4 --seq 2048  # a 1.1B Llama
+    bash scripts/gpu-check.sh                                                # all of the GPU check, one report
 
 Every arm trains the same GPT-2 (random init, vocab 256, projections as nn.Linear so that
 torchao quantizes the same weights) from the same weights on the same batches, steps interleaved
 with the order rotating per round. Each step is timed with CUDA events; each arm's peak memory
 (torch.cuda.max_memory_allocated over its steps) is reported with the ratio against Inductor's,
 the paper's "2 bytes per parameter" claim being the one to check (Ahn & Yoo, arXiv 2505.11170).
-`--device cpu` runs the same code on the CPU (a smoke test; use cpu_train_step.py for CPU numbers).
+Also per arm: the first step's wall time (Dynamo, AOTAutograd and Inductor compile included: the
+compile-time cost, issue 24 item 7) and, with --profile, a profile of a few steps
+(benchmarks/step_profile.py: kernels per step, device-busy time against step time, top kernels,
+the pqt kernels' share). `--device cpu` runs the same code on the CPU (a smoke test; use
+cpu_train_step.py for CPU numbers).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pqt_compile  # noqa: E402
 from cpu_train_step import build, quantiles, torchao_arm  # noqa: E402
+from step_profile import profile_steps  # noqa: E402
+
+ARMS = ("inductor", "pqt", "pqt-shared", "pqt-combo", "torchao")
 
 
 def build_model(a: argparse.Namespace) -> torch.nn.Module:
@@ -61,6 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--format", default="fp6_e3m2")
     p.add_argument("--share", action="store_true", help="add the pqt-shared arm (PQTConfig(share_sample=True))")
     p.add_argument("--no-torchao", action="store_true")
+    p.add_argument("--arms", help=f"comma-separated arms, from {', '.join(ARMS)} (default: inductor, pqt, "
+                                  "pqt-shared with --share, torchao unless --no-torchao); pqt-combo: pqt with "
+                                  "Inductor's combo kernels (horizontal fusion)")
+    p.add_argument("--profile", action="store_true", help="profile a few steps of each arm (step_profile.py)")
     p.add_argument("--model", choices=["gpt2", "gpt2-124m", "llama-1b"], default="gpt2",
                    help="gpt2: the shape given by --layers/--d-model (vocab 256); gpt2-124m: GPT-2 small "
                         "(12 x 768, vocab 50257); llama-1b: a 1.1B Llama (22 x 2048, GQA 32/4, FFN 5632, vocab 32000)")
@@ -79,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
                          "(or --device cpu for a smoke test; CPU numbers come from cpu_train_step.py)")
     cuda = dev.type == "cuda"
 
+    if a.profile and not cuda:
+        # The smoke mode's profile counts Inductor's C++ kernels, which are recorded only with this
+        # option (a benchmark process: set for the whole run).
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     result = {"args": vars(a), "torch": torch.__version__, "device": str(dev), "arms": {}}
     if a.kernels:
         import gpu_kernels
@@ -102,21 +120,30 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(0)
     base = build_model(a).to(dev)
-    models = {"inductor": base, "pqt": copy.deepcopy(base)}
-    arms = {"inductor": torch.compile(models["inductor"]),
-            "pqt": pqt_compile.compile(models["pqt"], pqt_compile.PQTConfig(format=a.format))}
-    if a.share:
-        models["pqt-shared"] = copy.deepcopy(base)
-        arms["pqt-shared"] = pqt_compile.compile(models["pqt-shared"],
-                                                 pqt_compile.PQTConfig(format=a.format, share_sample=True))
-    notes = []
-    if not a.no_torchao:
-        m = copy.deepcopy(base)
-        compiled, why = torchao_arm(m)
-        if compiled is None:
-            notes.append(f"torchao arm skipped: {why}")
+    wanted = a.arms.split(",") if a.arms else (["inductor", "pqt"] + (["pqt-shared"] if a.share else [])
+                                               + ([] if a.no_torchao else ["torchao"]))
+    unknown = sorted(set(wanted) - set(ARMS))
+    if unknown or "inductor" not in wanted:
+        raise SystemExit(f"gpu_train_step: --arms must include inductor (the baseline) and name only {', '.join(ARMS)}; "
+                         f"got {a.arms!r}")
+    cfg = pqt_compile.PQTConfig(format=a.format)
+    makers = {
+        "inductor": lambda m: torch.compile(m),
+        "pqt": lambda m: pqt_compile.compile(m, cfg),
+        "pqt-shared": lambda m: pqt_compile.compile(m, cfg.replace(share_sample=True)),
+        "pqt-combo": lambda m: pqt_compile.compile(m, cfg, options={"combo_kernels": True}),
+    }
+    models, arms, notes = {}, {}, []
+    for name in wanted:
+        m = base if name == "inductor" else copy.deepcopy(base)
+        if name == "torchao":
+            compiled, why = torchao_arm(m)
+            if compiled is None:
+                notes.append(f"torchao arm skipped: {why}")
+                continue
+            models[name], arms[name] = m, compiled
         else:
-            models["torchao"], arms["torchao"] = m, compiled
+            models[name], arms[name] = m, makers[name](m)
     vocab = base.config.vocab_size
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=cuda) for n, m in models.items()}
     g = torch.Generator().manual_seed(1)
@@ -142,8 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
             return start.elapsed_time(end) / 1e3
         return time.perf_counter() - t0
 
-    for n in arms:
-        step(n, batches[0])  # compile
+    first_step = {}
+    for n in arms:  # the first step compiles: its wall time is the compile-time cost
+        t0 = time.perf_counter()
+        step(n, batches[0])
+        first_step[n] = time.perf_counter() - t0
     names, times = list(arms), {n: [] for n in arms}
     for rnd in range(a.warmup + a.rounds):
         order = names[rnd % len(names):] + names[: rnd % len(names)]
@@ -163,11 +193,30 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append([n, f"{med * 1e3:.2f}", f"{a.batch * a.seq / med:.0f}", f"{rmed:.3f} ({rlo:.3f}-{rhi:.3f})",
                      f"{peak[n] / 2**30:.2f}" if cuda else "-", f"{mem:.3f}" if cuda else "-",
                      f"{extra:.2f}" if cuda else "-"])
-        result["arms"][n] = {"step_s": times[n], "ratio_median": rmed, "ratio_iqr": [rlo, rhi], "peak_bytes": peak[n]}
+        result["arms"][n] = {"step_s": times[n], "ratio_median": rmed, "ratio_iqr": [rlo, rhi], "peak_bytes": peak[n],
+                             "first_step_s": first_step[n], "first_step_ratio": first_step[n] / first_step["inductor"]}
     print(f"{a.model} ({n_params / 1e6:.0f}M params), {a.batch} x {a.seq} tokens/step, {'bf16 autocast' if cuda else 'fp32'}, {dev_name}, "
           f"torch {torch.__version__}; {a.rounds} interleaved rounds after {a.warmup}\n")
     print(tabulate(rows, headers=["arm", "step median (ms)", "tokens/s", "step / inductor (IQR)", "peak GiB",
                                   "peak / inductor", "extra bytes / param"]))
+    print("\nfirst step (compile included), s: " + ", ".join(
+        f"{n} {first_step[n]:.1f} ({first_step[n] / first_step['inductor']:.2f}x)" for n in arms))
+    if a.profile:
+        prof_rows = []
+        for n in arms:
+            prof = profile_steps(lambda n=n: step(n, batches[-1]), dev)
+            result["arms"][n]["profile"] = prof
+            prof_rows.append([n, f"{prof['kernels_per_step']:.0f}", f"{prof['pqt_kernels_per_step']:.0f}",
+                              f"{prof['device_busy_us_per_step'] / 1e3:.2f}", f"{prof['wall_us_per_step'] / 1e3:.2f}",
+                              f"{prof['busy_fraction']:.2f}", f"{prof['pqt_share_of_kernel_time']:.3f}"])
+        print()
+        print(tabulate(prof_rows, headers=["arm", "kernels / step", "pqt kernels / step", "device busy (ms)",
+                                           "step wall (ms)", "busy / wall", "pqt share of kernel time"]))
+        for n in arms:
+            print(f"\ntop kernels, {n}:")
+            print(tabulate([[k["name"], f"{k['us_per_step']:.1f}", f"{k['share']:.3f}"]
+                            for k in result["arms"][n]["profile"]["top_kernels"]],
+                           headers=["kernel", "us / step", "share"]))
     for note in notes:
         print("\nnote:", note)
     if a.json:

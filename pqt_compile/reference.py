@@ -123,19 +123,19 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     t = _Traced(model, args, kwargs)
     graph = t.gm.graph
     edges, _ = find_weight_edges(graph, t.weights, admits_fn(config, model))
-    seed_node, keys_node = graph_abi.add_inputs(graph, dynamo=False)
+    seed_node, key_nodes = graph_abi.add_inputs(graph, dynamo=False, num_weights=max(1, len(edges)))
     slot = {e.name: i for i, e in enumerate(edges)}
 
     def key_of(g: torch.fx.Graph, edge: WeightEdge) -> torch.fx.Node:
-        return graph_abi.key_of_slot(g, keys_node, slot[edge.name])
+        return graph_abi.key_of_slot(key_nodes, slot[edge.name])
 
     insert_sample(graph, edges, seed_node, key_of, config, tag_recompute=False)
     # The compiler's layout rule too, under the Inductor config in force here (same values).
     emit_template_layouts(graph, gemm_templates)
     t.gm.recompile()
     device = next(iter(t.params.values())).device if t.params else torch.device("cpu")
-    keys = graph_abi.keys_tensor([key_for_name(e.name) for e in edges] or [0], device)
-    inputs = [*t.params.values(), *(t.leaves[i] for i in t.tensor_pos), graph_abi.seed_tensor(seed, device), keys]
+    keys = graph_abi.key_tensors([key_for_name(e.name) for e in edges] or [0], device)
+    inputs = [*t.params.values(), *(t.leaves[i] for i in t.tensor_pos), graph_abi.seed_tensor(seed, device), *keys]
     # The traced graph already holds autocast's casts: replay it as it is.
     with torch.autocast(device.type, enabled=False):
         tensors = iter(torch.fx.Interpreter(t.gm).run(*inputs))

@@ -77,6 +77,7 @@ class _Stream:
         self.base = 0
         self.step = 0
         self.micro_batch = 0
+        self.memo: tuple[tuple[int, int, int], int] = ((-1, -1, -1), 0)  # (position, its seed)
 
 
 _stream = _Stream()
@@ -106,7 +107,13 @@ def current_seed() -> int:
     """The seed of a compiled call made now: the pinned one under `fixed_seed`, else the seed
     of the current step and micro-batch."""
     pinned = getattr(_pinned, "seed", None)
-    return pinned if pinned is not None else step_seed(_stream.step, _stream.micro_batch)
+    if pinned is not None:
+        return pinned
+    # Memoised per position: every graph of a micro-batch asks (wrapper.py NOTE [host time per call]).
+    position = (_stream.base, _stream.step, _stream.micro_batch)
+    if _stream.memo[0] != position:
+        _stream.memo = (position, step_seed(_stream.step, _stream.micro_batch))
+    return _stream.memo[1]
 
 
 def advance_step() -> None:

@@ -80,7 +80,7 @@ class GraphCompiler:
 
     def __init__(self, gm: torch.fx.GraphModule, config: PQTConfig, patches: dict, weights: GraphWeights) -> None:
         self.gm = _copy_dynamo_graph(gm)
-        graph_abi.add_inputs(self.gm.graph, dynamo=True)
+        graph_abi.add_inputs(self.gm.graph, dynamo=True, num_weights=len(weights.positions))
         self.gm.recompile()
         self.config = config
         self.patches = patches

@@ -1,18 +1,24 @@
-"""The two inputs pqt adds to every graph it compiles, in one place.
+"""The inputs pqt adds to every graph it compiles, in one place.
 
 Layout of a PQT graph's inputs::
 
-    [*the Dynamo graph's inputs, pqt_seed, pqt_keys]
+    [*the Dynamo graph's inputs, pqt_seed, pqt_key_0, ..., pqt_key_{W-1}]
 
 * `pqt_seed`: int64, 0-d. The call's seed (NOTE [the seed rule] in seeds.py); 0 in a call that
   samples nothing.
-* `pqt_keys`: int64, [W], W = the number of Parameter inputs. Slot i holds the key of the i-th
-  Parameter input in input order (a buffer or activation has no slot), or DISABLED_KEY: the
-  graph passes that weight through unsampled this call (eval mode; a block sharing the graph
-  that include/exclude keeps clean). The op reads a negative key as "no noise" (formula.py).
+* `pqt_key_i`: int64, 0-d, one per Parameter input (W of them, in input order; a buffer or
+  activation has none): the key of the i-th Parameter input, or DISABLED_KEY: the graph passes
+  that weight through unsampled this call (eval mode; a block sharing the graph that
+  include/exclude keeps clean). The op reads a negative key as "no noise" (formula.py).
+
+NOTE [one input per key]: each key is its own 0-d input, not a slot of one [W] tensor. A kernel
+that read slot i of a [W] tensor has i baked into its code, so the samples of W same-shaped
+weights were W different kernels to compile (C++ or Triton), and the backward saved one view per
+weight; with one input per key they are one kernel, compiled once, and the backward saves the
+key inputs themselves.
 
 Written by the backend (`add_inputs`, `example_inputs`), filled at run time by the wrapper
-(`keys_tensor`, `seed_tensor`), found by the pass (`find_inputs`) and by the eager reference.
+(`key_tensors`, `seed_tensor`), found by the pass (`find_inputs`) and by the eager reference.
 """
 
 from __future__ import annotations
@@ -24,38 +30,74 @@ from torch.fx import Graph, Node
 
 from ..compat import mark_added_input
 
-__all__ = ["SEED", "KEYS", "DISABLED_KEY", "add_inputs", "example_inputs", "seed_tensor", "keys_tensor",
+__all__ = ["SEED", "KEY", "DISABLED_KEY", "add_inputs", "example_inputs", "seed_tensor", "key_tensors",
            "find_inputs", "key_of_slot", "primal_positions"]
 
 SEED = "pqt_seed"
-KEYS = "pqt_keys"
+KEY = "pqt_key_{}"
 DISABLED_KEY = -1
 
 
-def add_inputs(graph: Graph, dynamo: bool) -> tuple[Node, Node]:
-    """Append the seed and keys placeholders after `graph`'s own; `dynamo`: mark them for
-    AOTAutograd as inputs that user code does not hold."""
+def add_inputs(graph: Graph, dynamo: bool, num_weights: int) -> tuple[Node, list[Node]]:
+    """Append the seed and `num_weights` key placeholders after `graph`'s own; `dynamo`: mark them
+    for AOTAutograd as inputs that user code does not hold. Returns (seed, keys)."""
     last = [n for n in graph.nodes if n.op == "placeholder"]
     anchor = last[-1].next if last else next(iter(graph.nodes))
     with graph.inserting_before(anchor):
-        seed, keys = graph.placeholder(SEED), graph.placeholder(KEYS)
+        seed = graph.placeholder(SEED)
+        keys = [graph.placeholder(KEY.format(i)) for i in range(num_weights)]
     if dynamo:
-        mark_added_input(seed)
-        mark_added_input(keys)
+        for node in (seed, *keys):
+            mark_added_input(node)
     return seed, keys
 
 
 def example_inputs(args: Sequence[object], num_weights: int, device: torch.device) -> list:
     """`args` followed by example seed and keys (what a compile with these inputs needs)."""
-    return [*args, seed_tensor(0, device), torch.zeros(num_weights, dtype=torch.int64, device=device)]
+    return [*args, seed_tensor(0, device), *key_tensors([0] * num_weights, device)]
 
 
+class _SeedTensors:
+    """The last seed's tensor per device (NOTE [seed on the device])."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple, tuple[int, torch.Tensor]] = {}
+
+
+_seeds = _SeedTensors()
+
+
+# NOTE [seed on the device]: the seed reaches a graph as a 0-d int64 tensor on the graph's device,
+# made without a host-device copy: `torch.full` on a GPU launches a fill kernel that takes the
+# value as an argument (asynchronous), where `torch.tensor(seed, device="cuda")` copies from host
+# memory and waits for the copy (a synchronisation at every graph call). The tensor of the last
+# seed is kept per device, so every graph of one step and micro-batch reads the same tensor (one
+# fill per micro-batch, not per call; per stream on a GPU, where the fill is ordered). A seed tensor is never written after it is made: a
+# backward pass that reads the seed its forward saved, or a CUDA graph replay that copied it into
+# its static input, reads its own step's value whatever later steps do. Keys are made once per set
+# of weights (`key_tensors`) and cached by the wrapper.
 def seed_tensor(seed: int, device: torch.device) -> torch.Tensor:
-    return torch.tensor(seed, dtype=torch.int64, device=device)
+    """The graph input `pqt_seed` holding `seed` on `device` (NOTE [seed on the device])."""
+    # On a GPU the fill is ordered on the current stream: a graph run on another stream gets its own.
+    where = (device, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else (device,)
+    hit = _seeds.last.get(where)
+    if hit is not None and hit[0] == seed:
+        return hit[1]
+    t = torch.full((), seed, dtype=torch.int64, device=device)
+    _seeds.last[where] = (seed, t)
+    return t
 
 
-def keys_tensor(keys: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(list(keys), dtype=torch.int64, device=device)
+def key_tensors(keys: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The graph inputs `pqt_key_i` on `device` (NOTE [one input per key]); on a GPU copied from
+    pinned memory without waiting (made once per set of weights: the wrapper caches them)."""
+    host = torch.tensor(list(keys), dtype=torch.int64)
+    if device.type == "cuda":
+        host = host.pin_memory().to(device, non_blocking=True)
+    elif host.device != device:
+        host = host.to(device)
+    # Views of one buffer: one allocation and copy; each is a 0-d input of its own to the graph.
+    return tuple(host[i] for i in range(len(keys)))
 
 
 def primal_positions(inputs: Sequence[object]) -> tuple[list[int], int]:
@@ -79,31 +121,31 @@ def _num_parts(x: object) -> int:
     return sum(_num_parts(getattr(x, a)) for a in attrs)
 
 
-def find_inputs(primals: Sequence[Node], num_weights: int) -> tuple[Node, Node]:
-    """The seed and keys placeholders among a joint or inference graph's primal inputs.
+def find_inputs(primals: Sequence[Node], num_weights: int) -> tuple[Node, list[Node]]:
+    """The seed and key placeholders among a joint or inference graph's primal inputs.
 
     Checked by their fake values, not only by position: a torch release that laid out
     AOTAutograd's inputs otherwise must fail here, not sample with a weight as its seed.
     """
-    if len(primals) < 2:
-        raise RuntimeError(f"pqt: a PQT graph has at least 2 inputs ({SEED}, {KEYS}); this one has {len(primals)}")
-    seed, keys = primals[-2], primals[-1]
-    sv, kv = seed.meta.get("val"), keys.meta.get("val")
-    ok = (isinstance(sv, torch.Tensor) and sv.dtype == torch.int64 and sv.dim() == 0
-          and isinstance(kv, torch.Tensor) and kv.dtype == torch.int64 and tuple(kv.shape) == (num_weights,))
-    if not ok:
-        raise RuntimeError(
-            f"pqt: the graph's last two inputs are not {SEED} (int64 []) and {KEYS} (int64 [{num_weights}]) but "
-            f"{_describe(sv)} and {_describe(kv)}; this torch release lays out AOTAutograd's inputs differently "
-            "(please report it with your torch version)"
-        )
-    return seed, keys
+    if len(primals) < 1 + num_weights:
+        raise RuntimeError(f"pqt: a PQT graph with {num_weights} weights has at least {1 + num_weights} inputs "
+                           f"({SEED} and one key per weight); this one has {len(primals)}")
+    added = list(primals[len(primals) - 1 - num_weights:])
+    for node in added:
+        v = node.meta.get("val")
+        if not (isinstance(v, torch.Tensor) and v.dtype == torch.int64 and v.dim() == 0):
+            raise RuntimeError(
+                f"pqt: the graph's last {1 + num_weights} inputs should be {SEED} and {num_weights} keys, all int64 [], "
+                f"but one is {_describe(v)}; this torch release lays out AOTAutograd's inputs differently "
+                "(please report it with your torch version)"
+            )
+    return added[0], added[1:]
 
 
 def _describe(v: object) -> str:
     return f"{v.dtype} {list(v.shape)}" if isinstance(v, torch.Tensor) else repr(type(v).__name__)
 
 
-def key_of_slot(graph: Graph, keys: Node, slot: int) -> Node:
-    """A node holding the key of the slot-th Parameter input (insert it where it is needed)."""
-    return graph.call_function(torch.ops.aten.select.int, (keys, 0, slot))
+def key_of_slot(keys: Sequence[Node], slot: int) -> Node:
+    """The node holding the key of the slot-th Parameter input."""
+    return keys[slot]

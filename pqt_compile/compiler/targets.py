@@ -8,7 +8,10 @@
   elsewhere (formula.py NOTE [word types]);
 - the GEMM-template prologue: the sample written in the layout the template reads and listed
   as a prologue candidate, only where Inductor may pick a Triton GEMM template (`gemm_templates`).
-  Elsewhere (the default mode, cuBLAS or a C++ GEMM) nothing about the graph changes.
+  Elsewhere (the default mode, cuBLAS or a C++ GEMM) nothing about the graph changes;
+- the shape of the lowering (`sample_plan`): which levers pay on which target. A GPU pays per
+  kernel launch (gpu-first-run.md: 6 extra launches per weight per step cost 30% of a GPT-2
+  step), the vectorised C++ loop per instruction; the levers of one are not carried into the other.
 
 Each function reads Inductor's config when it is called. The backend patches that config for
 one compile only (compiler/backend.py), and the pass and the lowering run inside that compile,
@@ -17,9 +20,12 @@ so they see the patched values (mode="max-autotune", options={...}).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen", "gemm_templates"]
+__all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen", "gemm_templates", "SamplePlan", "sample_plan",
+           "CPP_ONE_KERNEL_MAX_NUMEL"]
 
 
 def _config():
@@ -56,3 +62,50 @@ def gemm_templates(device: torch.device) -> bool:
     c = _config()
     backends = [b.strip().upper() for b in str(c.max_autotune_gemm_backends).split(",")]
     return triton_codegen(device) and bool(c.max_autotune or c.max_autotune_gemm) and "TRITON" in backends
+
+
+#: A weight of at most this many elements is sampled by the one-kernel form in C++ too: there the
+#: per-call buffers of the levers (block values, stream words, iota) cost more host time (one
+#: allocation each, per call) than the per-element work they save (docs/results.md, issue 24).
+CPP_ONE_KERNEL_MAX_NUMEL = 4096
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """How the lowering of pqt.sample is shaped for one weight on one target (lowering/sample.py).
+
+    fused_block_kernel: one kernel per weight (NOTE [one kernel per weight]): block amax, block
+        values, stream words and the sample in one reduction loop nest that reads w once, with no
+        buffer but the sample (Triton) or the amax and the sample (C++). Triton: whole blocks and no
+        GEMM template that could take the sample as its prologue. C++: whole blocks of a small
+        weight (CPP_ONE_KERNEL_MAX_NUMEL), where host time per call dominates.
+    per_call_word_buffers: otherwise, in C++, the stream words once per call in a 2-word buffer
+        (its vectorised loop cannot hoist them); in Triton they are computed from the seed and
+        key in each program.
+    index_iota: the element index's last-dim part from a realized iota (vectorised C++, NOTE
+        [index iota]). Elsewhere an index expression.
+    indirect_ragged_block: the block of a ragged last block computed by integer ops (the C++
+        backend's NOTE [ragged split] workaround).
+    Outside the one-kernel form the block values are realized per block (C++, and a Triton
+    prologue candidate, whose template regenerates the sample per tile).
+    """
+
+    fused_block_kernel: bool
+    per_call_word_buffers: bool
+    index_iota: bool
+    indirect_ragged_block: bool
+
+
+def sample_plan(device: torch.device, *, ragged: bool, transposed: bool, numel: object = None) -> SamplePlan:
+    """The lowering's shape for a weight on `device` (ragged: a last block shorter than the others;
+    transposed: pqt.sample_t, the layout a GEMM template reads; numel: the weight's number of
+    elements, an int or a symbolic size)."""
+    triton, cpp = triton_codegen(device), cpp_backend(device)
+    small = isinstance(numel, int) and numel <= CPP_ONE_KERNEL_MAX_NUMEL
+    fused = not ragged and not transposed and ((triton and not gemm_templates(device)) or (cpp and small))
+    return SamplePlan(
+        fused_block_kernel=fused,
+        per_call_word_buffers=cpp and not fused,
+        index_iota=cpp_vectorised(device) and not fused,
+        indirect_ragged_block=cpp,
+    )

@@ -6,7 +6,8 @@ Per call:
    (`selection.admits`), and its module in training mode (or `sample_in_eval`). A weight that is
    not gets `graph_abi.DISABLED_KEY`, and the graph passes it through clean: eval mode with grad
    enabled and a block that shares the graph but is excluded need no graph of their own;
-3. append the seed of the current step and micro-batch (`seeds.current_seed`) and the keys;
+3. append the seed of the current step and micro-batch (`seeds.current_seed`) and the keys
+   (graph_abi.py: one 0-d input per weight);
 4. after a sampling call, count its backward pass (`steps.track_backward`) and feed the guards.
 
 NOTE [shared graphs]: Dynamo shares one compiled graph between modules of the same structure
@@ -47,12 +48,36 @@ def _rank() -> Optional[int]:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
 
 
+class _CallPlan:
+    """What a call decides once per set of weights (a `ResolvedWeights`, itself cached by the
+    naming): which slots include/exclude admit, the graph that samples them, the owning modules
+    whose `training` flag switches each slot, and the keys tensor per switch pattern."""
+
+    __slots__ = ("resolved", "admitted", "fn", "owners", "keys", "shown", "watched")
+
+    def __init__(self, resolved: ResolvedWeights, admitted: tuple[bool, ...], fn: Callable) -> None:
+        self.resolved = weakref.ref(resolved)
+        self.admitted = admitted
+        self.fn = fn
+        self.owners = resolved.owner_refs
+        self.keys: dict[tuple[bool, ...], tuple[torch.Tensor, ...]] = {}
+        self.shown = False  # the guards saw these weights
+        self.watched = False  # ... after a sampling call
+
+
 class PQTCompiled:
     """Calls a compiled PQT graph with this call's pqt_seed and pqt_keys appended to its inputs.
 
     Dynamo calls a backend's result with positional arguments; so does compile_fx's result
     (torch 2.13: its `_boxed_call` attribute is copied from the inner function and does not
     describe its own convention).
+
+    NOTE [host time per call]: a call runs once per graph per step, and a GPU step is host-bound
+    when its kernels are small; so everything that depends only on the set of weights is decided
+    once (`_CallPlan`), the seed's tensor is made once per micro-batch and device
+    (graph_abi.seed_tensor) and the keys once per switch pattern. What remains per call: naming
+    lookup (a dict hit), the slots' training flags, the seed of the current step (seeds.current_seed,
+    memoised), and one gradient hook to count the backward pass. No host-device synchronisation.
     """
 
     def __init__(self, fn: Callable, compiler: GraphCompilerProtocol, weights: GraphWeights, first: ResolvedWeights,
@@ -67,9 +92,7 @@ class PQTCompiled:
         self._compiler = compiler
         self._compiled_for = self._admitted(first)  # which slots the pass samples in `fn`
         self._variants: dict[tuple[bool, ...], Callable] = {}
-        self._keys: dict[tuple, torch.Tensor] = {}
-        self._seen: "weakref.WeakSet[ResolvedWeights]" = weakref.WeakSet()  # weight sets shown to the guards
-        self._watched: "weakref.WeakSet[ResolvedWeights]" = weakref.WeakSet()  # ... after a sampling call
+        self._plans: dict[int, _CallPlan] = {}
 
     def _admitted(self, resolved: ResolvedWeights) -> tuple[bool, ...]:
         return tuple(admits(self.config, n, a) for n, a in zip(resolved.names, resolved.aliases))
@@ -83,43 +106,56 @@ class PQTCompiled:
             self._variants[admitted] = self._compiler.compile(resolved, example)
         return self._variants[admitted]
 
-    def _keys_for(self, resolved: ResolvedWeights, enabled: tuple[bool, ...]) -> torch.Tensor:
-        cache_key = (resolved.names, enabled)
-        keys = self._keys.get(cache_key)
+    def _plan_for(self, resolved: ResolvedWeights, args: Sequence[Any]) -> _CallPlan:
+        plan = self._plans.get(id(resolved))
+        if plan is not None and plan.resolved() is resolved:
+            return plan
+        if len(self._plans) >= 256:  # bounded: names that change without end (rebuilt models)
+            self._plans.clear()
+        admitted = self._admitted(resolved)
+        plan = _CallPlan(resolved, admitted, self._graph_for(admitted, resolved, args))
+        self._plans[id(resolved)] = plan
+        return plan
+
+    def _keys_for(self, plan: _CallPlan, resolved: ResolvedWeights, enabled: tuple[bool, ...]) -> tuple[torch.Tensor, ...]:
+        keys = plan.keys.get(enabled)
         if keys is None:
-            if len(self._keys) >= 256:  # bounded: names that change without end (rebuilt models)
-                self._keys.clear()
-            keys = graph_abi.keys_tensor(
+            keys = graph_abi.key_tensors(
                 [key_for_name(n) if on else graph_abi.DISABLED_KEY for n, on in zip(resolved.names, enabled)], self.device
             )
-            self._keys[cache_key] = keys
+            plan.keys[enabled] = keys
         return keys
 
     def __call__(self, *args: Any) -> Any:
         resolved = self.weights.resolve(args)
-        admitted = self._admitted(resolved)
-        fn = self._graph_for(admitted, resolved, args)
-        in_eval = not self.config.sample_in_eval
-        enabled = tuple(
-            a and self.samples and not (in_eval and owner is not None and not owner.training)
-            for a, owner in zip(admitted, resolved.owners())
-        )
+        plan = self._plan_for(resolved, args)
+        if self.samples:
+            if self.config.sample_in_eval:
+                enabled = plan.admitted
+            else:  # each slot by its own module's training flag (eval mode: clean, same graph)
+                enabled = tuple(a and (r is None or (o := r()) is None or o.training)
+                                for a, r in zip(plan.admitted, plan.owners))
+        else:
+            enabled = (False,) * len(plan.admitted)
         guards.note_graph_call()
-        sampling = any(enabled)
-        if resolved not in self._seen:
-            self._seen.add(resolved)
-            guards.mark_seen([args[pos] for pos in self.weights.positions], resolved.names)
+        sampling = True in enabled
+        params = None
+        if not plan.shown:
+            plan.shown = True
+            params = [args[pos] for pos in self.weights.positions]
+            guards.mark_seen(params, resolved.names)
         seed = 0
         if sampling:
             seed = current_seed()
-            rank = _rank() if self.config.per_rank_noise else None
-            if rank is not None:  # without a process group, one process: the plain seed
-                seed = rank_seed(seed, rank)
-            steps.install()
-            if resolved not in self._watched:
-                self._watched.add(resolved)
-                guards.watch(self.config, [args[pos] for pos in self.weights.positions])
-        out = fn(*args, graph_abi.seed_tensor(seed, self.device), self._keys_for(resolved, enabled))
+            if self.config.per_rank_noise:
+                rank = _rank()
+                if rank is not None:  # without a process group, one process: the plain seed
+                    seed = rank_seed(seed, rank)
+            if not plan.watched:
+                plan.watched = True
+                steps.install()
+                guards.watch(self.config, params or [args[pos] for pos in self.weights.positions])
+        out = plan.fn(*args, graph_abi.seed_tensor(seed, self.device), *self._keys_for(plan, resolved, enabled))
         if sampling:
             steps.track_backward(out)
         return out

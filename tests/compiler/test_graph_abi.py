@@ -1,4 +1,4 @@
-"""graph_abi.py: the seed and keys inputs, in one place."""
+"""graph_abi.py: the seed and key inputs, in one place."""
 
 import pytest
 import torch
@@ -9,37 +9,55 @@ from pqt_compile.compiler import graph_abi
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
 
-def _graph_with(seed_val, keys_val):
+def _graph_with(values, num_weights=2):
+    """A graph [w, seed, key_0, ..., key_{W-1}] whose added inputs carry `values()` as fake values."""
     g = torch.fx.Graph()
     w = g.placeholder("w")
-    seed, keys = graph_abi.add_inputs(g, dynamo=False)
+    seed, keys = graph_abi.add_inputs(g, dynamo=False, num_weights=num_weights)
     g.output(w)
     with FakeTensorMode():
         w.meta["val"] = torch.empty(4, 4)
-        seed.meta["val"], keys.meta["val"] = seed_val(), keys_val()
+        for node, val in zip((seed, *keys), values()):
+            node.meta["val"] = val
     return g
 
 
+def _int0():
+    return torch.empty((), dtype=torch.int64)
+
+
 def test_inputs_are_appended_after_the_graphs_own_and_found_by_their_values():
-    g = _graph_with(lambda: torch.empty((), dtype=torch.int64), lambda: torch.empty(1, dtype=torch.int64))
+    g = _graph_with(lambda: [_int0(), _int0(), _int0()])
     names = [n.name for n in g.nodes if n.op == "placeholder"]
-    assert names == ["w", graph_abi.SEED, graph_abi.KEYS]
+    assert names == ["w", graph_abi.SEED, graph_abi.KEY.format(0), graph_abi.KEY.format(1)]
     primals = [n for n in g.nodes if n.op == "placeholder"]
-    assert graph_abi.find_inputs(primals, 1) == (primals[1], primals[2])
+    assert graph_abi.find_inputs(primals, 2) == (primals[1], primals[2:])
+    assert graph_abi.key_of_slot(primals[2:], 1) is primals[3]
 
 
-@pytest.mark.parametrize("seed_val,keys_val,num", [
-    (lambda: torch.empty((), dtype=torch.float32), lambda: torch.empty(1, dtype=torch.int64), 1),  # a weight where the seed was
-    (lambda: torch.empty((), dtype=torch.int64), lambda: torch.empty(2, dtype=torch.int64), 1),  # keys of another graph
+@pytest.mark.parametrize("values,num", [
+    (lambda: [torch.empty((), dtype=torch.float32), _int0(), _int0()], 2),  # a weight where the seed was
+    (lambda: [_int0(), torch.empty(2, dtype=torch.int64), _int0()], 2),  # a [W] keys tensor (the old layout)
+    (lambda: [_int0(), _int0(), _int0()], 3),  # more weights than keys: the weight itself would be read
 ])
-def test_a_layout_that_moved_is_refused(seed_val, keys_val, num):
-    primals = [n for n in _graph_with(seed_val, keys_val).nodes if n.op == "placeholder"]
-    with pytest.raises(RuntimeError, match="lays out AOTAutograd"):
+def test_a_layout_that_moved_is_refused(values, num):
+    primals = [n for n in _graph_with(values).nodes if n.op == "placeholder"]
+    with pytest.raises(RuntimeError, match="lays out AOTAutograd|at least"):
         graph_abi.find_inputs(primals, num)
 
 
 def test_example_and_runtime_values():
     ex = graph_abi.example_inputs([torch.ones(2)], 3, torch.device("cpu"))
-    assert ex[1].dtype == torch.int64 and ex[1].dim() == 0 and ex[2].shape == (3,)
-    keys = graph_abi.keys_tensor([5, graph_abi.DISABLED_KEY], torch.device("cpu"))
-    assert keys.tolist() == [5, -1]
+    assert len(ex) == 5 and all(t.dtype == torch.int64 and t.dim() == 0 for t in ex[1:])
+    keys = graph_abi.key_tensors([5, graph_abi.DISABLED_KEY], torch.device("cpu"))
+    assert [int(k) for k in keys] == [5, -1] and all(k.dim() == 0 for k in keys)
+
+
+def test_the_seed_tensor_is_made_once_per_seed_and_never_written():
+    """NOTE [seed on the device]: every graph of a micro-batch gets the same tensor; the next seed
+    gets a new one, and the old one keeps its value (a saved backward still reads its step's seed)."""
+    cpu = torch.device("cpu")
+    a = graph_abi.seed_tensor(7, cpu)
+    assert graph_abi.seed_tensor(7, cpu) is a and int(a) == 7
+    b = graph_abi.seed_tensor(8, cpu)
+    assert b is not a and int(b) == 8 and int(a) == 7

@@ -38,6 +38,8 @@ block and so leaves its max unchanged.
 
 from __future__ import annotations
 
+import math
+
 import sympy
 import torch
 
@@ -47,7 +49,7 @@ from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
 from ...op import RTN
 from ...rounding import rtn_from_params, rtn_params
-from ..targets import cpp_backend, cpp_vectorised, gemm_templates, triton_codegen
+from ..targets import cpp_vectorised, gemm_templates, sample_plan, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
 __all__ = ["lower_sample", "lower_sample_t"]
@@ -88,48 +90,16 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         raise ValueError(f"pqt.sample_t lowering: a 2-D weight is required, got {nd} dimensions")
     axis %= nd
     load_w = w.make_loader()
+    geometry = _BlockGeometry(size, axis, block_size)
+    numel = sympy.sympify(math.prod(size))
+    plan = sample_plan(device, ragged=geometry.ragged, transposed=transposed,
+                       numel=int(numel) if numel.is_number else None)
 
-    if block_size == TENSOR:  # one block: the whole tensor
-
-        def amax_fn(index, rindex):
-            return _abs_f32(load_w(rindex))
-
-        amax = ir.Reduction.create(
-            device=device, dst_dtype=torch.float32, src_dtype=torch.float32, inner_fn=amax_fn,
-            ranges=[], reduction_ranges=size, reduction_type="max",
-        )
-        block_index = lambda idx: []  # noqa: E731
-    else:
-        k = sympy.sympify(size[axis])
-        b = sympy.sympify(block_length(k, block_size))  # blocks.py: never longer than the axis
-        nb = num_blocks(k, block_size)
-        ragged = not (k % b == 0)
-
-        def amax_fn(index, rindex):
-            pos = index[axis] * b + rindex[0]
-            if ragged:
-                pos = sympy.Min(pos, k - 1)  # NOTE [partial block]
-            return _abs_f32(load_w([*index[:axis], pos, *index[axis + 1 :]]))
-
-        amax = ir.Reduction.create(
-            device=device, dst_dtype=torch.float32, src_dtype=torch.float32, inner_fn=amax_fn,
-            ranges=[*size[:axis], nb, *size[axis + 1 :]], reduction_ranges=[b], reduction_type="max",
-        )
-
-        def block_index(idx):
-            if ragged and cpp_backend(device):
-                # NOTE [ragged split]: workaround for torch 2.13's C++ loop split
-                # (CppScheduling.try_loop_split), which rewrites a loop indexed by x // B into
-                # (x // B, x % B) with range K // B, dropping the last K % B elements when B
-                # does not divide K. Computing the block with integer ops and indexing
-                # indirectly leaves no FloorDiv in the index for it to split on. The `| 0`
-                # comes first: IndexPropagation does not model bitwise ops, so the division
-                # acts on a value and is not folded back into an index_expr(x // B).
-                pos = ops.bitwise_or(ops.index_expr(idx[axis], torch.int64), ops.constant(0, torch.int64))
-                blk = ops.floordiv(pos, ops.constant(int(b), torch.int64))
-                return [*idx[:axis], ops.indirect_indexing(blk, nb, check=False), *idx[axis + 1 :]]
-            return [*idx[:axis], FloorDiv(idx[axis], b), *idx[axis + 1 :]]
-
+    amax = ir.Reduction.create(
+        device=device, dst_dtype=torch.float32, src_dtype=torch.float32,
+        inner_fn=lambda index, rindex: _abs_f32(load_w(geometry.element_of_block(index, rindex))),
+        ranges=geometry.block_ranges, reduction_ranges=geometry.reduction_ranges, reduction_type="max",
+    )
     amax.realize()
     load_amax = amax.make_loader()
     load_seed, load_key = seed.make_loader(), key.make_loader()
@@ -144,33 +114,78 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
 
     # The word types per code target (formula.py NOTE [word types]): `wo` for the per-element
     # part, `bo` for the per-block values and the per-call stream words.
-    numel = sympy.sympify(index_bound(size, index_strides, index_offset))
+    index_end = sympy.sympify(index_bound(size, index_strides, index_offset))
     if triton_codegen(device):
         wo = bo = Native32Ops()
         word_dtype = torch.uint32
-    elif bool(numel.is_number and int(numel) < 2**31) and cpp_vectorised(device):
+    elif bool(index_end.is_number and int(index_end) < 2**31) and cpp_vectorised(device):
         wo, bo, word_dtype = Int32WordOps(), InductorOps(), torch.int32  # NOTE [int32 words]
     else:
         wo = bo = InductorOps()
         word_dtype = torch.int64
-    block_ranges = list(amax.get_size())
 
-    # NOTE [per-block step]: the block's values (formula.block_params) once per block, in buffers
-    # of amax's shape, instead of an exponent computation per element. The key's switch (a
-    # negative key: no noise) is folded in here.
     rtn = noise == RTN  # PQTConfig(mode="ste"): round to nearest (rounding.py), no draw
     params_of = rtn_params if rtn else block_params
 
-    def block_buffer(j):
-        def fn(bidx):
-            _, k = seed_and_key()
-            return params_of(bo, load_amax(bidx), spec, live=bo.gt(k, bo.i64(-1)))[j]
+    def live(o, k):  # a negative key switches the noise off (graph_abi.DISABLED_KEY)
+        return o.gt(k, o.i64(-1))
 
-        buf = ir.Pointwise.create(device=device, dtype=torch.float32, inner_fn=fn, ranges=block_ranges)
-        buf.realize()
-        return buf.make_loader()
+    def draw(o, idx, s1, s2, first=None):
+        """r of the element at w's index `idx` (first: the index's last-dim part, as a word)."""
+        if first is None:
+            index = o.index_word(sum((i * s for i, s in zip(idx, strides)), offset))
+        else:
+            index = ops.add(first, o.index_word(sum((i * s for i, s in zip(idx[:-1], strides[:-1])), offset)))
+        return noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
 
-    load_params = [block_buffer(j) for j in range((1 if spec.is_int else 3) + (3 if rtn else 0))]
+    if plan.fused_block_kernel:
+        # NOTE [one kernel per weight]: the sample iterates the block's elements innermost, the
+        # ranges of the amax Reduction followed by its reduction range; it reads amax at the index
+        # the Reduction writes, so Inductor's scheduler fuses the two into one persistent
+        # reduction kernel (the read and write MemoryDeps match, as for softmax), and the two loads
+        # of w at one index become one. The per-block values are computed from the reduced amax
+        # (one value per block row of the kernel) and the stream words from the seed and key
+        # (scalar loads, once per program); the element index is an index expression. The output
+        # is stored in w's row-major order (a fill order over the fused ranges) and returned as
+        # w's shape: no copy, no other kernel.
+        def fused_fn(fidx):
+            idx = geometry.element_of_fused(fidx)
+            seed_v, key_v = seed_and_key()
+            w32 = ops.to_dtype(load_w(idx), torch.float32)
+            params = params_of(wo, load_amax(geometry.block_of_fused(fidx)), spec, live=live(wo, key_v))
+            if rtn:
+                value = rtn_from_params(wo, w32, params, spec)
+            else:
+                value = sample_from_params(wo, w32, params, draw(wo, idx, *stream_words(wo, seed_v, key_v)), spec)
+            return ops.to_dtype(value, out_dtype)
+
+        out = ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=fused_fn, ranges=geometry.fused_ranges)
+        out.realize()
+        buffer = out.data.data
+        buffer.freeze_layout_with_fill_order(geometry.fused_fill_order)
+        return ir.TensorBox(ir.ReinterpretView(
+            data=buffer, layout=ir.FixedLayout(device, out_dtype, size, row_major_strides(size))))
+
+    # NOTE [per-block step]: the block's values (formula.block_params) once per block, in one
+    # buffer [number of values, *block ranges] (one allocation per call, not one per value: host
+    # time, wrapper.py NOTE [host time per call]), instead of an exponent computation per element.
+    # The key's switch (a negative key: no noise) is folded in here.
+    num_params = (1 if spec.is_int else 3) + (3 if rtn else 0)
+
+    def params_fn(pidx):
+        _, k = seed_and_key()
+        values = params_of(bo, load_amax(pidx[1:]), spec, live=live(bo, k))
+        return _select_by_index(pidx[0], values)
+
+    params_buf = ir.Pointwise.create(device=device, dtype=torch.float32, inner_fn=params_fn,
+                                     ranges=[num_params, *geometry.block_ranges])
+    params_buf.realize()
+    load_params_buf = params_buf.make_loader()
+    load_params = [lambda bidx, j=j: load_params_buf([j, *bidx]) for j in range(num_params)]
+
+    def block_index(idx):
+        return geometry.block_of_element(idx, indirect=plan.indirect_ragged_block)
+
     if rtn:
 
         def rtn_fn(out_idx):
@@ -181,41 +196,119 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
 
         return _pointwise(device, out_dtype, rtn_fn, size, transposed)
 
-    # The two stream words once per call (0-d buffers), stored as words. In C++ they are computed
-    # in int64 (a 0-d loop is scalar code, where an int32 multiply could overflow: NOTE [int32
-    # words]), in Triton in uint32.
-    def stream_buffer(j):
-        def fn(_):
-            return ops.to_dtype(stream_words(bo, *seed_and_key())[j], word_dtype)
+    if plan.per_call_word_buffers:
+        # The two stream words once per call (0-d buffers), stored as words: the vectorised C++ loop
+        # would otherwise recompute them per element (it cannot hoist loads past its stores). In
+        # C++ they are computed in int64 (a 0-d loop is scalar code, where an int32 multiply could
+        # overflow: NOTE [int32 words]).
+        def words_fn(widx):
+            return _select_by_index(widx[0], [ops.to_dtype(v, word_dtype) for v in stream_words(bo, *seed_and_key())])
 
-        buf = ir.Pointwise.create(device=device, dtype=word_dtype, inner_fn=fn, ranges=[])
-        buf.realize()
-        return buf.make_loader()
+        words_buf = ir.Pointwise.create(device=device, dtype=word_dtype, inner_fn=words_fn, ranges=[2])
+        words_buf.realize()
+        load_words = words_buf.make_loader()
 
-    load_s1, load_s2 = stream_buffer(0), stream_buffer(1)
+        def words():
+            return load_words([0]), load_words([1])
+    else:
 
-    # NOTE [index iota]: the element's logical index as iota[k] + (the other dims' part), with
-    # iota a realized buffer over the last dim: the vectorised C++ loop reads the varying part
-    # with one vector load, where `index_expr` of the whole index prints
-    # Vectorized<int32_t>::arange(base, 1), which g++ 12 builds lane by lane.
-    iota = ir.Pointwise.create(
-        device=device, dtype=word_dtype, inner_fn=lambda i: wo.index_word(i[0] * strides[-1]), ranges=[size[-1]]
-    )
-    iota.realize()
-    with _api.force_realize():  # a buffer that reads nothing is otherwise inlined back
-        load_iota = iota.make_loader()
+        def words():  # Triton: from two scalar loads, once per program (no kernel of their own)
+            return stream_words(wo, *seed_and_key())
+
+    load_iota = None
+    if plan.index_iota:
+        # NOTE [index iota]: the element's logical index as iota[k] + (the other dims' part), with
+        # iota a realized buffer over the last dim: the vectorised C++ loop reads the varying part
+        # with one vector load, where `index_expr` of the whole index prints
+        # Vectorized<int32_t>::arange(base, 1), which g++ 12 builds lane by lane.
+        iota = ir.Pointwise.create(
+            device=device, dtype=word_dtype, inner_fn=lambda i: wo.index_word(i[0] * strides[-1]), ranges=[size[-1]]
+        )
+        iota.realize()
+        with _api.force_realize():  # a buffer that reads nothing is otherwise inlined back
+            load_iota = iota.make_loader()
 
     def sample_fn(out_idx):
         idx = list(reversed(out_idx)) if transposed else out_idx  # the weight's own index
-        rest = sum((i * s for i, s in zip(idx[:-1], strides[:-1])), offset)
         bidx = block_index(idx)
-        index = ops.add(load_iota([idx[-1]]), wo.index_word(rest))
-        r = noise_from_hash(wo, element_hash(wo, index, load_s1([]), load_s2([])), noise, noise_std)
+        r = draw(wo, idx, *words(), first=None if load_iota is None else load_iota([idx[-1]]))
         w32 = ops.to_dtype(load_w(idx), torch.float32)
         value = sample_from_params(wo, w32, tuple(load(bidx) for load in load_params), r, spec)
         return ops.to_dtype(value, out_dtype)
 
     return _pointwise(device, out_dtype, sample_fn, size, transposed)
+
+
+def _select_by_index(i, values):
+    """values[i] for a loop index i (several values computed, one stored per position)."""
+    out = values[-1]
+    for j in range(len(values) - 2, -1, -1):
+        out = ops.where(ops.eq(ops.index_expr(i, torch.int64), ops.constant(j, torch.int64)), values[j], out)
+    return out
+
+
+class _BlockGeometry:
+    """The blocks of a weight along its reduction axis, as index maps for the lowering.
+
+    Block ranges: w's shape with the axis replaced by the number of blocks (the amax Reduction's
+    ranges; its reduction range is the block length). Fused ranges (exact blocks only): the block
+    ranges followed by the block length, the iteration of the one-kernel form (NOTE [one kernel
+    per weight]). "tensor" blocks: one block, no block ranges.
+    """
+
+    def __init__(self, size: list, axis: int, block_size: int) -> None:
+        self.size, self.axis, self.tensor = size, axis, block_size == TENSOR
+        if self.tensor:
+            self.block_ranges, self.reduction_ranges, self.ragged = [], list(size), False
+            self.fused_ranges = list(size)
+            self.fused_fill_order = list(reversed(range(len(size))))
+            return
+        k = sympy.sympify(size[axis])
+        self.b = sympy.sympify(block_length(k, block_size))  # blocks.py: never longer than the axis
+        self.k, self.nb = k, num_blocks(k, block_size)
+        self.ragged = not (k % self.b == 0)
+        self.block_ranges = [*size[:axis], self.nb, *size[axis + 1:]]
+        self.reduction_ranges = [self.b]
+        nd = len(size)
+        self.fused_ranges = [*self.block_ranges, self.b]
+        # w's row-major order over the fused dims, fastest first: the dims after the axis (last
+        # first), the element within its block, the block, the dims before the axis.
+        self.fused_fill_order = [*range(nd - 1, axis, -1), nd, axis, *range(axis - 1, -1, -1)]
+
+    def element_of_block(self, index, rindex):
+        """w's index of element `rindex` of the block at block index `index` (the Reduction's body)."""
+        if self.tensor:
+            return rindex
+        pos = index[self.axis] * self.b + rindex[0]
+        if self.ragged:
+            pos = sympy.Min(pos, self.k - 1)  # NOTE [partial block]
+        return [*index[:self.axis], pos, *index[self.axis + 1:]]
+
+    def element_of_fused(self, fidx):
+        if self.tensor:
+            return fidx
+        return self.element_of_block(fidx[:-1], fidx[-1:])
+
+    def block_of_fused(self, fidx):
+        return [] if self.tensor else fidx[:-1]
+
+    def block_of_element(self, idx, indirect: bool):
+        """The block index of w's element `idx`."""
+        if self.tensor:
+            return []
+        axis = self.axis
+        if indirect and self.ragged:
+            # NOTE [ragged split]: workaround for torch 2.13's C++ loop split
+            # (CppScheduling.try_loop_split), which rewrites a loop indexed by x // B into
+            # (x // B, x % B) with range K // B, dropping the last K % B elements when B
+            # does not divide K. Computing the block with integer ops and indexing
+            # indirectly leaves no FloorDiv in the index for it to split on. The `| 0`
+            # comes first: IndexPropagation does not model bitwise ops, so the division
+            # acts on a value and is not folded back into an index_expr(x // B).
+            pos = ops.bitwise_or(ops.index_expr(idx[axis], torch.int64), ops.constant(0, torch.int64))
+            blk = ops.floordiv(pos, ops.constant(int(self.b), torch.int64))
+            return [*idx[:axis], ops.indirect_indexing(blk, self.nb, check=False), *idx[axis + 1:]]
+        return [*idx[:axis], FloorDiv(idx[axis], self.b), *idx[axis + 1:]]
 
 
 def _pointwise(device, out_dtype, inner_fn, size, transposed: bool):

@@ -23,7 +23,9 @@ NOTE [recompute]: the sample node is tagged MUST_RECOMPUTE, so the partitioner s
 clean weight (and the seed) for backward and regenerates the sample there instead of
 keeping a second copy of every weight alive between forward and backward. With
 PQTConfig(share_sample=True) it is tagged MUST_SAVE instead: the forward's sample is saved
-for the backward (memory for speed: one sample pass per step instead of two).
+for the backward (memory for speed: one sample pass per step instead of two). The key of a
+recomputed sample (a select of the keys input) is tagged MUST_RECOMPUTE too: the backward then
+saves the keys input once, not one view per weight (each saved tensor costs host time per step).
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ def insert_sample(
             key = key_of(graph, edge)
         if key.op != "placeholder" and "val" not in key.meta:
             _set_val(key, fake_mode)
+        if tag_recompute and key.op != "placeholder" and not config.share_sample:
+            # The key is a view of the keys input: the backward recomputes it from that input
+            # (saved once) instead of saving one 0-d view per weight (NOTE [recompute]).
+            key.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
         memo: dict[tuple[Node, torch.dtype], Node] = {}
 
         def sample_for(dtype: torch.dtype) -> Node:
@@ -113,6 +119,9 @@ def insert_sample(
                     )
                 _set_val(s, fake_mode)
                 s.meta["pqt_weight"] = edge.name
+                # Inductor names a kernel after its nodes' original_aten: "...fused...sample..." kernels
+                # are the samples in generated code and in a GPU profile (benchmarks/step_profile.py).
+                s.meta["original_aten"] = s.target
                 if tag_recompute:
                     s.meta["recompute"] = (
                         CheckpointPolicy.MUST_SAVE if config.share_sample else CheckpointPolicy.MUST_RECOMPUTE

@@ -66,7 +66,7 @@ class SamplePass(PQTPass):
         Args:
             config: the PQT settings.
             weight_inputs: {input position: qualified name} of the Parameter inputs.
-            num_inputs: number of graph inputs, pqt_seed and pqt_keys (the last two) included.
+            num_inputs: number of graph inputs, pqt_seed and the pqt_key_i (the last 1 + W) included.
             aliases: {name: other names} of tied Parameters (include/exclude match them too).
             buffer_inputs: {input position: name} of module buffers: never sampled; those that feed
                 a matmul are reported as skipped ("not a Parameter").
@@ -118,6 +118,6 @@ class SamplePass(PQTPass):
         slot = {primals[pos]: i for i, pos in enumerate(sorted(self.weight_inputs))}
 
         def key_of(g: Graph, edge: WeightEdge) -> Node:
-            return graph_abi.key_of_slot(g, keys, slot[edge.node])
+            return graph_abi.key_of_slot(keys, slot[edge.node])
 
         insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint, index_args=index_args)
