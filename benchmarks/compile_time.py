@@ -1,0 +1,95 @@
+"""Compile time: the first training step of a small GPT-2 with plain Inductor and with pqt, cold.
+
+Every first step runs in a fresh process with a fresh, empty Inductor cache directory
+(TORCHINDUCTOR_CACHE_DIR), so Dynamo, AOTAutograd, the pass, Inductor's code generation and every
+C++ (or Triton) kernel compile are paid, as on a user's first run. Arms alternate, `--repeats`
+times each; the report gives each arm's median first-step time and the ratio of medians.
+
+    python benchmarks/compile_time.py                              # 4 x 128 GPT-2, CPU, 3 repeats
+    python benchmarks/compile_time.py --layers 12 --d-model 768 --device cuda   # GPT-2 124M on a GPU
+
+One first step (the child mode, `--child ARM`) builds the model, then times one forward, backward
+and optimizer step from the first call of the compiled model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child(a: argparse.Namespace) -> None:
+    sys.path.insert(0, ROOT)
+    import torch
+
+    import pqt_compile
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    dev = torch.device(a.device)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=a.seq, n_embd=a.d_model, n_layer=a.layers,
+                                       n_head=max(1, a.d_model // 64), bos_token_id=0, eos_token_id=0)).to(dev)
+    compiled = torch.compile(model) if a.child == "inductor" else pqt_compile.compile(model, pqt_compile.PQTConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    idx = torch.randint(0, 256, (a.batch, a.seq), device=dev)
+    cuda = dev.type == "cuda"
+    t0 = time.perf_counter()
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+        loss = compiled(idx, labels=idx, use_cache=False).loss
+    loss.backward()
+    opt.step()
+    if cuda:
+        torch.cuda.synchronize()
+    print(json.dumps({"first_step_s": time.perf_counter() - t0}))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--child", choices=["inductor", "pqt"], help=argparse.SUPPRESS)
+    p.add_argument("--json", help="write the numbers here")
+    a = p.parse_args(argv)
+    if a.child:
+        child(a)
+        return {}
+    shape = ["--layers", str(a.layers), "--d-model", str(a.d_model), "--seq", str(a.seq), "--batch", str(a.batch),
+             "--device", a.device]
+    times: dict[str, list[float]] = {"inductor": [], "pqt": []}
+    for rep in range(a.repeats):
+        for arm in (("inductor", "pqt") if rep % 2 == 0 else ("pqt", "inductor")):
+            with tempfile.TemporaryDirectory() as cache:
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
+                r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", arm, *shape], env=env,
+                                   capture_output=True, text=True, timeout=1800)
+                if r.returncode != 0:
+                    raise SystemExit(f"compile_time: the {arm} child failed:\n{r.stderr[-3000:]}")
+                times[arm].append(json.loads(r.stdout.strip().splitlines()[-1])["first_step_s"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"args": {k: v for k, v in vars(a).items() if k != "child"}, "first_step_s": times, "median_s": med,
+           "ratio": med["pqt"] / med["inductor"]}
+    print(f"GPT-2 {a.layers} x {a.d_model}, {a.batch} x {a.seq} tokens, {a.device}, cold Inductor cache, "
+          f"{a.repeats} repeats per arm (alternating)")
+    for k, v in times.items():
+        print(f"  {k:9s} first step: median {med[k]:.1f} s  ({', '.join(f'{x:.1f}' for x in v)})")
+    print(f"  pqt / inductor: {out['ratio']:.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
