@@ -228,15 +228,17 @@ def run(a: argparse.Namespace, clock: Callable[[], float] = time.monotonic, star
     """Every seed, within the time limit; returns (results, the first seed's models, config)."""
     deadline = Deadline(a.time_limit, clock, started)
     threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    cuda = torch.device(a.device).type == "cuda"
     if a.threads:
         torch.set_num_threads(a.threads)
-    if torch.device(a.device).type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for what runs in fp32 outside autocast
+    if cuda:  # TF32 for what runs in fp32 outside autocast
+        torch.set_float32_matmul_precision("high")
     try:
         return _run(a, deadline, on_step)
     finally:  # a caller in the same process (a test) keeps its own settings
         torch.set_num_threads(threads)
-        torch.set_float32_matmul_precision(precision)
+        if cuda:  # only then: setting it at all changes Inductor's cache key of every later compile
+            torch.set_float32_matmul_precision(precision)
 
 
 def _run(a: argparse.Namespace, deadline: Deadline, on_step: Optional[OnStep]) -> tuple[dict, dict, PQTConfig]:
