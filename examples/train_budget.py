@@ -65,10 +65,11 @@ class Costs:
 #: Costs assumed before anything is measured, by device type. The GPU's step times are the ones
 #: measured on one H200 (../shared/design/gpu-first-run.md: GPT-2 124M with vocab 50257, 8 x 1024
 #: tokens, bf16; plain Inductor 25.2 ms, PQT 32.9 ms); STE is assumed to cost what PQT does. Its
-#: compile and evaluation times are guesses, scaled from the CPU's: the run replaces every one
-#: of them with its own measurement after its first steps. The CPU's: the tiny GPT-2 (batch 4,
-#: seq 64, fp32, one thread) on the project's 2-core machine, torch 2.13: cold compiles 33 s
-#: plain, 42 s PQT, 56 s STE; a second model's PQT compile 1.1 s; steps 8-13 ms.
+#: compile and evaluation times are guesses (no compile of this model on a GPU has been timed):
+#: the run replaces every number with its own measurement after its first steps. The CPU's: the
+#: tiny GPT-2 (batch 4, seq 64, fp32) on the project's 2-core machine, torch 2.13, shared with
+#: other work: cold compiles 30-90 s each (plain, PQT, STE alike within that spread), a second
+#: model's PQT/STE compile 1-5 s, steps 9-35 ms.
 ASSUMED = {
     "cuda": Costs(step_s={"plain": 0.0252, "pqt": 0.0329, "ste": 0.0329, "torchao": 0.0261}, compile_s=60.0,
                   retrace_s=10.0, eval_batch_s=0.02, setup_s=25.0, write_s=5.0,

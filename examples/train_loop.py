@@ -1,11 +1,22 @@
 """The main job's training: plain pretraining (cached), then every arm from the same weights on the
 same batches, seed by seed, within a time limit (examples/train.py parses and reports).
 
-The arms outlive a seed (train_arms.Arm.reset), so each compiled callable is compiled once per
-run; pretraining is shared by every seed with `--pretrain-seed`. `--steps auto` sizes the
-fine-tuning to the time limit after its first steps (train_budget, NOTE [sizing without
-changing the run]); the limit is checked before every training step, and a stopped run still
-evaluates what it trained and says where it stopped.
+NOTE [one compile per graph and run]: a run compiles three graphs whatever its seeds: plain
+(pretraining; the baseline's torch.compile of another model of the same class reuses Dynamo's
+entry for free), PQT and STE (pqt-ste's stages retrace them for its own model: Dynamo traces
+again, Inductor's and AOTAutograd's caches hit). The arms outlive a seed (train_arms.Arm.reset
+loads the next seed's starting weights into the same parameters), so a later seed compiles
+nothing; `--pretrain-seed` makes one pretraining serve every seed. Each stage's first step is
+timed apart from the others (results.json "compiles"; steps that compiled are left out of the
+medians and of the throughput).
+
+NOTE [the time limit]: `--steps auto` sizes the fine-tuning to the limit after its first steps
+(train_budget, NOTE [sizing without changing the run]). Before every training step the job asks
+the deadline for that step's cost plus what a stop still needs (the last evaluation point,
+the deploy grids, the report); before a further seed, for the whole seed's. When the answer is
+no it stops there, evaluates what it trained, and says where it stopped. The final evaluation
+always runs, so the limit can be exceeded by the error in its estimate (measured: the first
+seed's starting evaluation times one pass).
 """
 
 from __future__ import annotations
@@ -248,10 +259,13 @@ class Job:
             self.axes = pqt_compile.reference.sampled_axes(init, self.cfg)  # the same names in every arm
         fused = torch.device(a.device).type == "cuda"
         old, state = self.arms, init.state_dict()
-        self.arms = {k: old[k] if k in old and old[k].reusable else
-                     Arm(k, copy.deepcopy(init), self.cfg, self.steps, a.lr, a.ste_fraction, fused) for k in a.arm_list}
-        for arm in self.arms.values():
-            arm.reset(state, a.lr)
+        self.arms = {}
+        for k in a.arm_list:
+            if k in old and old[k].reusable:  # the same parameters, so the compiled callables still serve
+                self.arms[k] = old[k]
+                old[k].reset(state, a.lr)
+            else:  # a copy of the starting model (torchao's is prepared from it anew)
+                self.arms[k] = Arm(k, copy.deepcopy(init), self.cfg, self.steps, a.lr, a.ste_fraction, fused)
 
     def train_seed(self, index: int, seed: int) -> dict:
         """Train every arm for one seed (stopping early if the time runs out); its numbers."""
