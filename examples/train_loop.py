@@ -26,6 +26,7 @@ import copy
 import math
 import os
 import statistics
+import sys
 import time
 from typing import Callable, Optional
 
@@ -108,7 +109,10 @@ class Job:
         a = self.a
         s = seed if a.pretrain_seed is None else a.pretrain_seed
         data = os.path.basename(a.data) if a.data else a.corpus
-        key = f"{a.arch}_{a.size}_seq{self.seq}_b{a.batch}_s{s}_{a.pretrain_steps}_{a.pretrain_lr:g}_{data}"
+        if data == "stdlib-all":  # its bytes are the Python version's library
+            data += f"-py{sys.version_info.major}.{sys.version_info.minor}"
+        dtype = "" if a.dtype == "fp32" else f"_{a.dtype}"  # (fp32 unnamed: the keys of earlier runs hold)
+        key = f"{a.arch}_{a.size}_seq{self.seq}_b{a.batch}_s{s}_{a.pretrain_steps}_{a.pretrain_lr:g}_{data}{dtype}"
         return os.path.join(a.pretrain_dir or a.out, f"pretrain_{key}.pt")
 
     def every(self, steps: int) -> int:
