@@ -9,36 +9,48 @@ all are timed alike:
   pqt-ste   PQT, then STE for the last `--ste-fraction` of the steps
   pqt-anneal  PQT with the noise std stepped down by quarters: 1, 3/4, 1/2, 1/4 of its value
   torchao   torchao's int4/int8 fake-quant QAT (nn.Linear only), where torchao is installed
-At each evaluation every arm's validation loss is measured clean and after round-to-nearest
-quantization to the target format (`quantize_model`'s grid); at the end also to a lower format
-and to `--deploy-grids` (a model deployed to a format it was not trained for). `--seeds 0,1,2`
-repeats the run per seed and reports mean and spread. Scenarios: `scratch` (from random
-weights) and `finetune` (from a checkpoint pretrained without quantization, cached in --out).
-The project's recommended arm is exported in packed form and every arm as GGUF for llama.cpp.
+Every arm's validation loss is measured clean and after round-to-nearest quantization to the
+target format (`quantize_model`'s grid) at the start and at each evaluation; at the end also to
+a lower format and to `--deploy-grids` (a model deployed to a format it was not trained for).
+`--seeds 0,1,2` repeats the run per seed and reports mean and spread. Scenarios: `scratch` (from
+random weights) and `finetune` (from a checkpoint pretrained without quantization, cached in
+--out; one for every seed with `--pretrain-seed`). The project's recommended arm is exported in
+packed form and every arm as GGUF for llama.cpp.
+
+Presets (`--preset`; flags given beside it override its values):
+  gpu-124m   GPT-2 124M's shape (12 x 768, seq 1024, the byte vocabulary: 86M parameters) on one
+             CUDA GPU under bf16 autocast, fine-tuning on the whole standard library's source,
+             2 seeds, within a 420 s time limit (set-up and compiles included): the fine-tuning
+             steps are sized to the limit from the first steps' measured times
+  cpu-smoke  the same code path on the tiny model, for seconds of training (CI runs it)
+With `--time-limit` the job stops cleanly when the time runs out (before a training step that
+would leave too little for the final evaluation) and writes what it has, marked partial.
 
 Data: bytes (vocabulary 256) of a fixed list of Python standard-library modules, present on
-every machine with Python; `--data FILE` trains on your own text instead.
+every machine with Python (`--corpus stdlib-all`: every module's source); `--data FILE` trains
+on your own text instead.
 
     python examples/train.py                          # the default run, ~5 min on 2 CPU cores
     python examples/train.py --scenario scratch --seeds 0,1,2 --arms baseline,pqt,ste
-    python examples/train.py --device cuda --dtype bf16 --size gpt2-124m
+    python examples/train.py --preset gpu-124m        # one H200, 7 minutes
+    python examples/train.py --preset cpu-smoke       # the GPU run's code path, tiny, on the CPU
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import importlib.util
-import json
-import math
-import os
-import statistics
-import sys
 import time
-from typing import Optional
 
-import torch
-import torch.nn.functional as F
+_T0 = time.monotonic()  # the time limit counts from here: imports and set-up included
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from typing import Callable, Optional  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pqt_compile.tools.offline import hub_offline  # noqa: E402
@@ -51,101 +63,10 @@ from pqt_compile import PQTConfig  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_report  # noqa: E402
-from train_arms import ARMS, Arm, quantized  # noqa: E402
-
-# A fixed list, so that the corpus is the same on every run (for a given Python version).
-STDLIB_MODULES = (
-    "argparse", "ast", "bisect", "calendar", "collections", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "difflib", "enum", "fractions", "functools", "heapq", "inspect", "json.decoder",
-    "json.encoder", "logging", "pprint", "random", "shutil", "statistics", "string", "textwrap",
-    "threading", "typing", "zipfile",
-)
-
-SIZES = {  # name: (layers, d_model, heads, seq)
-    "tiny": (2, 64, 2, 64),
-    "small": (4, 128, 4, 128),
-    "medium": (6, 256, 4, 256),
-    "gpt2-124m": (12, 768, 12, 1024),
-}
-
-
-def load_corpus(path: Optional[str] = None) -> bytes:
-    """The training text as bytes: `path`, or the fixed standard-library modules."""
-    if path is not None:
-        with open(path, "rb") as f:
-            data = f.read()
-        if len(data) < 1024:
-            raise SystemExit(f"--data {path}: only {len(data)} bytes; give at least 1 KiB of text")
-        return data
-    parts = []
-    for name in STDLIB_MODULES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            raise SystemExit(f"the standard-library module {name} has no source here; use --data FILE")
-        with open(spec.origin, "rb") as f:
-            parts.append(f.read())
-    return b"\n".join(parts)
-
-
-def split(data: bytes, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Byte tokens, split into train (first part) and validation (last part)."""
-    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
-    n_val = max(int(len(tokens) * val_fraction), 2)
-    return tokens[:-n_val], tokens[-n_val:]
-
-
-def build_model(arch: str, size: str, seq: int) -> torch.nn.Module:
-    """A randomly initialised GPT-2 or Llama from a transformers config (no downloads)."""
-    layers, d, heads, _ = SIZES[size]
-    if arch == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=seq, n_embd=d, n_layer=layers, n_head=heads,
-                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
-    if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        # SwiGLU's usual 8/3 d, rounded down to a multiple of 32: every sampled weight's reduction
-        # axis then holds whole 32-element blocks, which GGUF and MX formats need (160 for d 64).
-        return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=d, intermediate_size=int(d * 8 / 3) // 32 * 32,
-                                            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                                            max_position_embeddings=seq, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-                                            tie_word_embeddings=True))
-    raise SystemExit(f"--arch {arch!r}: choose gpt2 or llama")
-
-
-def get_batch(tokens: torch.Tensor, batch: int, seq: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    starts = torch.randint(0, len(tokens) - seq - 1, (batch,), generator=g)
-    x = torch.stack([tokens[s : s + seq] for s in starts.tolist()])
-    y = torch.stack([tokens[s + 1 : s + seq + 1] for s in starts.tolist()])
-    return x, y
-
-
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = model(x, use_cache=False).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, val: torch.Tensor, batch: int, seq: int, n_batches: int, device: str, dtype: torch.dtype) -> float:
-    """Mean validation loss over fixed batches (the same for every model)."""
-    g = torch.Generator().manual_seed(1234)
-    was_training = model.training
-    model.eval()
-    losses = []
-    for _ in range(n_batches):
-        x, y = get_batch(val, batch, seq, g)
-        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-            losses.append(lm_loss(model, x.to(device), y.to(device)).item())
-    model.train(was_training)
-    return sum(losses) / len(losses)
-
-
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
+from train_arms import ARMS  # noqa: E402
+from train_budget import ASSUMED, PRESETS, Deadline  # noqa: E402
+from train_data import CORPORA, SIZES, STDLIB_MODULES, build_model, get_batch, load_corpus, split  # noqa: E402,F401
+from train_loop import Job, OnStep, evaluate, lm_loss, lr_at  # noqa: E402,F401
 
 #: The arm this project recommends for the target format (docs/results.md, issue 16): exported
 #: in packed form and named in the verdict.
@@ -156,8 +77,30 @@ SCENARIO_DEFAULTS = {  # scenario: (lr, warmup)
 }
 
 
+def nvfp4_grid() -> Optional[str]:
+    """"nvfp4:16" if this pqt_compile knows NVFP4 (`PQTConfig(format="nvfp4")`), else None."""
+    try:
+        PQTConfig(format="nvfp4", block_size=16)
+    except ValueError:
+        return None
+    return "nvfp4:16"
+
+
+def _steps(text: str):
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of steps or auto") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 step")
+    return n
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), help="a named run (see above); other flags override its values")
     p.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
     p.add_argument("--size", default="tiny", choices=list(SIZES))
     p.add_argument("--seq", type=int, help="sequence length (default: the size's)")
@@ -166,8 +109,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="scratch: from random weights; finetune: from a checkpoint pretrained without quantization")
     p.add_argument("--pretrain-steps", type=int, default=1000, help="finetune: steps of the pretraining (cached in --out)")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
+    p.add_argument("--pretrain-seed", type=int, help="one pretraining, with this seed, for every seed (default: one per seed)")
     p.add_argument("--pretrain-dir", help="where pretrained checkpoints are cached (default: --out)")
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=_steps, default=500,
+                   help="fine-tuning steps per arm and seed, or auto: the most that fit --time-limit")
+    p.add_argument("--time-limit", type=float, help="seconds for the whole job, set-up included; it stops cleanly "
+                                                     "and writes partial results when they run out (default: none)")
+    p.add_argument("--calibrate-steps", type=int, default=8,
+                   help="steps timed before --steps auto is sized again from them (at most --warmup)")
+    p.add_argument("--min-steps", type=int, help="--steps auto: at least this many (default: 2 calibrate-steps + 2)")
+    p.add_argument("--max-steps", type=int, default=100_000, help="--steps auto: at most this many")
     p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3 scratch, 5e-4 finetune)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: 50 scratch, 20 finetune)")
     p.add_argument("--arms", default="baseline,pqt,ste,pqt-ste", help=f"comma-separated, from {', '.join(ARMS)}")
@@ -182,15 +133,25 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--exclude", action="append", default=None, metavar="REGEX",
                    help="weights kept out of PQT and of quantization (repeatable; default: none)")
     p.add_argument("--data", help="train on this text file instead of the standard library")
+    p.add_argument("--corpus", default="stdlib", choices=list(CORPORA),
+                   help="stdlib: a fixed list of modules (0.9 MB); stdlib-all: every module's source (8-9 MB)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast (the weights stay fp32)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-every", default="100", help="steps between evaluations, or auto: --evals of them")
+    p.add_argument("--evals", type=int, default=4, help="--eval-every auto: evaluations over the fine-tuning")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each repeats the whole comparison")
     p.add_argument("--out", default="runs/train", help="directory for results.json, loss.png and the exports")
     p.add_argument("--no-export", action="store_true", help="skip the packed and GGUF exports")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the budget and exit (no device is needed)")
+    first, _ = p.parse_known_args(argv)
+    if first.preset:
+        preset = dict(PRESETS[first.preset])
+        if nvfp4_grid():  # deployed to NVFP4 too where this pqt_compile has it
+            preset["deploy_grids"] = ",".join(x for x in (preset.get("deploy_grids", ""), nvfp4_grid()) if x)
+        p.set_defaults(**preset)
     a = p.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     bad = sorted(set(arms) - set(ARMS))
@@ -208,6 +169,22 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     lr, warmup = SCENARIO_DEFAULTS[a.scenario]
     a.lr = lr if a.lr is None else a.lr
     a.warmup = warmup if a.warmup is None else a.warmup
+    if a.eval_every != "auto" and not (a.eval_every.isdigit() and int(a.eval_every) > 0):
+        p.error(f"--eval-every {a.eval_every!r}: give a number of steps > 0 or auto")
+    if a.time_limit is not None and not a.time_limit > 0:
+        p.error(f"--time-limit {a.time_limit}: give a number of seconds > 0")
+    if a.steps == "auto":
+        if a.time_limit is None:
+            p.error("--steps auto sizes the run to --time-limit: give one (e.g. --time-limit 420) or a number of steps")
+        if not 1 <= a.calibrate_steps <= a.warmup:
+            p.error(f"--calibrate-steps {a.calibrate_steps}: must be in [1, --warmup {a.warmup}]: the steps timed before "
+                    "sizing must not depend on the step count (their learning rate is the warm-up's)")
+    a.min_steps = 2 * a.calibrate_steps + 2 if a.min_steps is None else a.min_steps
+    if not 1 <= a.min_steps <= a.max_steps:
+        p.error(f"--min-steps {a.min_steps} / --max-steps {a.max_steps}: need 1 <= min <= max")
+    if torch.device(a.device).type == "cuda" and not torch.cuda.is_available() and not a.dry_run:
+        p.error(f"--device {a.device}: torch sees no CUDA device here (torch {torch.__version__}); "
+                "use --preset cpu-smoke for the same code path on the CPU, or --device cpu")
     return a
 
 
@@ -232,132 +209,70 @@ def deploy_grids(a: argparse.Namespace, cfg: PQTConfig) -> dict[str, PQTConfig]:
     return grids
 
 
-def pretrained(a: argparse.Namespace, seed: int, seq: int, train_tokens: torch.Tensor, dtype: torch.dtype) -> dict:
-    """The finetune scenario's starting weights: plain training for --pretrain-steps, cached in --out."""
-    key = f"{a.arch}_{a.size}_seq{seq}_b{a.batch}_s{seed}_{a.pretrain_steps}_{a.pretrain_lr:g}_{os.path.basename(a.data or 'stdlib')}"
-    os.makedirs(a.pretrain_dir or a.out, exist_ok=True)
-    path = os.path.join(a.pretrain_dir or a.out, f"pretrain_{key}.pt")
-    if os.path.exists(path):
-        return torch.load(path)
-    torch.manual_seed(seed)
-    model = build_model(a.arch, a.size, seq).to(a.device)
-    step_fn = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    g = torch.Generator().manual_seed(10_000 + seed)  # not the fine-tuning batches
-    for step in range(a.pretrain_steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, a.pretrain_steps, a.pretrain_lr, 50)
-        x, y = get_batch(train_tokens, a.batch, seq, g)
-        with torch.autocast(a.device, dtype=dtype, enabled=dtype != torch.float32):
-            loss = lm_loss(step_fn, x.to(a.device), y.to(a.device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save(state, path)
-    return state
+def environment(a: argparse.Namespace) -> dict:
+    """Where the numbers come from: versions, the device, the commit (when run from a git checkout)."""
+    env = {"python": platform.python_version(), "torch": torch.__version__, "pqt_compile": pqt_compile.__version__,
+           "device": a.device, "cpu_threads": torch.get_num_threads()}
+    if torch.device(a.device).type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(torch.device(a.device))
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
 
 
-def train_seed(a: argparse.Namespace, seed: int, cfg: PQTConfig, corpus: tuple, bar=None) -> tuple[dict, dict]:
-    """Train every arm for one seed; return (numbers, {arm: model})."""
-    seq = a.seq or SIZES[a.size][3]
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    train_tokens, val_tokens = corpus
-    torch._dynamo.reset()
-    torch.manual_seed(seed)
-    pqt_compile.manual_seed(seed)
-    init = build_model(a.arch, a.size, seq).to(a.device)
-    if a.scenario == "finetune":
-        init.load_state_dict(pretrained(a, seed, seq, train_tokens, dtype))
-    axes = pqt_compile.reference.sampled_axes(init, cfg)  # the same names in every arm
-    arms = {k: Arm(k, copy.deepcopy(init), cfg, a.steps, a.lr, a.ste_fraction) for k in a.arm_list}
-    # Each arm its own position in one seed stream: every PQT arm draws the same noise at the
-    # same step (a paired comparison), whichever other arms run beside it.
-    start = pqt_compile.seed_state()
-    noise_at = {k: dict(start) for k in arms}
-    ev = lambda m: evaluate(m, val_tokens, a.batch, seq, a.eval_batches, a.device, dtype)  # noqa: E731
-    g = torch.Generator().manual_seed(seed)
-    order = list(arms)
-    for step in range(a.steps):
-        x, y = get_batch(train_tokens, a.batch, seq, g)
-        x, y = x.to(a.device), y.to(a.device)
-        for k in order[step % len(order):] + order[: step % len(order)]:  # rotate: alike timing
-            arm = arms[k]
-            for group in arm.opt.param_groups:
-                group["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
-            pqt_compile.set_seed_state(noise_at[k])
-            t0 = time.perf_counter()
-            with torch.autocast(a.device, dtype=dtype, enabled=dtype != torch.float32):
-                loss = lm_loss(arm.fn(step), x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(arm.model.parameters(), 1.0)
-            arm.opt.step()
-            arm.opt.zero_grad(set_to_none=True)
-            noise_at[k] = pqt_compile.seed_state()
-            if a.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            arm.step_s.append(time.perf_counter() - t0)
-            arm.train_loss.append(loss.item())
-        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
-            for arm in arms.values():
-                with quantized(arm.model, axes, cfg) as q:
-                    qloss = ev(q)
-                arm.curve.append((step + 1, ev(arm.model), qloss))
-        if bar is not None:
-            bar.set_postfix({k: f"{arm.train_loss[-1]:.3f}" for k, arm in arms.items()})
-            bar.update(1)
-    out: dict = {"seed": seed, "train_loss": {}, "val_curve": {}, "eval": {}, "step_ms_median": {}}
-    grids = deploy_grids(a, cfg)
-    skip = 5  # compile and warm-up
-    for k, arm in arms.items():
-        out["train_loss"][k] = arm.train_loss
-        out["val_curve"][k] = arm.curve
-        e = {"clean": arm.curve[-1][1]}
-        for label, gcfg in grids.items():
-            with quantized(arm.model, axes, gcfg) as q:
-                e[label] = ev(q)
-        out["eval"][k] = e
-        out["step_ms_median"][k] = 1e3 * statistics.median(arm.step_s[skip:] or arm.step_s)
-    base = arms["baseline"].step_s[skip:]
-    out["step_time_ratio_median"] = {
-        k: statistics.median(p / b for p, b in zip(arm.step_s[skip:], base)) if base else float("nan")
-        for k, arm in arms.items()
-    }
-    return out, {k: arm.model for k, arm in arms.items()}
-
-
-def run(a: argparse.Namespace) -> tuple[dict, dict, PQTConfig]:
-    """Every seed; returns (results, the first seed's models, config)."""
+def run(a: argparse.Namespace, clock: Callable[[], float] = time.monotonic, started: Optional[float] = None,
+        on_step: Optional[OnStep] = None) -> tuple[dict, dict, PQTConfig]:
+    """Every seed, within the time limit; returns (results, the first seed's models, config)."""
+    deadline = Deadline(a.time_limit, clock, started)
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    cuda = torch.device(a.device).type == "cuda"
     if a.threads:
         torch.set_num_threads(a.threads)
+    if cuda:  # TF32 for what runs in fp32 outside autocast
+        torch.set_float32_matmul_precision("high")
+    try:
+        return _run(a, deadline, on_step)
+    finally:  # a caller in the same process (a test) keeps its own settings
+        torch.set_num_threads(threads)
+        if cuda:  # only then: setting it at all changes Inductor's cache key of every later compile
+            torch.set_float32_matmul_precision(precision)
+
+
+def _run(a: argparse.Namespace, deadline: Deadline, on_step: Optional[OnStep]) -> tuple[dict, dict, PQTConfig]:
     cfg = pqt_config(a)
-    deploy_grids(a, cfg)  # refuse a bad grid before training
-    corpus = split(load_corpus(a.data))
-    bar = None
-    if not a.no_progress:
+    grids = deploy_grids(a, cfg)  # refuse a bad grid before training
+    corpus = split(load_corpus(a.data, a.corpus))
+    job = Job(a, cfg, grids, corpus, ASSUMED[torch.device(a.device).type], deadline, on_step)
+    if not a.no_progress and sys.stderr.isatty():  # elsewhere (a log file) a line per evaluation instead
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=a.steps * len(a.seed_list), desc=f"training {', '.join(a.arm_list)}", unit="step")
+            job.bar = tqdm(total=None, desc=f"fine-tuning {', '.join(a.arm_list)}", unit="step")
+            job.log = job.bar.write
         except ImportError:
             pass
-    per_seed, first_models = [], None
-    t0 = time.time()
     # Every arm's model runs the same forward code, so Dynamo keeps one cache entry per compiled
     # stage on that code: more than its default limit of 8 with every arm, past which a stage
     # would silently run eagerly (unsampled). Raised for this run only.
     with pqt_compile.compat.dynamo_recompile_limit(64):
-        for seed in a.seed_list:
-            res, models = train_seed(a, seed, cfg, corpus, bar)
-            per_seed.append(res)
-            first_models = first_models or models
-    if bar is not None:
-        bar.close()
-    args = {k: v for k, v in vars(a).items()}
-    results = {"args": args, "seq": a.seq or SIZES[a.size][3], "config": cfg.to_options(), "per_seed": per_seed,
-               "wall_s": time.time() - t0}
-    return results, first_models, cfg
+        job.plan()
+        if job.bar is not None:
+            job.bar.total = job.steps * len(a.seed_list)
+        per_seed = job.run()
+    if job.bar is not None:
+        job.bar.close()
+    # The aggregate is over whole seeds; a seed cut short joins it only when no seed is whole.
+    whole = [r for r in per_seed if r["complete"]]
+    results = {"args": {k: v for k, v in vars(a).items()}, "seq": job.seq, "config": cfg.to_options(),
+               "per_seed": whole or per_seed, "partial_seeds": [r for r in per_seed if not r["complete"]] if whole else [],
+               "stopped": job.stopped, "budget": job.budget, "compiles": job.compiles, "environment": environment(a),
+               "corpus_bytes": len(corpus[0]) + len(corpus[1]),
+               "parameters": sum(p.numel() for p in next(iter(job.arms.values())).model.parameters()) if job.arms else None,
+               "fine_tuning_done_s": deadline.elapsed()}
+    return results, {k: arm.model for k, arm in job.arms.items()}, cfg
 
 
 def write_gguf_files(models: dict, cfg: PQTConfig, results: dict, a: argparse.Namespace) -> dict:
@@ -367,7 +282,7 @@ def write_gguf_files(models: dict, cfg: PQTConfig, results: dict, a: argparse.Na
     from pqt_compile.export import ExportError, write_gguf
     from pqt_compile.export.llamacpp import llamacpp_available, llamacpp_loss
 
-    val, seq = split(load_corpus(a.data))[1], results["seq"]
+    val, seq = split(load_corpus(a.data, a.corpus))[1], results["seq"]
     out: dict = {}
     for k, m in models.items():
         path = os.path.join(a.out, f"{k}_model.gguf")
@@ -390,24 +305,39 @@ def write_gguf_files(models: dict, cfg: PQTConfig, results: dict, a: argparse.Na
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: Optional[list[str]] = None, *, clock: Optional[Callable[[], float]] = None,
+         on_step: Optional[OnStep] = None) -> dict:
+    """Run the job. `clock` (time.monotonic by default; the limit counts from the process start when
+    run as a script, else from this call) and `on_step(phase, seed, step)` are for tests."""
     a = parse_args(argv)
+    if a.dry_run:
+        job = Job(a, pqt_config(a), deploy_grids(a, pqt_config(a)), (None, None), ASSUMED[torch.device(a.device).type],
+                  Deadline(a.time_limit))
+        job.plan()
+        return {"budget": job.budget}
     os.makedirs(a.out, exist_ok=True)
-    results, models, cfg = run(a)
-    results["aggregate"] = train_report.aggregate(results)
-    results["verdict"] = train_report.verdict(results, cfg.format, RECOMMENDED)
-    print("\n" + train_report.report(results, cfg.format))
-    if not a.no_export:
-        deploy = RECOMMENDED if RECOMMENDED in models else a.arm_list[-1]
-        export_path = os.path.join(a.out, f"{deploy}_model.pt")
-        pqt_compile.export.save(models[deploy], export_path, cfg)
-        results["export"] = {"arm": deploy, "path": export_path, "bytes": os.path.getsize(export_path)}
-        results["gguf"] = write_gguf_files(models, cfg, results, a)
-        print(f"packed {deploy} model: {export_path} ({results['export']['bytes']} bytes)")
-    print(train_report.plot(results, cfg.format, os.path.join(a.out, "loss.png")))
+    clock = clock or time.monotonic
+    started = _T0 if __name__ == "__main__" and clock is time.monotonic else clock()
+    results, models, cfg = run(a, clock, started, on_step)
+    if results["per_seed"]:
+        results["aggregate"] = train_report.aggregate(results)
+        results["verdict"] = train_report.verdict(results, cfg.format, RECOMMENDED)
+        print("\n" + train_report.report(results, cfg.format))
+        if not a.no_export:
+            deploy = RECOMMENDED if RECOMMENDED in models else a.arm_list[-1]
+            export_path = os.path.join(a.out, f"{deploy}_model.pt")
+            pqt_compile.export.save(models[deploy], export_path, cfg)
+            results["export"] = {"arm": deploy, "path": export_path, "bytes": os.path.getsize(export_path)}
+            results["gguf"] = write_gguf_files(models, cfg, results, a)
+            print(f"packed {deploy} model: {export_path} ({results['export']['bytes']} bytes)")
+        print(train_report.plot(results, cfg.format, os.path.join(a.out, "loss.png")))
+    else:
+        print(f"\nno results: {results['stopped']['reason']}; nothing was fine-tuned (raise --time-limit)")
+    results["wall_s"] = clock() - started  # everything but writing this file
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print(f"numbers: {os.path.join(a.out, 'results.json')}")
+    print(f"numbers: {os.path.join(a.out, 'results.json')} (wall time {results['wall_s']:.0f} s"
+          + (f" of the {a.time_limit:g} s limit)" if a.time_limit else ")"))
     return results
 
 

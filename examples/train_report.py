@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-__all__ = ["aggregate", "verdict", "report", "plot"]
+__all__ = ["aggregate", "verdict", "report", "throughput", "stopped_lines", "plot"]
 
 
 def _stats(xs: list[float]) -> dict:
@@ -70,8 +70,7 @@ def report(results: dict, fmt: str) -> str:
     drows = [[k] + [_pm(agg["minus_baseline"][k][m]) for m in metrics] for k in arms if k != "baseline"]
     lines += ["change against the baseline, paired by seed (negative: better)",
               tabulate(drows, headers=["arm"] + metrics), ""]
-    ratios = results["per_seed"][0]["step_time_ratio_median"]
-    lines.append("step time / baseline (median, first seed): " + ", ".join(f"{k} {r:.3f}" for k, r in ratios.items() if k != "baseline"))
+    lines += throughput(results)
     best = v["best_quantized_arm"]
     lines.append(f"best model after {fmt} quantization: {best} "
                  f"({agg['arms'][best][fmt]['mean']:.4f} vs baseline {agg['arms']['baseline'][fmt]['mean']:.4f})")
@@ -90,7 +89,44 @@ def report(results: dict, fmt: str) -> str:
                      f"seeds), clean {_pm(d['clean'])}")
     if n < 3:
         lines.append(f"(one verdict from {n} seed{'s' if n > 1 else ''}: differences below ~0.01 nats are within seed-to-seed spread; use --seeds 0,1,2)")
+    pre = results.get("args", {}).get("pretrain_seed")
+    if pre is not None and results.get("args", {}).get("scenario") == "finetune":
+        lines.append(f"(every seed fine-tunes the one checkpoint pretrained with seed {pre}: the spread is the batches' "
+                     "and the noise's, not the starting weights')")
+    lines += stopped_lines(results)
     return "\n".join(lines)
+
+
+def throughput(results: dict) -> list[str]:
+    """Each arm's training throughput (median step of the first seed, compiling steps left out),
+    the step time against the baseline's paired by step, and what each compile took."""
+    first = results["per_seed"][0]
+    ratios = first["step_time_ratio_median"]
+    lines = ["throughput (tokens/s, median step; first seed): " + ", ".join(
+        f"{k} {first['tokens_per_s'][k]:,.0f} ({first['step_ms_median'][k]:.1f} ms)" for k in first["tokens_per_s"])]
+    lines.append("step time / baseline (median, paired by step): "
+                 + ", ".join(f"{k} {r:.3f}" for k, r in ratios.items() if k != "baseline"))
+    if results.get("compiles"):
+        lines.append("compiles (first step of each stage, seconds): " + ", ".join(
+            f"{c['arm']} {c['stage']} {c['s']:.1f} ({c['kind']})" for c in results["compiles"]))
+    return lines
+
+
+def stopped_lines(results: dict) -> list[str]:
+    """What the time limit cut, if it did: the numbers above are partial."""
+    st = results.get("stopped")
+    if not st:
+        return []
+    if st["phase"] == "fine-tuning":
+        what = f"seed {st['seed']} stopped after {st['step']} of {st['of']} steps"
+    elif st["phase"] == "seeds":
+        what = f"seed {st['seed']} and later not run (one needs about {st['needed_s']:.0f} s)"
+    else:
+        what = st.get("reason", st["phase"])
+    used = ", ".join(str(r["seed"]) for r in results["per_seed"])
+    return [f"PARTIAL: the time limit ({st['limit_s']:g} s) ran out at {st['elapsed_s']:.0f} s: {what}; "
+            f"the tables are over seed(s) {used}"
+            + ("" if all(r.get("complete", True) for r in results["per_seed"]) else ", cut short")]
 
 
 def plot(results: dict, fmt: str, path: str) -> str:

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -39,32 +40,63 @@ def test_models_build_from_configs(arch):
     assert out.shape == (2, 64, 256)
 
 
-def test_a_short_run_end_to_end(tmp_path):
-    """The finetune scenario with two seeds: a cached pretraining, every arm from it on the same
-    batches, clean and quantized curves, the aggregate over seeds, the verdict, the exports."""
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The CPU smoke run (`--preset cpu-smoke`): the GPU preset's code path on the tiny model. One
+    run serves every test below (three graphs compiled: plain, PQT, STE)."""
     torch._dynamo.reset()
-    argv = ["--size", "tiny", "--scenario", "finetune", "--pretrain-steps", "3", "--steps", "6", "--eval-every", "3",
-            "--eval-batches", "2", "--batch", "4", "--seeds", "0,1", "--arms", "pqt,ste,pqt-ste", "--deploy-grids", "int4:16",
-            "--out", str(tmp_path), "--no-progress"]
-    res = train.main(argv)
-    with open(tmp_path / "results.json") as f:
+    out = tmp_path_factory.mktemp("smoke")
+    before = _process_settings()
+    t0 = time.monotonic()
+    res = train.main(["--preset", "cpu-smoke", "--out", str(out), "--no-progress"])
+    return out, res, time.monotonic() - t0, before
+
+
+def _process_settings():
+    """What the job sets for itself and must give back: threads, and the CUDA matmul precision
+    (merely setting it, even to its value, changes Inductor's cache key for every later compile)."""
+    return torch.get_num_threads(), getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+
+
+def test_the_smoke_run_end_to_end(smoke):
+    """The finetune scenario with two seeds: one cached pretraining for both, every arm from it on
+    the same batches, clean and quantized curves, the aggregate over seeds, the verdict, the
+    throughput, the budget sized after the first steps, the exports."""
+    out, res, _, settings_before = smoke
+    with open(out / "results.json") as f:
         saved = json.load(f)
-    assert [r["seed"] for r in saved["per_seed"]] == [0, 1]
+    assert [r["seed"] for r in saved["per_seed"]] == [0, 1] and saved["stopped"] is None
     first = saved["per_seed"][0]
-    for k in ("baseline", "pqt", "ste"):  # the baseline is always there
+    assert first["steps"] == first["steps_planned"] == 6 and first["complete"]
+    for k in ("baseline", "pqt", "ste", "pqt-ste"):  # the baseline is always there
         assert len(first["train_loss"][k]) == 6
-        assert [p[0] for p in first["val_curve"][k]] == [3, 6]  # (step, clean, quantized) per evaluation
+        assert [p[0] for p in first["val_curve"][k]] == [0, 3, 6]  # (step, clean, quantized): the start, 2 evaluations
+        assert first["val_curve"][k][0] == first["val_curve"]["baseline"][0]  # the same starting weights
         assert set(first["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16"}
         assert first["eval"][k]["clean"] == pytest.approx(res["per_seed"][0]["eval"][k]["clean"])
         assert first["eval"][k]["clean"] != first["eval"][k]["fp4_e2m1"]  # quantization did something
+        assert first["tokens_per_s"][k] == pytest.approx(4 * 64 / (first["step_ms_median"][k] / 1e3))
+        assert first["tokens_per_s"][k] > 0
     assert first["train_loss"]["baseline"] != first["train_loss"]["pqt"] != first["train_loss"]["ste"]
     # pqt-ste is pqt until its STE stage (step 4 of 6): the same noise at the same step, whatever
     # other arms ran in between, so the same losses; then it differs
     assert first["train_loss"]["pqt-ste"][:4] == first["train_loss"]["pqt"][:4]
     assert first["train_loss"]["pqt-ste"][4:] != first["train_loss"]["pqt"][4:]
     assert first["train_loss"]["baseline"][0] == pytest.approx(first["train_loss"]["pqt"][0], rel=0.05)  # same start
-    assert saved["per_seed"][1]["train_loss"]["baseline"] != first["train_loss"]["baseline"]  # another seed
-    assert len(list(tmp_path.glob("pretrain_*.pt"))) == 2  # one cached checkpoint per seed
+    second = saved["per_seed"][1]
+    assert second["train_loss"]["baseline"] != first["train_loss"]["baseline"]  # other batches
+    assert second["val_curve"]["baseline"][0] == first["val_curve"]["baseline"][0]  # from the same checkpoint
+    assert len(list(out.glob("pretrain_*.pt"))) == 1  # one pretraining, shared by both seeds
+    # Each graph compiled once in the run: seed 1 reuses seed 0's arms (no compile, no retrace).
+    assert first["compile_steps"]["pqt-ste"] == [0, 4] and first["compile_steps"]["baseline"] == [0]
+    assert all(c == [] for c in second["compile_steps"].values()) and len(second["step_ms"]["pqt"]) == 6
+    assert [(c["arm"], c["stage"], c["kind"]) for c in saved["compiles"]] == [
+        ("pretrain", "plain", "new"), ("baseline", "plain", "reused"), ("pqt", "pqt", "new"), ("ste", "ste", "new"),
+        ("pqt-ste", "pqt", "retraced"), ("pqt-ste", "ste", "retraced")]
+    b = saved["budget"]
+    assert b["limit_s"] == 1200 and b["planned_steps"] == 6 and b["resized"]["after_steps"] == 2
+    assert b["resized"]["steps"] == 6 and set(b["measured"]["step_s"]) >= {"baseline", "pqt", "ste", "pqt-ste"}
+    assert b["measured"]["compile_s"] == max(c["s"] for c in saved["compiles"] if c["kind"] == "new")
     agg = saved["aggregate"]["arms"]["pqt"]["fp4_e2m1"]
     values = [r["eval"]["pqt"]["fp4_e2m1"] for r in saved["per_seed"]]
     assert agg["n"] == 2 and agg["mean"] == pytest.approx(sum(values) / 2) and agg["min"] == min(values)
@@ -73,6 +105,9 @@ def test_a_short_run_end_to_end(tmp_path):
                                           key=lambda k: saved["aggregate"]["arms"][k]["fp4_e2m1"]["mean"])
     assert set(v["per_arm"]) == {"baseline", "pqt", "ste", "pqt-ste"} and "pqt_pays" in v
     assert v["recommended_minus_ste"]["quantized"]["n"] == 2
+    assert os.path.getsize(out / "loss.png") > 0
+    assert saved["wall_s"] < 1200 and saved["environment"]["torch"] == torch.__version__
+    assert saved["environment"]["cpu_threads"] == 1 and _process_settings() == settings_before  # given back
     # The exported model (the recommended arm, or the last one asked for) loads back to its weights.
     m = train.build_model("gpt2", "tiny", 64)
     pqt_compile.export.load(saved["export"]["path"], m)
@@ -82,6 +117,61 @@ def test_a_short_run_end_to_end(tmp_path):
         assert os.path.getsize(g["path"]) == g["bytes"] > 0
         if "llamacpp_val_loss" in g:
             assert g["llamacpp_val_loss"] == pytest.approx(first["eval"][k]["fp4_e2m1"], abs=0.01)
+
+
+class _JumpingClock:
+    """time.monotonic, jumped a day ahead once the job reports a given step (the time limit
+    "runs out" there, whatever the machine's speed)."""
+
+    def __init__(self, phase, seed, step):
+        self.at, self.offset = (phase, seed, step), 0.0
+
+    def __call__(self):
+        return time.monotonic() + self.offset
+
+    def on_step(self, phase, seed, step):
+        if (phase, seed, step) == self.at:
+            self.offset = 86_400.0
+
+
+@pytest.mark.parametrize("stop_after,steps,seeds_used", [(3, 4, [0]), (5, 6, [0])])
+def test_the_time_limit_stops_cleanly_with_partial_results(smoke, tmp_path, capsys, stop_after, steps, seeds_used):
+    """Time runs out after fine-tuning step `stop_after` of seed 0: the job stops before the next
+    step (mid-seed: that seed is evaluated where it stopped) or before seed 1 (not started), and
+    writes the table, the plot and results.json, marked partial."""
+    pre = smoke[0]
+    clock = _JumpingClock("finetune", 0, stop_after)
+    res = train.main(["--preset", "cpu-smoke", "--out", str(tmp_path), "--pretrain-dir", str(pre), "--no-progress",
+                      "--no-export"], clock=clock, on_step=clock.on_step)
+    printed = capsys.readouterr().out
+    with open(tmp_path / "results.json") as f:
+        saved = json.load(f)
+    assert [r["seed"] for r in saved["per_seed"]] == seeds_used
+    r = saved["per_seed"][0]
+    st = saved["stopped"]
+    if steps < 6:
+        assert st["phase"] == "fine-tuning" and (st["seed"], st["step"], st["of"]) == (0, steps, 6)
+        assert not r["complete"] and r["steps"] == steps and r["steps_planned"] == 6
+        assert f"seed 0 stopped after {steps} of 6 steps" in printed
+    else:
+        assert st["phase"] == "seeds" and st["seed"] == 1 and r["complete"]
+        assert "seed 1 and later not run" in printed
+    for k in ("baseline", "pqt", "ste", "pqt-ste"):
+        assert len(r["train_loss"][k]) == steps
+        assert [p[0] for p in r["val_curve"][k]] == sorted({0, 3, steps})  # a last point where it stopped
+        assert set(r["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16"}
+    assert "PARTIAL: the time limit (1200 s) ran out" in printed and "validation loss" in printed
+    assert saved["verdict"]["seeds"] == 1 and os.path.getsize(tmp_path / "loss.png") > 0
+
+
+def test_a_time_limit_spent_before_pretraining_ends_writes_what_it_has(tmp_path, capsys):
+    """No time even for the first pretraining step: nothing to compare, said so, results.json
+    written (and nothing compiled or cached)."""
+    res = train.main(["--preset", "cpu-smoke", "--out", str(tmp_path), "--time-limit", "1e-6", "--no-progress"])
+    assert res["per_seed"] == [] and res["stopped"]["phase"] == "pretraining"
+    assert "pretraining stopped at step 0 of 3" in res["stopped"]["reason"]
+    assert "no results" in capsys.readouterr().out
+    assert os.path.exists(tmp_path / "results.json") and not list(tmp_path.glob("pretrain_*.pt"))
 
 
 def test_arms_switch_stages_at_their_steps():
@@ -130,4 +220,5 @@ def test_the_verdict_compares_the_recommended_recipe_with_ste_by_seed():
     assert d["seeds_better"] == 2 and d["quantized"]["mean"] == pytest.approx(-0.02 / 3)
     assert d["clean"]["mean"] == pytest.approx(-0.03) and v["best_quantized_arm"] == "pqt-ste"
     assert "pqt-ste minus ste, paired: fp4_e2m1 -0.0067 ± 0.0153 (better in 2/3 seeds)" in train_report.report(
-        {**results, "verdict": v, "per_seed": [{**r, "step_time_ratio_median": {"ste": 1.0}} for r in runs]}, "fp4_e2m1")
+        {**results, "verdict": v, "per_seed": [{**r, "step_time_ratio_median": {"ste": 1.0}, "tokens_per_s": {"ste": 1e5},
+                                                 "step_ms_median": {"ste": 2.56}} for r in runs]}, "fp4_e2m1")
