@@ -7,6 +7,8 @@ values bit for bit. NVFP4 keeps its tensor scale 2^k_t in llama.cpp's separate F
 `<name>.scale` (shape [1]), which llama.cpp applies to the matmul's result; an embedding lookup
 has no such scale, so a sampled token embedding (a tied head) is written dense, holding
 `quantize_model`'s values (exact in the model's dtype: they have at most 6 significant bits).
+Where llama.cpp would not apply the scale as trained (GPT-2's FFN; an FFN weight with a bias,
+on which it aborts) NVFP4 is refused (`_nvfp4_refusal`).
 The other tensors are written as they are: vectors (norms, biases) F32, matrices
 (embeddings) in the model's dtype (F32, F16 or BF16), which is exact too. Architecture
 metadata and tensor names come from gguf_arch.py, the vocabulary from gguf_vocab.py.
@@ -39,6 +41,26 @@ _FILE_TYPE = {"MXFP4": "MOSTLY_MXFP4_MOE", "Q4_0": "MOSTLY_Q4_0", "Q5_0": "MOSTL
               "NVFP4": "MOSTLY_NVFP4"}
 #: GGUF names whose tensor llama.cpp reads without a `.scale` (an embedding lookup): dense for NVFP4.
 _NO_TENSOR_SCALE = ("token_embd.weight",)
+_FFN = ("ffn_up", "ffn_gate", "ffn_down")
+
+
+def _nvfp4_refusal(arch: str, gguf_name: str, written: set[str]) -> Optional[str]:
+    """Why llama.cpp would not run `gguf_name` as NVFP4 with its `.scale` as trained (None if it
+    would). Found by running the files in llama.cpp (llama-cpp-python 0.3.36, its opt-in engine
+    tests): its gpt2 graph passes no tensor scale to the FFN, and its FFN builder aborts
+    (GGML_ASSERT) on an NVFP4 weight that has both a tensor scale and a bias."""
+    base = gguf_name.rsplit(".", 1)[0]
+    kind = base.rsplit(".", 1)[-1]
+    if kind not in _FFN:
+        return None
+    if arch == "gpt2":
+        return (f"llama.cpp's gpt2 graph does not apply the NVFP4 tensor scale of {kind} (llama-cpp-python 0.3.36): "
+                "the file would run with that weight 2^-k_t too large. Keep the MLP out of PQT "
+                r"(PQTConfig(exclude=(r'mlp\.c_(fc|proj)',))), or train fp4_e2m1 (MXFP4)")
+    if base + ".bias" in written:
+        return (f"llama.cpp aborts on an NVFP4 {kind} weight that has both a tensor scale and a bias (GGML_ASSERT in its "
+                "FFN builder, llama-cpp-python 0.3.36). Export --to compressed-tensors, or keep the MLP out of PQT")
+    return None
 _DENSE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 #: None, "bytes", "none", or an HF fast tokenizer (see write_gguf).
@@ -128,6 +150,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
 
     tensors: list[tuple[str, Any, Optional[str]]] = []
+    written = {plan.tensors[canonical_name(k)].name for k in model.state_dict() if canonical_name(k) in plan.tensors}
     for raw_key, t in model.state_dict().items():
         key = canonical_name(raw_key)
         if key not in plan.tensors:
@@ -144,6 +167,9 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         elif param is not None and id(param) in sampled:
             name, axis = sampled[id(param)]
             if qtype == "NVFP4":
+                why = _nvfp4_refusal(plan.arch, target.name, written)
+                if why is not None:
+                    raise ExportError(f"{name}: {why}")
                 nv = pack_nvfp4(param, axis=axis, config=config, name=name)
                 data = nvfp4_blocks(nv, name)
             else:

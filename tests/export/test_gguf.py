@@ -79,14 +79,17 @@ def test_other_blocks_and_exact_mappings(tmp_path, models, fmt, block, gguf_type
                       gguf_type=gguf_type)
 
 
-@pytest.mark.parametrize("arch", list(MODELS))
-def test_nvfp4_reads_back_bit_for_bit_with_its_tensor_scales(tmp_path, models, arch):
+NVFP4_MODELS = {"llama": tiny_llama, "llama-untied": functools.partial(tiny_llama, tie=False)}
+
+
+@pytest.mark.parametrize("arch", list(NVFP4_MODELS))
+def test_nvfp4_reads_back_bit_for_bit_with_its_tensor_scales(tmp_path, arch):
     """GGUF NVFP4: codes and E4M3 scales in the blocks, 2^k_t in `<name>.scale`; the gguf reader's
     blocks times that scale are quantize_model's values. A sampled token embedding (tied head) is
     written dense: llama.cpp's embedding lookup applies no tensor scale."""
     path = tmp_path / "m.gguf"
-    summary, quantized = _check_round_trip(models[arch], path, PQTConfig(format="nvfp4"), "NVFP4")
-    assert len(quantized) == 8 if arch == "gpt2" else len(quantized) == 2 * 7 + (arch == "llama-untied-bias")
+    summary, quantized = _check_round_trip(NVFP4_MODELS[arch](), path, PQTConfig(format="nvfp4"), "NVFP4")
+    assert len(quantized) == 2 * 7 + (arch == "llama-untied")
     scales = {n for n in summary.types if n.endswith(".scale")}
     assert scales == {n.rsplit(".", 1)[0] + ".scale" for n in quantized} and "token_embd.weight" not in quantized
     raw = read_gguf(str(path), apply_scales=False)
@@ -94,6 +97,22 @@ def test_nvfp4_reads_back_bit_for_bit_with_its_tensor_scales(tmp_path, models, a
         assert raw[name].shape == (1,) and math.log2(float(raw[name])).is_integer()
     reader = gguf.GGUFReader(str(path))
     assert reader.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_NVFP4)
+
+
+def test_nvfp4_where_llama_cpp_would_not_apply_the_tensor_scale_is_refused(tmp_path, models):
+    """Found by running the files in llama.cpp (the opt-in engine tests): its gpt2 graph ignores
+    the FFN's `.scale`, and it aborts on an NVFP4 FFN weight with a bias."""
+    cfg = PQTConfig(format="nvfp4")
+    with pytest.raises(ExportError, match=r"mlp.c_fc.weight: llama.cpp's gpt2 graph does not apply the NVFP4 tensor scale"):
+        write_gguf(models["gpt2"], str(tmp_path / "a.gguf"), cfg)
+    with pytest.raises(ExportError, match=r"mlp.gate_proj.weight: llama.cpp aborts on an NVFP4 ffn_gate weight that has "
+                                          r"both a tensor scale and a bias"):
+        write_gguf(models["llama-untied-bias"], str(tmp_path / "b.gguf"), cfg)
+    assert list(tmp_path.iterdir()) == []
+    # GPT-2 with its MLP kept out of PQT: the attention weights go to NVFP4 (llama.cpp scales them)
+    attn_only = PQTConfig(format="nvfp4", exclude=(r"mlp\.c_(fc|proj)",))
+    summary, quantized = _check_round_trip(models["gpt2"], tmp_path / "c.gguf", attn_only, "NVFP4")
+    assert quantized == {f"blk.{i}.{t}.weight" for i in range(2) for t in ("attn_qkv", "attn_output")}
 
 
 def test_nvfp4_block_layout():
