@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .formats import FormatSpec, check_resolution
+from .formats import NVFP4_BLOCK, FormatSpec, check_resolution
 
 __all__ = [
     "ROW",
@@ -33,6 +33,7 @@ __all__ = [
     "check_sample_args",
     "index_bound",
     "row_major_strides",
+    "check_nvfp4_blocks",
 ]
 
 #: Block-size codes as the op's schema carries them: B > 0, ROW for "row", TENSOR for "tensor".
@@ -133,6 +134,20 @@ def index_bound(shape: Sequence[Length], index_strides: Optional[Sequence[int]] 
     return index_offset + 1 + sum((n - 1) * s for n, s in zip(shape, index_strides))
 
 
+def check_nvfp4_blocks(shape: Sequence[int], axis: int, code: int) -> None:
+    """Refuse an NVFP4 request whose blocks are not 16 whole elements along the reduction axis."""
+    if code != NVFP4_BLOCK:
+        raise ValueError(f"pqt: nvfp4 takes block_size {NVFP4_BLOCK} only (code {code} given); leave PQTConfig.block_size unset")
+    k = shape[axis]
+    if k % NVFP4_BLOCK:
+        raise ValueError(
+            f"pqt: nvfp4 needs the reduction axis to be a multiple of {NVFP4_BLOCK} (every block is {NVFP4_BLOCK} "
+            f"elements with one E4M3 scale), but axis {axis} of the weight of shape {tuple(shape)} has {k}: pad the "
+            f"layer's input dimension to a multiple of {NVFP4_BLOCK}, keep this weight out of PQT (PQTConfig.exclude), "
+            "or train fp4_e2m1, whose last block may be shorter"
+        )
+
+
 def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, out_dtype: torch.dtype,
                       index_strides: Optional[Sequence[int]] = None, index_offset: int = 0) -> int:
     """Validate the inputs of a sample, a quantize or a pack; return the axis made non-negative."""
@@ -162,5 +177,7 @@ def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, o
                          "2^32 are supported (the counter is 32-bit)")
     if code < TENSOR:
         raise ValueError(f"pqt: block_size code {code} is invalid (B > 0, 0 = row, -1 = tensor)")
+    if spec.two_level:
+        check_nvfp4_blocks(w.shape, axis % w.dim(), code)
     check_resolution(spec, out_dtype)
     return axis % w.dim()

@@ -13,11 +13,20 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from .blocks import block_code
-from .formats import FormatSpec, parse_format
+from .formats import NVFP4, NVFP4_BLOCK, FormatSpec, parse_format
 
-__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD"]
+__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size"]
 
 BlockSize = Union[int, str]
+
+#: block_size when none is given: OCP MX's 32, or NVFP4's 16 (the only one it defines).
+DEFAULT_BLOCK_SIZE = 32
+
+
+def default_block_size(format: str) -> int:
+    """The block size a config of `format` gets when none is given."""
+    return NVFP4_BLOCK if format == NVFP4 else DEFAULT_BLOCK_SIZE
+
 
 #: The standard deviation of uniform rounding error, in units of the step: 1/sqrt(12).
 DEFAULT_NOISE_STD = 1.0 / math.sqrt(12.0)
@@ -47,9 +56,11 @@ class PQTConfig:
     """Pseudo-quantization training settings.
 
     Attributes:
-        format: target storage format (see `pqt_compile.formats`), default "fp6_e3m2".
+        format: target storage format (see `pqt_compile.formats`), default "fp6_e3m2";
+            "nvfp4" is NVIDIA's NVFP4 (E2M1 elements, E4M3 block scales, an FP32 tensor scale).
         block_size: elements per shared-scale block along the reduction axis (default 32,
-            as in OCP MX), or "row" (the whole reduction axis) or "tensor" (one block).
+            as in OCP MX; 16 for "nvfp4", the only size it takes), or "row" (the whole
+            reduction axis) or "tensor" (one block).
         mode: "sample" (default): the matmul reads w + Δ r, a fresh draw per step (PQT).
             "ste": the matmul reads round-to-nearest of w on the same grid (exactly what
             `quantize_model` deploys) and the gradient reaches w unchanged (straight-through
@@ -76,7 +87,7 @@ class PQTConfig:
     """
 
     format: str = "fp6_e3m2"
-    block_size: BlockSize = 32
+    block_size: Optional[BlockSize] = None  # None: the format's default (default_block_size)
     mode: str = "sample"
     noise: str = "gaussian"
     noise_std: Optional[float] = None  # None: the noise's default (_DEFAULT_STD)
@@ -96,11 +107,18 @@ class PQTConfig:
                 "before training (a seed in the config would also split Inductor's cache by seed)"
             )
         parse_format(self.format)  # raises ValueError naming the accepted formats
-        b = self.block_size
+        b = default_block_size(self.format) if self.block_size is None else self.block_size
         if isinstance(b, bool) or not (isinstance(b, int) and b > 0 or b in ("row", "tensor")):
             raise ValueError(
                 f"PQTConfig.block_size must be a positive int, 'row' or 'tensor', got {b!r}"
             )
+        if self.format == NVFP4 and b != NVFP4_BLOCK:
+            raise ValueError(
+                f"PQTConfig(format='nvfp4') takes block_size {NVFP4_BLOCK} only (NVFP4 scales every 16 elements "
+                f"with one E4M3 number), got {b!r}: leave block_size unset, or train fp4_e2m1 with block_size "
+                f"{b!r} (power-of-two scales, MXFP4 for 32)"
+            )
+        object.__setattr__(self, "block_size", b)
         if self.noise not in _NOISES:
             raise ValueError(f"PQTConfig.noise must be one of {_NOISES}, got {self.noise!r}")
         if self.mode not in _MODES:
@@ -168,7 +186,10 @@ class PQTConfig:
 
     def replace(self, **changes: Any) -> "PQTConfig":
         """A copy with some fields changed (validated again). A noise_std that was the old noise's
-        default follows a change of noise or mode (it is not carried over as if chosen)."""
+        default follows a change of noise or mode, and a block_size that was the old format's
+        default a change of format (neither is carried over as if chosen)."""
+        if "format" in changes and "block_size" not in changes and self.block_size == default_block_size(self.format):
+            changes["block_size"] = None
         if ("noise" in changes or "mode" in changes) and "noise_std" not in changes:
             if self.noise_std is None or self.noise_std == _DEFAULT_STD[self.noise]:
                 changes["noise_std"] = None

@@ -4,6 +4,10 @@ A format is named `fp8_e4m3`, `fp8_e5m2`, `fp6_e3m2`, `fp6_e2m3`, `fp4_e2m1`, th
 `fpN_eEmM` (N = 1 + E + M, 2 <= E <= 5, 0 <= M <= 7, every encoding finite as in MX FP6/FP4),
 or `intB` (B = 2..16, symmetric). The two named FP8 formats follow the OCP FP8 rules, so
 their emax differs from the generic all-finite rule (E4M3 tops out at 448, E5M2 at 57344).
+
+`nvfp4` is NVIDIA's two-level format: E2M1 elements (fp4_e2m1's grid) in blocks of 16, each
+block scaled by an FP8 E4M3 number, the whole tensor by one FP32 number (formula_nvfp4.py,
+docs/method.md "NVFP4"). Every other format has one power-of-two scale per block (the MX rule).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FormatSpec", "parse_format", "mantissa_bits_of", "check_resolution"]
+__all__ = ["FormatSpec", "parse_format", "mantissa_bits_of", "check_resolution", "NVFP4", "NVFP4_BLOCK"]
 
 _FP_RE = re.compile(r"^fp(\d+)_e(\d+)m(\d+)$")
 _INT_RE = re.compile(r"^int(\d+)$")
@@ -23,7 +27,13 @@ _INT_RE = re.compile(r"^int(\d+)$")
 # E5M2 is IEEE-like (the top exponent is Inf/NaN), so emax = 15.
 _OCP_FP8_EMAX = {"fp8_e4m3": 8, "fp8_e5m2": 15}
 
-ACCEPTED_FORMATS = "fp8_e4m3, fp8_e5m2, fp6_e3m2, fp6_e2m3, fp4_e2m1, fpN_eEmM (N = 1+E+M, 2 <= E <= 5, 0 <= M <= 7), intB (2 <= B <= 16)"
+#: NVIDIA's NVFP4: E2M1 elements, an E4M3 scale per block of NVFP4_BLOCK, an FP32 scale per tensor.
+NVFP4 = "nvfp4"
+#: The one block size NVFP4 defines.
+NVFP4_BLOCK = 16
+
+ACCEPTED_FORMATS = ("fp8_e4m3, fp8_e5m2, fp6_e3m2, fp6_e2m3, fp4_e2m1, fpN_eEmM (N = 1+E+M, 2 <= E <= 5, 0 <= M <= 7), "
+                    "intB (2 <= B <= 16), nvfp4")
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class FormatSpec:
     smallest normal exponent, 1 - bias) and `emax`. For an int format, `emax` = B - 2 (so a
     block's amax scales into [2^(B-2), 2^(B-1)), whose integers fit in B signed bits) and the
     step inside a block is 2^k_b.
+
+    `two_level` marks NVFP4: the element constants are E2M1's, but the block scale is an E4M3
+    number under a per-tensor scale (formula_nvfp4.py) instead of 2^k_b; code written for the
+    power-of-two rule must refuse such a spec (formula.block_exponent does).
     """
 
     name: str
@@ -45,6 +59,7 @@ class FormatSpec:
     emin: int
     emax: int
     max_value: float
+    two_level: bool = False
 
     @property
     def significant_bits(self) -> int:
@@ -57,6 +72,9 @@ def parse_format(name: str) -> FormatSpec:
     """Parse a format name; raise ValueError naming the accepted forms if it is unknown."""
     if not isinstance(name, str):
         raise ValueError(f"format must be a string, got {name!r}; accepted: {ACCEPTED_FORMATS}")
+    if name == NVFP4:
+        e2m1 = parse_format("fp4_e2m1")
+        return FormatSpec(NVFP4, False, 4, 2, 1, e2m1.bias, e2m1.emin, e2m1.emax, e2m1.max_value, two_level=True)
     m = _INT_RE.match(name)
     if m:
         bits = int(m.group(1))

@@ -92,6 +92,7 @@ class SampleOps(Protocol):
     def add(self, a: Any, b: Any) -> Any: ...
     def sub(self, a: Any, b: Any) -> Any: ...
     def mul(self, a: Any, b: Any) -> Any: ...
+    def div(self, a: Any, b: Any) -> Any: ...  # fp32 IEEE division, correctly rounded (NVFP4 only)
     def band(self, a: Any, b: Any) -> Any: ...
     def xor(self, a: Any, b: Any) -> Any: ...
     def shr(self, a: Any, b: Any) -> Any: ...
@@ -148,6 +149,7 @@ class TorchOps(Int64Words):
     add = staticmethod(torch.add)
     sub = staticmethod(torch.sub)
     mul = staticmethod(torch.mul)
+    div = staticmethod(torch.div)  # true division: IEEE, correctly rounded, on CPU and CUDA
     band = staticmethod(torch.bitwise_and)
     xor = staticmethod(torch.bitwise_xor)
     shr = staticmethod(torch.bitwise_right_shift)
@@ -273,8 +275,17 @@ def pow2(o: SampleOps, n: Any) -> Any:
     return o.bits_f32(bits)
 
 
+def _refuse_two_level(spec: FormatSpec) -> None:
+    # Every power-of-two path (the op's, quantize's, the lowering's) passes through step_log2 or
+    # block_exponent: NVFP4 must not fall into one and come out sampled on MXFP4's grid.
+    if spec.two_level:
+        raise ValueError(f"format {spec.name!r} has E4M3 block scales under a tensor scale, not 2^k_b: "
+                         "its numerics are formula_nvfp4.py's")
+
+
 def step_log2(o: SampleOps, absw: Any, amax: Any, spec: FormatSpec) -> Any:
     """log2 of the step Δ of each element (a small integer), given |w| and its block's amax (fp32)."""
+    _refuse_two_level(spec)
     k = o.sub(floor_log2(o, amax), o.small(spec.emax))
     if spec.is_int:
         return k
@@ -360,6 +371,7 @@ _EXP_MASK = 0x7F800000
 def block_exponent(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) -> tuple[Any, Any]:
     """(valid, k_b): whether the block gets a step (amax finite and > 0, and `live`), and its
     scale exponent k_b = floor(log2 amax) - emax (a small integer; unused where not valid)."""
+    _refuse_two_level(spec)
     valid = o.logical_and(o.gt(amax, o.f32(0.0)), o.le(amax, o.f32(FLT_MAX)))
     if live is not None:
         valid = o.logical_and(valid, live)

@@ -2,8 +2,8 @@
 implementation, fake impl, autograd.
 
 Schema: sample(Tensor w, Tensor seed, Tensor key, int axis, str format, int block_size,
-str noise, float noise_std, ScalarType out_dtype, int[]? index_strides=None, int index_offset=0)
--> Tensor. `seed` and `key` are int64
+str noise, float noise_std, ScalarType out_dtype, int[]? index_strides=None, int index_offset=0,
+Tensor? tensor_amax=None) -> Tensor. `seed` and `key` are int64
 tensors with one element (runtime values: a new seed never recompiles a graph);
 `block_size` is B > 0, 0 for "row", -1 for "tensor"; `noise` is "gaussian", "uniform",
 "rounded_gaussian", or "rtn": no noise, round to nearest on the same grid (PQTConfig(mode="ste"),
@@ -13,6 +13,9 @@ switches the noise off (the compiled path's runtime switch; `sample()` refuses o
 `index_strides` / `index_offset` place a shard of a larger weight in it (sharding.py NOTE
 [global index]): element l draws with index `index_offset + sum(l[d] * index_strides[d])`; None
 means w is the whole weight (its own row-major strides, offset 0).
+`tensor_amax` (format "nvfp4" only) is the whole weight's max |w|, a one-element float tensor, for
+a shard whose weight is split across ranks (the compiled path feeds the all-reduced amax); None
+computes it from w, which a shard therefore cannot leave out. The other formats ignore it.
 
 `sample_t` takes the same arguments and a 2-D w [N, K]; it returns sample(...).t() laid out
 [K, N] contiguous: the same values, in the layout a GEMM reads its B operand. Only the
@@ -29,11 +32,14 @@ import torch
 from .blocks import block_amax, check_sample_args
 from .compat import has_triton
 from .config import PQTConfig
-from .formats import parse_format
-from .formula import TorchOps, sample_value
-from .rounding import rtn_value
+from .formats import FormatSpec, parse_format
+from .formula import TorchOps, element_hash, noise_from_hash, sample_value, stream_words
+from .formula_nvfp4 import block_params as nvfp4_block_params
+from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
+from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
+from .rounding import nvfp4_rtn_from_params, rtn_value
 
-__all__ = ["sample", "sample_eager", "SAMPLE_OPS", "RTN"]
+__all__ = ["sample", "sample_eager", "nvfp4_tensor_amax", "SAMPLE_OPS", "RTN"]
 
 #: The op's `noise` for PQTConfig(mode="ste"): round to nearest (rounding.py), no draw.
 RTN = "rtn"
@@ -54,6 +60,7 @@ def sample_eager(
     out_dtype: torch.dtype,
     index_strides: Optional[list[int]] = None,
     index_offset: int = 0,
+    tensor_amax: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The formula in eager torch, on any device; chunked to bound the int64 temporaries."""
     spec = parse_format(format)
@@ -64,6 +71,22 @@ def sample_eager(
     w_flat = w.detach().contiguous().view(-1)
     amax_flat = block_amax(w, axis, block_size).view(-1)
     out = torch.empty(w.numel(), dtype=out_dtype, device=w.device)
+    if spec.two_level:  # NVFP4: formula_nvfp4.py
+        amax_t = nvfp4_tensor_amax(w, tensor_amax, index_strides, index_offset)
+        tensor = nvfp4_tensor_params(o, amax_t, live=o.gt(key_v, o.i64(-1)))
+        for start in range(0, w.numel(), _CHUNK):
+            stop = min(start + _CHUNK, w.numel())
+            w32 = w_flat[start:stop].float()
+            params = nvfp4_block_params(o, amax_flat[start:stop], tensor)
+            if noise == RTN:
+                value = nvfp4_rtn_from_params(o, w32, params)
+            else:
+                index = element_index(w.shape, start, stop, index_strides, index_offset, w.device)
+                s1, s2 = stream_words(o, seed_v, key_v)
+                r = noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
+                value = nvfp4_sample_from_params(o, w32, params, r)
+            out[start:stop] = value.to(out_dtype)
+        return out.view(w.shape)
     for start in range(0, w.numel(), _CHUNK):
         stop = min(start + _CHUNK, w.numel())
         if noise == RTN:  # mode "ste": round to nearest, no draw (rounding.py)
@@ -76,6 +99,37 @@ def sample_eager(
         )
         out[start:stop] = value.to(out_dtype)
     return out.view(w.shape)
+
+
+def nvfp4_tensor_amax(w: torch.Tensor, tensor_amax: Optional[torch.Tensor], index_strides: Optional[list[int]] = None,
+                      index_offset: int = 0) -> torch.Tensor:
+    """The whole weight's max |w| (0-d fp32, NaN if it holds one) for NVFP4's tensor scale: computed
+    from w, or the given `tensor_amax` (a shard's all-reduced amax), checked to cover w's own."""
+    own = w.detach().float().abs().amax()  # propagates NaN
+    if tensor_amax is None:
+        if index_strides is not None and not _is_whole(w.shape, index_strides, index_offset):
+            raise ValueError(
+                "pqt: an nvfp4 shard (index_strides / index_offset place it in a larger weight) needs tensor_amax, the "
+                "whole weight's max |w| (all-reduced over the ranks that split it): its own amax would give it "
+                "another tensor scale than the other shards"
+            )
+        return own
+    if not isinstance(tensor_amax, torch.Tensor) or tensor_amax.numel() != 1 or not tensor_amax.is_floating_point():
+        raise ValueError(f"pqt: tensor_amax must be a floating tensor with one element, got {tensor_amax!r}")
+    given = tensor_amax.detach().reshape(()).to(device=w.device, dtype=torch.float32)
+    if bool(given < own):  # NaN compares false: a NaN in either leaves the tensor without scales
+        raise ValueError(f"pqt: tensor_amax {float(given)} is below the weight's own max |w| {float(own)}: pass the "
+                         "max of |w| over the whole weight (all its shards)")
+    return given
+
+
+def _is_whole(shape: torch.Size, index_strides: list[int], index_offset: int) -> bool:
+    """Whether a placement is the identity: w is the whole weight, in its own row-major order."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return index_offset == 0 and list(index_strides) == strides[::-1]
 
 
 def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optional[list[int]], index_offset: int,
@@ -94,15 +148,17 @@ def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optio
 
 
 def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
-                 index_offset=0) -> torch.Tensor:
+                 index_offset=0, tensor_amax=None) -> torch.Tensor:
     whole = index_strides is None and index_offset == 0  # the Triton kernel knows only whole weights
     if whole and w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
         from .kernels.sample import sample_triton
 
-        return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype)
+        if tensor_amax is not None:
+            tensor_amax = nvfp4_tensor_amax(w, tensor_amax) if parse_format(format).two_level else None
+        return sample_triton(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, tensor_amax=tensor_amax)
     return sample_eager(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
-                        index_offset)
+                        index_offset, tensor_amax)
 
 
 @torch.library.custom_op("pqt::sample", mutates_args=(), device_types=("cpu", "cuda"))
@@ -118,15 +174,25 @@ def _sample_op(
     out_dtype: torch.dtype,
     index_strides: Optional[list[int]] = None,
     index_offset: int = 0,
+    tensor_amax: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
-                        index_offset)
+                        index_offset, tensor_amax)
+
+
+def _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_offset, tensor_amax) -> FormatSpec:
+    spec = parse_format(format)
+    check_sample_args(w, axis, spec, block_size, out_dtype, index_strides, index_offset)
+    if tensor_amax is not None and (tensor_amax.numel() != 1 or not tensor_amax.is_floating_point()):
+        raise ValueError(f"pqt: tensor_amax must be a floating tensor with one element, got shape "
+                         f"{tuple(tensor_amax.shape)} and dtype {tensor_amax.dtype}")
+    return spec
 
 
 @_sample_op.register_fake
 def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
-                 index_offset=0):
-    check_sample_args(w, axis, parse_format(format), block_size, out_dtype, index_strides, index_offset)
+                 index_offset=0, tensor_amax=None):
+    _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_offset, tensor_amax)
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
 
 
@@ -143,10 +209,11 @@ def _sample_t_op(
     out_dtype: torch.dtype,
     index_strides: Optional[list[int]] = None,
     index_offset: int = 0,
+    tensor_amax: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     _check_2d(w)
     return _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides,
-                        index_offset).t().contiguous()
+                        index_offset, tensor_amax).t().contiguous()
 
 
 def _check_2d(w: torch.Tensor) -> None:
@@ -156,8 +223,8 @@ def _check_2d(w: torch.Tensor) -> None:
 
 @_sample_t_op.register_fake
 def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
-                   index_offset=0):
-    check_sample_args(w, axis, parse_format(format), block_size, out_dtype, index_strides, index_offset)
+                   index_offset=0, tensor_amax=None):
+    _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_offset, tensor_amax)
     _check_2d(w)
     return torch.empty((w.shape[1], w.shape[0]), dtype=out_dtype, device=w.device)
 
@@ -168,12 +235,12 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: torch.Tensor):
     # d w_hat / d w = I: the gradient passes through, in the weight's dtype.
-    return grad.to(ctx.w_dtype), *([None] * 10)
+    return grad.to(ctx.w_dtype), *([None] * 11)
 
 
 def _backward_t(ctx, grad: torch.Tensor):
     # w_hat^T: the identity, transposed back to w's layout.
-    return grad.t().to(ctx.w_dtype), *([None] * 10)
+    return grad.t().to(ctx.w_dtype), *([None] * 11)
 
 
 _sample_op.register_autograd(_backward, setup_context=_setup_context)

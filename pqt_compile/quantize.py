@@ -5,6 +5,10 @@ clamp(round_half_even(w / Δ) * Δ, -max_F 2^k_b, max_F 2^k_b). `pack` stores on
 element (the format's bit pattern: sign | exponent field | mantissa, or the B-bit two's
 complement integer) and one int8 exponent k_b per block; `unpack` restores `quantize`'s
 values exactly.
+
+NVFP4 (formula_nvfp4.py): `quantize` returns sign(w) q s_b 2^k_t (rounding.nvfp4_rtn_from_params);
+`pack` stores the E2M1 codes, one E4M3 scale s_b per block (float8_e4m3fn; 0 for an all-zero
+block) and the tensor's exponent k_t (s_t = 2^k_t).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from .blocks import block_amax, block_code, block_starts, check_sample_args, exp
 from .config import PQTConfig
 from .formats import FormatSpec, parse_format
 from .formula import TorchOps, floor_log2, pow2, step_log2
-from .rounding import rtn_value
+from .formula_nvfp4 import block_scale, tensor_exponent, tensor_params
+from .formula_nvfp4 import block_params as nvfp4_block_params
+from .rounding import nvfp4_rtn_from_params, nvfp4_units, rtn_value
 
 __all__ = ["quantize", "pack", "unpack", "PackedTensor"]
 
@@ -48,8 +54,12 @@ def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = N
     config = config or PQTConfig()
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
     amax = block_amax(w, axis, config.block_code)
+    o = TorchOps(w.device)
+    if config.spec.two_level:
+        tensor = tensor_params(o, w.detach().float().abs().amax())
+        return nvfp4_rtn_from_params(o, w.detach().float(), nvfp4_block_params(o, amax, tensor)).to(w.dtype)
     # rounding.py: the formula the compiled STE forward (PQTConfig(mode="ste")) runs too.
-    return rtn_value(TorchOps(w.device), w.detach().float(), amax, config.spec).to(w.dtype)
+    return rtn_value(o, w.detach().float(), amax, config.spec).to(w.dtype)
 
 
 @dataclass(frozen=True)
@@ -58,21 +68,27 @@ class PackedTensor:
 
     `exponents` has w's shape with the block axis (`axis`) shortened to the number of blocks
     (one element for block_size "tensor"); ZERO_BLOCK (-128) marks an all-zero block.
+    NVFP4 instead: `exponents` is None, `scales` holds the E4M3 block scales (float8_e4m3fn, that
+    shape; 0 for an all-zero block) and `tensor_exponent` k_t (the tensor scale is 2^k_t).
     """
 
     codes: torch.Tensor
-    exponents: torch.Tensor
+    exponents: Optional[torch.Tensor]
     shape: tuple[int, ...]
     axis: int
     format: str
     block_size: object
     dtype: torch.dtype
+    scales: Optional[torch.Tensor] = None
+    tensor_exponent: Optional[int] = None
 
 
 def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None) -> PackedTensor:
     """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible)."""
     config = config or PQTConfig()
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
+    if config.spec.two_level:
+        return _pack_nvfp4(w, axis, config)
     spec, w32, valid, n, k = _scales(w, axis, config)
     if not bool(torch.isfinite(w32).all()):
         raise ValueError("pqt.pack: the weight holds NaN or Inf, which no format code represents; fix the weight first")
@@ -110,9 +126,59 @@ def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None)
     )
 
 
+_E2M1_UNITS = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def _pack_nvfp4(w: torch.Tensor, axis: int, config: PQTConfig) -> PackedTensor:
+    o = TorchOps(w.device)
+    w32 = w.detach().float()
+    if not bool(torch.isfinite(w32).all()):
+        raise ValueError("pqt.pack: the weight holds NaN or Inf, which no format code represents; fix the weight first")
+    amax_t = w32.abs().amax()
+    valid, k = tensor_exponent(o, amax_t)
+    if not bool(valid):
+        raise ValueError(
+            f"pqt.pack: nvfp4 gives this weight no tensor scale: its max |w| {float(amax_t):.3g} is outside "
+            "[2^-100, 2^100) (quantize leaves such a weight as it is); set a weight this small to zero, or keep it "
+            "out of packing (config.exclude)"
+        )
+    amax = block_amax(w, axis, config.block_code)
+    tensor = tensor_params(o, amax_t)
+    (scale,) = nvfp4_block_params(o, amax, tensor)
+    live = scale > 0
+    q = torch.where(live, nvfp4_units(o, w32.abs(), torch.where(live, scale, torch.ones_like(scale))), torch.zeros_like(w32))
+    # E2M1 code of q in {0, .5, 1, 1.5, 2, 3, 4, 6}: 2q below 2, q + 2 below 4, q / 2 + 4 above (exact).
+    mag = torch.where(q < 2, 2 * q, torch.where(q < 4, q + 2, q / 2 + 4)).to(torch.int64)
+    codes = mag | torch.where((w32 < 0) & (q > 0), 8, 0)
+    s_b = torch.where(live, block_scale(o, amax, tensor[1]), torch.zeros_like(scale))
+    return PackedTensor(
+        codes=codes.to(torch.uint8),
+        exponents=None,
+        shape=tuple(w.shape),
+        axis=axis,
+        format=config.format,
+        block_size=config.block_size,
+        dtype=w.dtype,
+        scales=block_starts(s_b, axis, config.block_code).to(torch.float8_e4m3fn),
+        tensor_exponent=int(k),
+    )
+
+
+def _unpack_nvfp4(p: PackedTensor) -> torch.Tensor:
+    if p.scales is None or p.tensor_exponent is None:
+        raise ValueError("pqt.unpack: an nvfp4 PackedTensor needs its E4M3 scales and its tensor exponent")
+    s_b = expand_blocks(p.scales.float(), p.shape, p.axis, block_code(p.block_size))  # type: ignore[arg-type]
+    c = p.codes.to(torch.int64)
+    x = _E2M1_UNITS.to(c.device)[c & 7] * s_b  # exact: 2 and 4 significant bits
+    x = x * pow2(TorchOps(c.device), torch.tensor(p.tensor_exponent))  # exact: a power of two, normal results
+    return torch.where(c >= 8, -x, x).to(p.dtype)
+
+
 def unpack(p: PackedTensor) -> torch.Tensor:
     """The values of a packed tensor, in its original dtype (equal to `quantize`'s)."""
     spec: FormatSpec = parse_format(p.format)
+    if spec.two_level:
+        return _unpack_nvfp4(p)
     k = expand_blocks(p.exponents.to(torch.int64), p.shape, p.axis, block_code(p.block_size))  # type: ignore[arg-type]
     zero = k == ZERO_BLOCK
     o = TorchOps(p.codes.device)

@@ -26,8 +26,9 @@ from typing import Any
 
 from .formats import FormatSpec
 from .formula import SampleOps, block_exponent, block_params, pow2, step_from_params
+from .formula_nvfp4 import E2M1_MAX
 
-__all__ = ["rtn_params", "rtn_from_params", "rtn_value"]
+__all__ = ["rtn_params", "rtn_from_params", "rtn_value", "nvfp4_units", "nvfp4_rtn_from_params"]
 
 _BIG_STEP = 2.0**64
 _MAGIC = 2.0**23
@@ -72,3 +73,27 @@ def rtn_from_params(o: SampleOps, w32: Any, params: tuple, spec: FormatSpec) -> 
 def rtn_value(o: SampleOps, w32: Any, amax: Any, spec: FormatSpec, live: Any = None) -> Any:
     """`rtn_from_params` with the block values computed per element (the eager form)."""
     return rtn_from_params(o, w32, rtn_params(o, amax, spec, live), spec)
+
+
+def nvfp4_units(o: SampleOps, absw: Any, scale: Any) -> Any:
+    """NVFP4's E2M1 magnitude of |w| (fp32) in a block of scale S > 0 (formula_nvfp4.block_params):
+    |w| / S (one IEEE division) rounded to E2M1's grid, ties to even, saturated at 6. The grid's
+    step at u = |w| / S is 0.5 below 2, 1 below 4, 2 above, so (u + c) - c with c = 2^23 times that
+    step rounds it (NOTE [rounding by a magic number]); u never exceeds ~6.4, c is small. The
+    division cannot create or break a tie: the nearest E2M1 point of the exact quotient is found
+    (docs/method.md "NVFP4")."""
+    u = o.div(absw, scale)
+    c = o.where(o.lt(u, o.f32(2.0)), o.f32(2.0**22), o.where(o.lt(u, o.f32(4.0)), o.f32(2.0**23), o.f32(2.0**24)))
+    return o.minimum(o.sub(o.add(u, c), c), o.f32(E2M1_MAX))
+
+
+def nvfp4_rtn_from_params(o: SampleOps, w32: Any, params: tuple) -> Any:
+    """NVFP4's round-to-nearest value of w (fp32) from its block's formula_nvfp4.block_params:
+    sign(w) * q * S with q = nvfp4_units (an exact product: q has 2 significant bits, S 4); w
+    itself where the block gets no scale (S < 0). A weight that rounds to zero gives +0."""
+    (scale,) = params
+    valid = o.gt(scale, o.f32(0.0))
+    absw = o.abs(w32)
+    q = o.mul(nvfp4_units(o, absw, o.where(valid, scale, o.f32(1.0))), scale)
+    signed = o.where(o.logical_and(o.lt(w32, o.f32(0.0)), o.gt(q, o.f32(0.0))), o.sub(o.f32(0.0), q), q)
+    return o.where(valid, signed, w32)

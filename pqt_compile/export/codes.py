@@ -84,6 +84,9 @@ def grouped_codes(w: torch.Tensor, *, axis: int, config: PQTConfig, group: int, 
     whatever `pack` raises for a weight it cannot store (NaN, a scale outside 2^-127..2^127).
     """
     axis = axis % w.dim()
+    if config.spec.two_level:
+        raise ExportError(f"{name}: {config.format} has E4M3 block scales under a tensor scale, not block exponents: "
+                          "its writers use export/nvfp4.py")
     why = group_mismatch(config, w.shape[axis], group)
     if why is not None:
         raise ExportError(f"{name}: cannot store {config.format} blocks in groups of {group}: {why}")

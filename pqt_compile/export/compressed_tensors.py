@@ -11,6 +11,9 @@ trained grid exactly (`scheme_for`):
                                                that dtype's bit pattern), weight_scale uint8
     fp6_e2m3, block 32   mxfp6-pack-quantized  weight_packed uint8 [N, 3K/4] (4 codes per 3
                                                bytes, code j at bit 6j), weight_scale uint8
+    nvfp4 (block 16)     nvfp4-pack-quantized  weight_packed uint8 [N, K/2] (pairs order),
+                                               weight_scale float8_e4m3fn [N, K/16], and
+                                               weight_global_scale float32 [1] = 2^-k_t (nvfp4.py)
     int2-int8, block g   pack-quantized        weight_packed int32 [N, ceil(K*B/32)] (element i
       (g divides K),                           at bit i*B of the row's bit stream, stored as
       "row", "tensor"                          q + 2^(B-1)), weight_scale = 2^k in the model's
@@ -43,21 +46,26 @@ from ..quantize import quantize
 from ..reference import sampled_axes
 from .codes import GroupedCodes, grouped_codes
 from .common import ExportError, atomic_output, check_destination, parameter_at
-from .mx import MX_BLOCK, NibbleOrder, e8m0_scales, pack_mxfp4
+from .mx import MX_BLOCK, NibbleOrder, e8m0_scales, pack_mxfp4, pack_nibbles
+from .nvfp4 import pack_nvfp4
 
 __all__ = ["FORMAT_VERSION", "CTSummary", "scheme_for", "compress_linear", "write_compressed_tensors"]
 
 #: The compressed-tensors release whose loader this layout was verified against (written as "version").
 FORMAT_VERSION = "0.20.0"
 _MX = {"fp4_e2m1": ("mxfp4-pack-quantized", 4), "fp8_e4m3": ("mxfp8-quantized", 8), "fp6_e2m3": ("mxfp6-pack-quantized", 6)}
-_HOLDS = ("fp4_e2m1, fp8_e4m3 and fp6_e2m3 with block_size 32 (MXFP4 / MXFP8 / MXFP6), and int2-int8 with a "
+_HOLDS = ("fp4_e2m1, fp8_e4m3 and fp6_e2m3 with block_size 32 (MXFP4 / MXFP8 / MXFP6), nvfp4, and int2-int8 with a "
           "block_size that divides every input dimension, 'row' or 'tensor'")
+_NVFP4 = "nvfp4-pack-quantized"
 
 
 def scheme_for(config: PQTConfig) -> tuple[str, dict[str, Any]]:
     """(compressed-tensors format, the `weights` QuantizationArgs) that hold `config` exactly;
     ExportError naming what compressed-tensors holds otherwise."""
     fmt, spec = config.format, config.spec
+    if spec.two_level:  # NVFP4A16: E4M3 group scales under a float32 global scale
+        return _NVFP4, {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group", "group_size": 16,
+                        "dynamic": False, "scale_dtype": "torch.float8_e4m3fn"}
     if fmt in _MX and config.block_size == MX_BLOCK:
         name, bits = _MX[fmt]
         return name, {"num_bits": bits, "type": "float", "symmetric": True, "strategy": "group", "group_size": MX_BLOCK,
@@ -114,6 +122,11 @@ def compress_linear(w: torch.Tensor, config: PQTConfig, name: str = "weight") ->
     if scheme == "mxfp4-pack-quantized":
         m = pack_mxfp4(w, axis=1, config=config, order=NibbleOrder.PAIRS, name=name)
         return {"weight_packed": m.packed, "weight_scale": m.scales}
+    if scheme == _NVFP4:
+        nv = pack_nvfp4(w, axis=1, config=config, name=name)
+        # compressed-tensors decodes s_b / weight_global_scale: with 2^-k_t that is s_b 2^k_t exactly.
+        return {"weight_packed": pack_nibbles(nv.codes, NibbleOrder.PAIRS), "weight_scale": nv.scales.view(torch.float8_e4m3fn),
+                "weight_global_scale": torch.tensor([2.0**-nv.tensor_exponent], dtype=torch.float32)}
     if scheme == "pack-quantized":
         group = k if config.block_code in (ROW, TENSOR) else config.block_code
         if k % group:

@@ -2,7 +2,13 @@
 
 Every weight the compiler samples is written in the GGUF block type that holds the trained
 format exactly (gguf_blocks.py: MXFP4 for fp4_e2m1, Q4_0 / Q5_0 / Q8_0 for int2-int8, block
-size 32 or a multiple), so llama.cpp dequantises it to `quantize_model`'s values bit for bit.
+size 32 or a multiple, NVFP4 for nvfp4), so llama.cpp dequantises it to `quantize_model`'s
+values bit for bit. NVFP4 keeps its tensor scale 2^k_t in llama.cpp's separate F32 tensor
+`<name>.scale` (shape [1]), which llama.cpp applies to the matmul's result; an embedding lookup
+has no such scale, so a sampled token embedding (a tied head) is written dense, holding
+`quantize_model`'s values (exact in the model's dtype: they have at most 6 significant bits).
+Where llama.cpp would not apply the scale as trained (GPT-2's FFN; an FFN weight with a bias,
+on which it aborts) NVFP4 is refused (`_nvfp4_refusal`).
 The other tensors are written as they are: vectors (norms, biases) F32, matrices
 (embeddings) in the model's dtype (F32, F16 or BF16), which is exact too. Architecture
 metadata and tensor names come from gguf_arch.py, the vocabulary from gguf_vocab.py.
@@ -20,16 +26,41 @@ import torch
 
 from ..config import PQTConfig
 from ..naming import canonical_name, named_parameters, unwrap
+from ..quantize import quantize
 from ..reference import sampled_axes
 from .common import ExportError, atomic_output, check_destination, parameter_at
 from .gguf_arch import ArchPlan, arch_plan
-from .gguf_blocks import encode_weight, gguf_type_for
+from .gguf_blocks import encode_weight, gguf_type_for, nvfp4_blocks
+from .nvfp4 import pack_nvfp4
 from .gguf_vocab import BYTE_VOCAB_SIZE, add_byte_vocab, add_hf_bpe_vocab, add_no_vocab
 
 __all__ = ["GGUFSummary", "write_gguf", "read_gguf"]
 
 # general.file_type: llama.cpp's name for the type most weights have (informational).
-_FILE_TYPE = {"MXFP4": "MOSTLY_MXFP4_MOE", "Q4_0": "MOSTLY_Q4_0", "Q5_0": "MOSTLY_Q5_0", "Q8_0": "MOSTLY_Q8_0"}
+_FILE_TYPE = {"MXFP4": "MOSTLY_MXFP4_MOE", "Q4_0": "MOSTLY_Q4_0", "Q5_0": "MOSTLY_Q5_0", "Q8_0": "MOSTLY_Q8_0",
+              "NVFP4": "MOSTLY_NVFP4"}
+#: GGUF names whose tensor llama.cpp reads without a `.scale` (an embedding lookup): dense for NVFP4.
+_NO_TENSOR_SCALE = ("token_embd.weight",)
+_FFN = ("ffn_up", "ffn_gate", "ffn_down")
+
+
+def _nvfp4_refusal(arch: str, gguf_name: str, written: set[str]) -> Optional[str]:
+    """Why llama.cpp would not run `gguf_name` as NVFP4 with its `.scale` as trained (None if it
+    would). Found by running the files in llama.cpp (llama-cpp-python 0.3.36, its opt-in engine
+    tests): its gpt2 graph passes no tensor scale to the FFN, and its FFN builder aborts
+    (GGML_ASSERT) on an NVFP4 weight that has both a tensor scale and a bias."""
+    base = gguf_name.rsplit(".", 1)[0]
+    kind = base.rsplit(".", 1)[-1]
+    if kind not in _FFN:
+        return None
+    if arch == "gpt2":
+        return (f"llama.cpp's gpt2 graph does not apply the NVFP4 tensor scale of {kind} (llama-cpp-python 0.3.36): "
+                "the file would run with that weight 2^-k_t too large. Keep the MLP out of PQT "
+                r"(PQTConfig(exclude=(r'mlp\.c_(fc|proj)',))), or train fp4_e2m1 (MXFP4)")
+    if base + ".bias" in written:
+        return (f"llama.cpp aborts on an NVFP4 {kind} weight that has both a tensor scale and a bias (GGML_ASSERT in its "
+                "FFN builder, llama-cpp-python 0.3.36). Export --to compressed-tensors, or keep the MLP out of PQT")
+    return None
 _DENSE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 #: None, "bytes", "none", or an HF fast tokenizer (see write_gguf).
@@ -119,6 +150,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
 
     tensors: list[tuple[str, Any, Optional[str]]] = []
+    written = {plan.tensors[canonical_name(k)].name for k in model.state_dict() if canonical_name(k) in plan.tensors}
     for raw_key, t in model.state_dict().items():
         key = canonical_name(raw_key)
         if key not in plan.tensors:
@@ -129,13 +161,25 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
             continue  # llama.cpp uses token_embd as the output when output.weight is absent
         target = plan.tensors[key]
         param = parameter_at(model, raw_key)
-        if param is not None and id(param) in sampled:
+        if param is not None and id(param) in sampled and qtype == "NVFP4" and target.name in _NO_TENSOR_SCALE:
             name, axis = sampled[id(param)]
-            data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name)
+            tensors.append((target.name, *_dense_array(target.dense(quantize(param.detach(), axis=axis, config=config)))))
+        elif param is not None and id(param) in sampled:
+            name, axis = sampled[id(param)]
+            if qtype == "NVFP4":
+                why = _nvfp4_refusal(plan.arch, target.name, written)
+                if why is not None:
+                    raise ExportError(f"{name}: {why}")
+                nv = pack_nvfp4(param, axis=axis, config=config, name=name)
+                data = nvfp4_blocks(nv, name)
+            else:
+                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name)
             if data.shape[0] != target.dense(t).shape[0]:
                 raise ExportError(f"{name}: sampled along axis {axis}, which is not the reduction axis of llama.cpp's "
                                   f"layout for {target.name}")
             tensors.append((target.name, target.rows(data).contiguous().cpu().numpy(), qtype))
+            if qtype == "NVFP4":  # llama.cpp's tensor scale: `<base>.scale`, F32 [1]
+                tensors.append((target.name.rsplit(".", 1)[0] + ".scale", nv.tensor_scale.numpy(), None))
         else:
             tensors.append((target.name, *_dense_array(target.dense(t))))
 
@@ -161,14 +205,24 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     return GGUFSummary(path=path, arch=plan.arch, types=types, vocab=vocab_kind, bytes=os.path.getsize(path))
 
 
-def read_gguf(path: str) -> dict[str, torch.Tensor]:
+def read_gguf(path: str, *, apply_scales: bool = True) -> dict[str, torch.Tensor]:
     """{tensor name: float32 values} of a GGUF file, dequantised by the gguf package's reader
-    (which mirrors llama.cpp's dequantisers), in llama.cpp's layout (rows = outputs)."""
+    (which mirrors llama.cpp's dequantisers), in llama.cpp's layout (rows = outputs).
+
+    With `apply_scales`, an NVFP4 tensor `<base>.weight` is multiplied by its `<base>.scale` (as
+    llama.cpp applies it to the matmul's result) and the `.scale` entries are left out; without,
+    every tensor comes back as stored."""
     import gguf
     from gguf.quants import dequantize
 
-    out = {}
+    out, types = {}, {}
     for t in gguf.GGUFReader(path).tensors:
         shape = [int(n) for n in reversed(t.shape)]
         out[t.name] = torch.from_numpy(dequantize(t.data, t.tensor_type).astype("float32").reshape(shape).copy())
+        types[t.name] = t.tensor_type
+    if apply_scales:
+        for name in [n for n in out if n.endswith(".scale") and n[: -len(".scale")] + ".weight" in out]:
+            weight = name[: -len(".scale")] + ".weight"
+            if types[weight] == gguf.GGMLQuantizationType.NVFP4:
+                out[weight] = out[weight] * out.pop(name)
     return out

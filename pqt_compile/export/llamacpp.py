@@ -7,7 +7,7 @@ llama.cpp). The settings used keep llama.cpp close to PyTorch's fp32: an F32 KV 
 default F16 cache would round K and V) and all logits kept. What remains is llama.cpp's own
 arithmetic, which `llamacpp_cpu_numerics` imitates:
 
-1. A matmul whose weight is MXFP4 / Q4_0 / Q5_0 / Q8_0 first quantizes its activations to Q8_0
+1. A matmul whose weight is MXFP4 / Q4_0 / Q5_0 / Q8_0 / NVFP4 first quantizes its activations to Q8_0
    (ggml-cpu's vec_dot_type for those types): per 32 elements along K, d = amax / 127 stored
    in fp16, q = round-half-even(x * 127 / amax) (the x86 SIMD path), and the product uses q * d.
    This moves logits by about 1e-2 against PyTorch's fp32 forward (docs/results.md).
@@ -97,6 +97,9 @@ def llamacpp_cpu_numerics(model: torch.nn.Module, config: PQTConfig,
     holds quantized (an embedding lookup stays exact), and GPT-2's fp16-table GELU."""
     params = named_parameters(model)
     quantized = {id(params[name]) for name in sampled_axes(model, config, example_args)}
+    if config.spec.two_level:  # NVFP4: write_gguf stores a sampled token embedding (a tied head) dense
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        quantized.discard(id(getattr(emb, "weight", None)))
     handles = []
     for module in model.modules():
         if id(getattr(module, "weight", None)) in quantized and not isinstance(module, torch.nn.Embedding):

@@ -1,7 +1,7 @@
 """The deployed model: `quantize_model` (round-to-nearest in place) and packed files.
 
-`save` writes every sampled weight as packed codes plus int8 block exponents (`pack`), the
-other tensors of the state dict as they are, the config and the format, and a sha256 of it
+`save` writes every sampled weight as packed codes plus int8 block exponents (`pack`; NVFP4: E4M3
+block scales and the tensor exponent), the other tensors of the state dict as they are, the config and the format, and a sha256 of it
 all. `load` checks the digest and the format, and restores weights equal to what
 `quantize_model` gives, bit for bit.
 
@@ -61,8 +61,13 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     weights: dict[str, dict] = {}
     for name, axis in axes.items():
         p: PackedTensor = pack(params[name].detach(), axis=axis, config=config)
-        tensors[f"codes/{name}"], tensors[f"exponents/{name}"] = p.codes, p.exponents
         weights[name] = {"axis": p.axis, "shape": list(p.shape), "dtype": str(p.dtype)}
+        tensors[f"codes/{name}"] = p.codes
+        if p.scales is not None:  # NVFP4: E4M3 block scales (as their bytes) and the tensor exponent
+            tensors[f"scales/{name}"] = p.scales.view(torch.uint8)
+            weights[name]["tensor_exponent"] = p.tensor_exponent
+        else:
+            tensors[f"exponents/{name}"] = p.exponents
     # state_dict() returns detached tensors: a sampled weight (or a key tied to one) is
     # recognised by its storage, and stored only in packed form.
     packed_ptrs = {params[n].data_ptr(): n for n in axes}
@@ -122,8 +127,11 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
         raise ValueError(f"pqt_compile.export.load: the model has no parameter(s) {missing} that {path} holds")
     with torch.no_grad():
         for name, w in meta["weights"].items():
-            packed = PackedTensor(tensors[f"codes/{name}"], tensors[f"exponents/{name}"], tuple(w["shape"]), w["axis"],
-                                  saved_cfg.format, saved_cfg.block_size, _DTYPES[w["dtype"]])
+            scales = tensors.get(f"scales/{name}")
+            packed = PackedTensor(tensors[f"codes/{name}"], tensors.get(f"exponents/{name}"), tuple(w["shape"]), w["axis"],
+                                  saved_cfg.format, saved_cfg.block_size, _DTYPES[w["dtype"]],
+                                  scales=None if scales is None else scales.view(torch.float8_e4m3fn),
+                                  tensor_exponent=w.get("tensor_exponent"))
             params[name].copy_(unpack(packed).to(params[name].device))
         result = model.load_state_dict(state, strict=False)
     unexpected = [k for k in result.unexpected_keys]

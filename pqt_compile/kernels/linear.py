@@ -4,6 +4,8 @@ Each program loads a [BLOCK_N, BLOCK_K] tile of the clean weight, turns it into 
 registers (formula_tl.sample_tile, the same device code as the standalone kernel), and feeds
 it to tl.dot. The block amax comes from a small pre-pass ([N, number of blocks] floats, 1/B
 of the weight): a tile need not hold whole blocks, so every block mode and any BLOCK_K work.
+NVFP4: the pre-pass gives each block's S = s_b s_t instead (formula_nvfp4.block_params, from the
+whole weight's amax and the key), and the prologue is formula_tl.nvfp4_sample_tile.
 
 `linear` is the functional entry point (autograd: grad_input uses the regenerated sample,
 grad_weight is the plain x^T grad, as d w_hat / d w = I).
@@ -20,9 +22,11 @@ import triton.language as tl
 
 from ..blocks import block_amax, block_length, check_sample_args
 from ..config import PQTConfig
-from ..formula import noise_scale
+from ..formula import TorchOps, noise_scale
+from ..formula_nvfp4 import block_params as nvfp4_block_params
+from ..formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from ..op import sample
-from .formula_tl import bf16_rne, sample_tile, stream_words
+from .formula_tl import bf16_rne, nvfp4_sample_tile, sample_tile, stream_words
 
 __all__ = ["linear_triton", "linear"]
 
@@ -34,7 +38,7 @@ def _linear_kernel(
     K: tl.constexpr, B: tl.constexpr, HAS_BIAS: tl.constexpr,
     IS_INT: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
     GAUSSIAN: tl.constexpr, SCALE: tl.constexpr, BF16: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NVFP4: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -51,7 +55,10 @@ def _linear_kernel(
         w = tl.load(w_ptr + offs_n64[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=wm, other=0.0).to(tl.float32)
         amax = tl.load(amax_ptr + offs_n64[:, None] * NB + offs_k[None, :] // B, mask=wm, other=0.0)
         idx = (offs_n64[:, None] * K + offs_k[None, :]).to(tl.uint32)  # logical row-major index of [N, K]
-        w_hat = sample_tile(w, amax, idx, s1, s2, on, IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
+        if NVFP4:  # amax_ptr holds each block's S
+            w_hat = nvfp4_sample_tile(w, amax, idx, s1, s2, GAUSSIAN, SCALE)
+        else:
+            w_hat = sample_tile(w, amax, idx, s1, s2, on, IS_INT, EMAX, EMIN, MBITS, GAUSSIAN, SCALE)
         w_hat = tl.where(wm, w_hat, 0.0)
         if BF16:
             w_op = bf16_rne(w_hat).to(tl.bfloat16, bitcast=True)
@@ -90,6 +97,11 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     M = x2.shape[0]
     b = block_length(K, config.block_code)
     amax = block_amax(weight, 1, config.block_code)[:, ::b].contiguous()  # [N, number of blocks]
+    if spec.two_level:  # NVFP4: each block's S (formula_nvfp4), from the whole weight's amax and the key
+        o = TorchOps(weight.device)
+        live = key.reshape(()).to(weight.device, torch.int64) >= 0
+        tensor = nvfp4_tensor_params(o, weight.detach().float().abs().amax(), live=live)
+        amax = nvfp4_block_params(o, amax, tensor)[0].contiguous()
     bf16 = x.dtype == torch.bfloat16
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
@@ -101,7 +113,7 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         IS_INT=spec.is_int, EMAX=spec.emax, EMIN=spec.emin, MBITS=spec.mantissa_bits,
         GAUSSIAN=config.noise == "gaussian", SCALE=noise_scale(config.noise, config.noise_std), BF16=bf16,
         DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1",
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, NVFP4=spec.two_level,
     )
     return y.reshape(*x.shape[:-1], N)
 

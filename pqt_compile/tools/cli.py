@@ -84,7 +84,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 _HELP = {
     "format": "target storage format",
-    "block_size": "elements per scale block: an int, 'row' or 'tensor'",
+    "block_size": "elements per scale block: an int, 'row' or 'tensor' (default: the format's, 32; 16 for nvfp4)",
     "mode": "'sample' (PQT noise) or 'ste' (round to nearest, straight-through gradient)",
     "noise": "'gaussian', 'uniform' or 'rounded_gaussian'",
     "noise_std": "noise std in units of the step (default: the noise's own, 1/sqrt(12) or 1/2 before rounding)",
@@ -104,8 +104,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action="store_true", help=f"{text} (default off)")
         elif isinstance(default, tuple):
             group.add_argument(flag, dest=f.name, action="append", default=[], metavar="REGEX", help=text)
-        elif f.name == "noise_std":
-            group.add_argument(flag, dest=f.name, type=float, default=None, help=text)
+        elif f.name in ("noise_std", "block_size"):  # None: resolved by PQTConfig (the noise's / format's default)
+            group.add_argument(flag, dest=f.name, type=float if f.name == "noise_std" else str, default=None, help=text)
         elif isinstance(default, float):
             group.add_argument(flag, dest=f.name, type=float, default=default, help=f"{text} (default {default:.4g})")
         else:
@@ -117,7 +117,7 @@ def config_from_arguments(a: argparse.Namespace) -> PQTConfig:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(PQTConfig):
         v = getattr(a, f.name)
-        if f.name == "block_size" and v not in ("row", "tensor"):
+        if f.name == "block_size" and v not in ("row", "tensor", None):
             try:
                 v = int(v)
             except ValueError:

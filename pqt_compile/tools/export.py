@@ -1,6 +1,7 @@
 """pqt-export: write a PQT-trained model for an inference engine, exactly in its trained format.
 
     pqt-export --preset llama-tiny --format fp4_e2m1 --to gguf --out model.gguf
+    pqt-export --preset llama-tiny --format nvfp4 --to compressed-tensors --out model-nvfp4/
     pqt-export --model mypkg.models:make_model --checkpoint runs/pqt_model.pt --to gguf --out model.gguf
     pqt-export --checkpoint path/to/hf_model --format int4 --to compressed-tensors --out model-int4/
 
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--tokenizer", metavar="DIR|bytes|none",
                      help="the vocabulary: an HF tokenizer directory, 'bytes' (256 byte tokens) or 'none' (GGUF: "
                           "llama.cpp runs on token ids). Default: the checkpoint directory's tokenizer, else bytes")
-    out.add_argument("--gguf-type", choices=["MXFP4", "Q4_0", "Q5_0", "Q8_0"],
+    out.add_argument("--gguf-type", choices=["MXFP4", "Q4_0", "Q5_0", "Q8_0", "NVFP4"],
                      help="the GGUF type of the sampled weights (default: the smallest that holds the format)")
     out.add_argument("--trace", action="store_true",
                      help="find the sampled weights by tracing a forward on the example input (the compiler's graph "

@@ -4,6 +4,7 @@ the logits equal the quantized model's, generate() runs; and the refusals."""
 
 import copy
 import json
+import math
 import os
 import sys
 import warnings
@@ -34,6 +35,7 @@ CASES = [
     ("int3", 32, True, "pack-quantized"),  # 3-bit codes cross the int32 words
     ("int4", "row", True, "pack-quantized"),  # strategy channel
     ("int8", "tensor", False, "pack-quantized"),  # strategy tensor
+    ("nvfp4", 16, False, "nvfp4-pack-quantized"),  # E4M3 group scales, weight_global_scale 2^-k_t
 ]
 
 
@@ -92,6 +94,30 @@ def test_layout_of_a_compressed_linear(tmp_path, llamas):
     assert int(q["weight_scale"][1, 1]) == 0  # tiny_llama zeroes this block: scale byte 0, codes 0
 
 
+def test_layout_of_an_nvfp4_linear(tmp_path, llamas):
+    from safetensors import safe_open
+
+    out = str(tmp_path / "ckpt")
+    cfg = PQTConfig(format="nvfp4")
+    write_compressed_tensors(llamas[True], out, cfg)
+    name = "model.layers.0.self_attn.q_proj"
+    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+        q = {k.rsplit(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith(name + ".")}
+    assert q["weight_packed"].dtype == torch.uint8 and q["weight_packed"].shape == (64, 32)
+    assert q["weight_scale"].dtype == torch.float8_e4m3fn and q["weight_scale"].shape == (64, 4)
+    assert q["weight_global_scale"].dtype == torch.float32 and q["weight_global_scale"].shape == (1,)
+    assert float(q["weight_scale"][1, 2].float()) == 0.0  # tiny_llama zeroes this block: scale 0, codes 0
+    w = dict(llamas[True].named_parameters())[name + ".weight"].detach()
+    # the global scale is the inverse power of two of the tensor scale: 2688 2^k_t >= amax > 1344 2^k_t
+    s_t = 1 / float(q["weight_global_scale"])
+    assert math.log2(s_t).is_integer() and 1344 * s_t < float(w.abs().max()) <= 2688 * s_t
+    lo, hi = q["weight_packed"] & 15, q["weight_packed"] >> 4  # element 2i in the low nibble
+    codes = torch.stack([lo, hi], -1).reshape(64, 64).long()
+    values = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6])[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
+    decoded = values * q["weight_scale"].float().repeat_interleave(16, 1) * s_t
+    assert torch.equal(decoded, pqt_compile.quantize(w, axis=1, config=cfg))
+
+
 def test_tokenizer_is_saved_with_the_checkpoint(tmp_path, llamas):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models as tok_models
@@ -121,6 +147,8 @@ def test_models_compressed_tensors_cannot_hold_are_refused(tmp_path, llamas):
         write_compressed_tensors(tiny_llama(intermediate=168), str(tmp_path / "ckpt"), PQTConfig(format="int4"))
     with pytest.raises(ExportError, match=r"reduction axis has 168 elements, not a multiple of 32"):
         write_compressed_tensors(tiny_llama(intermediate=168), str(tmp_path / "ckpt"), PQTConfig(format="fp4_e2m1"))
+    with pytest.raises(ExportError, match=r"down_proj.weight: cannot store nvfp4 blocks: its reduction axis has 168"):
+        write_compressed_tensors(tiny_llama(intermediate=168), str(tmp_path / "ckpt"), PQTConfig(format="nvfp4"))
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(ExportError, match="exists"):

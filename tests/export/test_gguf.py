@@ -3,6 +3,7 @@ quantize_model's value bit for bit, for each GGUF type; metadata, vocabulary and
 
 import copy
 import functools
+import math
 
 import gguf  # the test extra installs it (scripts/test.sh): a missing package fails, not skips
 import pytest
@@ -76,6 +77,59 @@ def test_gguf_reader_dequantises_to_quantize_model_bit_for_bit(tmp_path, models,
 def test_other_blocks_and_exact_mappings(tmp_path, models, fmt, block, gguf_type, qtype):
     _check_round_trip(models["llama"], tmp_path / "m.gguf", PQTConfig(format=fmt, block_size=block), qtype,
                       gguf_type=gguf_type)
+
+
+NVFP4_MODELS = {"llama": tiny_llama, "llama-untied": functools.partial(tiny_llama, tie=False)}
+
+
+@pytest.mark.parametrize("arch", list(NVFP4_MODELS))
+def test_nvfp4_reads_back_bit_for_bit_with_its_tensor_scales(tmp_path, arch):
+    """GGUF NVFP4: codes and E4M3 scales in the blocks, 2^k_t in `<name>.scale`; the gguf reader's
+    blocks times that scale are quantize_model's values. A sampled token embedding (tied head) is
+    written dense: llama.cpp's embedding lookup applies no tensor scale."""
+    path = tmp_path / "m.gguf"
+    summary, quantized = _check_round_trip(NVFP4_MODELS[arch](), path, PQTConfig(format="nvfp4"), "NVFP4")
+    assert len(quantized) == 2 * 7 + (arch == "llama-untied")
+    scales = {n for n in summary.types if n.endswith(".scale")}
+    assert scales == {n.rsplit(".", 1)[0] + ".scale" for n in quantized} and "token_embd.weight" not in quantized
+    raw = read_gguf(str(path), apply_scales=False)
+    for name in scales:  # F32 [1], a power of two
+        assert raw[name].shape == (1,) and math.log2(float(raw[name])).is_integer()
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_NVFP4)
+
+
+def test_nvfp4_where_llama_cpp_would_not_apply_the_tensor_scale_is_refused(tmp_path, models):
+    """Found by running the files in llama.cpp (the opt-in engine tests): its gpt2 graph ignores
+    the FFN's `.scale`, and it aborts on an NVFP4 FFN weight with a bias."""
+    cfg = PQTConfig(format="nvfp4")
+    with pytest.raises(ExportError, match=r"mlp.c_fc.weight: llama.cpp's gpt2 graph does not apply the NVFP4 tensor scale"):
+        write_gguf(models["gpt2"], str(tmp_path / "a.gguf"), cfg)
+    with pytest.raises(ExportError, match=r"mlp.gate_proj.weight: llama.cpp aborts on an NVFP4 ffn_gate weight that has "
+                                          r"both a tensor scale and a bias"):
+        write_gguf(models["llama-untied-bias"], str(tmp_path / "b.gguf"), cfg)
+    assert list(tmp_path.iterdir()) == []
+    # GPT-2 with its MLP kept out of PQT: the attention weights go to NVFP4 (llama.cpp scales them)
+    attn_only = PQTConfig(format="nvfp4", exclude=(r"mlp\.c_(fc|proj)",))
+    summary, quantized = _check_round_trip(models["gpt2"], tmp_path / "c.gguf", attn_only, "NVFP4")
+    assert quantized == {f"blk.{i}.{t}.weight" for i in range(2) for t in ("attn_qkv", "attn_output")}
+
+
+def test_nvfp4_block_layout():
+    """Byte j of each 16-element group holds elements j and j + 8; the 4 scale bytes lead the 64."""
+    from gguf.quants import dequantize
+
+    cfg = PQTConfig(format="nvfp4")
+    w = torch.randn(3, 128) * torch.logspace(-3, 0, 128)
+    data = encode_weight(w, axis=1, config=cfg, qtype="NVFP4")
+    assert data.shape == (3, 2 * 36)
+    got = torch.from_numpy(dequantize(data.numpy(), gguf.GGMLQuantizationType.NVFP4).reshape(3, 128).copy())
+    from pqt_compile.export.nvfp4 import pack_nvfp4
+
+    s_t = float(pack_nvfp4(w, axis=1, config=cfg).tensor_scale)
+    assert torch.equal(_bits(got * s_t), _bits(pqt_compile.quantize(w, axis=1, config=cfg)))
+    with pytest.raises(ExportError, match=r"fc.weight: GGUF's NVFP4 blocks hold 64 elements, .* has 48"):
+        encode_weight(torch.randn(2, 48), axis=1, config=cfg, qtype="NVFP4", name="fc.weight")
 
 
 def test_bf16_model_keeps_bf16_matrices_exact(tmp_path):

@@ -40,8 +40,12 @@ pytestmark = [
                        reason="llama-cpp-python is not installed (pip install -e '.[engines]' builds it)"),
 ]
 
-MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "llama-untied-bias": functools.partial(tiny_llama, tie=False, bias=True)}
+MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "llama-untied-bias": functools.partial(tiny_llama, tie=False, bias=True),
+          "llama-untied": functools.partial(tiny_llama, tie=False)}
 FORMATS = ["fp4_e2m1", "int8", "int4"]  # MXFP4, Q8_0, Q4_0
+# NVFP4 (blocks + llama.cpp's `.scale` tensors) where write_gguf writes it: not GPT-2's FFN, not an FFN with a bias.
+CASES = [(arch, fmt) for arch in ("gpt2", "llama", "llama-untied-bias") for fmt in FORMATS]
+CASES += [("llama", "nvfp4"), ("llama-untied", "nvfp4")]
 
 
 def _corpus() -> torch.Tensor:
@@ -88,8 +92,7 @@ def sequences():
     return x, y
 
 
-@pytest.mark.parametrize("arch", list(MODELS))
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("arch,fmt", CASES)
 def test_llamacpp_logits_match_the_quantized_model(tmp_path, trained, sequences, arch, fmt):
     cfg = PQTConfig(format=fmt)
     model = pqt_compile.quantize_model(copy.deepcopy(trained[arch]), cfg)

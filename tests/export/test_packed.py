@@ -36,7 +36,7 @@ def test_quantize_model_with_example_args_follows_the_compiler_rules():
     assert q.lm_head.weight is q.wte.weight  # still tied
 
 
-@pytest.mark.parametrize("fmt", ["fp4_e2m1", "fp8_e4m3", "int8"])
+@pytest.mark.parametrize("fmt", ["fp4_e2m1", "fp8_e4m3", "int8", "nvfp4"])
 def test_save_load_round_trip_equals_quantize_model(tmp_path, fmt):
     torch.manual_seed(0)
     m = _gpt2()

@@ -64,3 +64,16 @@ def test_gradients():
     x.grad = w.grad = None
     torch.nn.functional.linear(x, sample(w, seed=4, key=4, axis=1, config=cfg)).square().sum().backward()
     assert torch.allclose(gx, x.grad, rtol=1e-5, atol=1e-6) and torch.allclose(gw, w.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", [5, -1])
+def test_nvfp4_prologue_sample_is_bit_exact(key):
+    cfg = PQTConfig(format="nvfp4")
+    torch.manual_seed(4)
+    w = (torch.randn(24, 64) * torch.logspace(-9, 1, 64)).to(DEVICE)  # blocks 10 decades apart: subnormal E4M3 scales
+    x = torch.eye(64, device=DEVICE)
+    y = pqt_compile.linear(x, w, seed=11, key=key, config=cfg)
+    want = torch.ops.pqt.sample(w, torch.tensor(11), torch.tensor(key), 1, "nvfp4", 16, "gaussian", cfg.noise_std,
+                                torch.float32)
+    assert torch.equal(y.t().cpu().view(torch.int32), want.cpu().view(torch.int32))
+    assert torch.equal(want, w) == (key < 0)

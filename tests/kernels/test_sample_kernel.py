@@ -54,3 +54,38 @@ def test_kernel_reads_strided_weights():
     cfg = PQTConfig()
     args = (torch.tensor(3), torch.tensor(4), 1, cfg.format, cfg.block_code, cfg.noise, cfg.noise_std, torch.float32)
     assert torch.equal(sample_triton(w, *args).cpu(), sample_eager(w.contiguous(), *args).cpu())
+
+
+NV = PQTConfig(format="nvfp4")
+
+
+@pytest.mark.parametrize(
+    "shape,axis,dtype,out,case",
+    [
+        ((20, 64), 1, torch.float32, torch.float32, "blocks"),  # blocks across 40 binades: subnormal E4M3 scales
+        ((48, 20), 0, torch.bfloat16, torch.bfloat16, "blocks"),
+        ((9, 32), 1, torch.float16, torch.float32, "zeros"),
+        ((9, 32), 1, torch.float32, torch.float32, "nan"),  # a NaN: the tensor gets no scales
+        ((24, 48), 1, torch.float32, torch.bfloat16, "given"),  # a larger whole-weight amax given
+    ],
+)
+def test_nvfp4_kernel_is_bit_exact(shape, axis, dtype, out, case):
+    g = torch.Generator().manual_seed(shape[0])
+    w = torch.randn(shape, generator=g)
+    blocks = torch.pow(2.0, -torch.randint(0, 40, (shape[0], shape[1] // 16 if axis == 1 else 1), generator=g).float())
+    w = (w * (blocks.repeat_interleave(16, dim=1) if axis == 1 else blocks)).to(dtype)
+    if case == "zeros":
+        w[2] = 0.0
+        w[3, :16] = -0.0
+    if case == "nan":
+        w[4, 7] = float("nan")
+    amax = w.float().abs().amax() * 1000 if case == "given" else None
+    args = (torch.tensor(-(2**40) + 17), torch.tensor(2**31 + 9), axis, NV.format, NV.block_code, NV.noise, NV.noise_std, out)
+    got = sample_triton(w.to(DEVICE), args[0].to(DEVICE), args[1].to(DEVICE), *args[2:],
+                        tensor_amax=None if amax is None else amax.to(DEVICE)).cpu()
+    want = sample_eager(w, *args, None, 0, amax)
+    bits = torch.int32 if out == torch.float32 else torch.int16
+    assert torch.equal(got.isnan(), want.isnan())
+    keep = ~want.isnan()
+    assert torch.equal(got.view(bits)[keep], want.view(bits)[keep])
+    assert (want.float().nan_to_num() != w.float().nan_to_num()).any() == (case != "nan")  # samples were compared (none for a NaN tensor)

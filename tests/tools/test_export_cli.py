@@ -32,6 +32,19 @@ def test_preset_to_gguf_and_compressed_tensors(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "ct")) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
+def test_nvfp4_to_gguf_and_compressed_tensors(tmp_path, capsys):
+    rc, out, _ = _run(["--preset", "gpt2-tiny", "--format", "nvfp4", "--exclude", r"mlp\.c_", "--to", "gguf", "--out",
+                       str(tmp_path / "m.gguf")], capsys)
+    assert rc == 0 and "block_size 16" in out and "4 NVFP4" in out  # the attention weights, each with its F32 .scale
+    rc, out, _ = _run(["--preset", "llama-tiny", "--format", "nvfp4", "--to", "compressed-tensors", "--out",
+                       str(tmp_path / "ct")], capsys)
+    assert rc == 0 and "nvfp4-pack-quantized: 14 nn.Linear compressed" in out
+    # llama-tiny's down_proj reads 160 inputs: not a multiple of GGUF NVFP4's 64-element blocks
+    rc, _, err = _run(["--preset", "llama-tiny", "--format", "nvfp4", "--to", "gguf", "--out", str(tmp_path / "l.gguf")],
+                      capsys)
+    assert rc == 2 and "has 160, not a multiple of 64" in err and not (tmp_path / "l.gguf").exists()
+
+
 def test_packed_checkpoint_brings_its_config(tmp_path, capsys):
     torch.manual_seed(3)
     trained = PRESETS["gpt2-tiny"]()  # stands for a trained model: other weights than a fresh preset

@@ -81,6 +81,11 @@ def lower_sample_t(w, seed, key, axis, format, block_size, noise, noise_std, out
 def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
            transposed: bool):
     spec = parse_format(format)
+    if spec.two_level:  # NVFP4 (issue 26): its lowering is not written yet; refuse rather than sample MXFP4's grid
+        raise NotImplementedError(
+            f"pqt: format {format!r} cannot be compiled yet (its two-level scales have no Inductor lowering): train it "
+            "eagerly (pqt_compile.sample / reference.run), or compile another format (fp4_e2m1 for MXFP4)"
+        )
     if w.get_dtype() not in SUPPORTED_DTYPES or out_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pqt.sample lowering: unsupported dtypes {w.get_dtype()} -> {out_dtype}")
     device = w.get_device()
