@@ -38,6 +38,7 @@ __all__ = [
     "copy_dynamo_graph_attrs",
     "fsdp2_unsharded_params",
     "dtensor_local_shape_and_offset",
+    "all_reduce_max_ops",
     "inductor_config_options",
     "compile_fx",
     "custom_graph_pass_base",
@@ -83,6 +84,9 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor.graph", "GraphLowering", "explain (the output code)"),
     ("torch.distributed.tensor._utils", "compute_local_shape_and_global_offset",
      "tensor-parallel weights (a shard's place in the full weight)"),
+    ("torch._inductor.ir", "ReinterpretView", "the one-kernel sample (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "FixedLayout", "the one-kernel sample (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "TensorBox", "the one-kernel sample (its output viewed as the weight's shape)"),
 )
 
 
@@ -210,6 +214,19 @@ def dtensor_local_shape_and_offset(t: torch.Tensor) -> tuple[tuple[int, ...], tu
             f"{tuple(t.to_local().shape)} (torch {torch.__version__}); checked on torch {', '.join(TORCH_CHECKED)}"
         )
     return tuple(local_shape), tuple(offset)
+
+
+def all_reduce_max_ops() -> tuple[Any, Any]:
+    """(all_reduce, wait_tensor): the functional collectives a graph holds (torch.ops._c10d_functional,
+    the ops DTensor's own graphs use; torch 2.13-2.15). NVFP4's tensor amax of a sharded weight is
+    reduced with them (max over the ranks that split it)."""
+    ns = getattr(torch.ops, "_c10d_functional", None)
+    try:
+        return ns.all_reduce.default, ns.wait_tensor.default
+    except (AttributeError, RuntimeError) as e:
+        raise CompatError(f"pqt_compile: torch.ops._c10d_functional.all_reduce / wait_tensor are missing in torch "
+                          f"{torch.__version__} (needed for an nvfp4 tensor-parallel weight's amax); checked on torch "
+                          f"{', '.join(TORCH_CHECKED)}") from e
 
 
 # ---- Inductor -------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class ShardLayout:
     #: shard follows from them (`_pieces`), so check_blocks judges all ranks alike
     splits: tuple[tuple[int, ...], ...]
     placements: str = ""  # as DTensor prints them, for messages
+    #: the process groups (names) of the mesh dims that shard the weight, outermost first: the
+    #: ranks that hold its other shards (NVFP4's tensor amax is reduced over them)
+    groups: tuple[str, ...] = ()
 
     @property
     def index_strides(self) -> list[int]:
@@ -93,8 +96,10 @@ def shard_layout(name: str, t: torch.Tensor) -> Optional[ShardLayout]:
     mesh_sizes = tuple(t.device_mesh.shape)
     splits = tuple(tuple(mesh_sizes[i] for i, p in enumerate(t.placements) if kinds[i] == "Shard" and p.dim % t.dim() == d)
                    for d in range(t.dim()))
+    groups = tuple(t.device_mesh.get_group(i).group_name for i, k in enumerate(kinds)
+                   if k == "Shard" and mesh_sizes[i] > 1)
     return ShardLayout(tuple(int(n) for n in t.shape), tuple(int(n) for n in local_shape),
-                       tuple(int(o) for o in offsets), splits, str(tuple(t.placements)))
+                       tuple(int(o) for o in offsets), splits, str(tuple(t.placements)), groups)
 
 
 def _pieces(length: int, splits: tuple[int, ...]) -> list[tuple[int, int]]:

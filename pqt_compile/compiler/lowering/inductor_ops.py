@@ -57,6 +57,11 @@ class InductorOps(Int64Words):
     def mul(self, a: Any, b: Any) -> Any:
         return ops.mul(a, b)
 
+    def div(self, a: Any, b: Any) -> Any:
+        # IEEE division, correctly rounded (NVFP4's block scale): Triton's `/` is an approximation
+        # (div.full.f32), its div_rn is not; C++ divides exactly either way.
+        return ops.div_rn(a, b)
+
     def band(self, a: Any, b: Any) -> Any:
         return ops.bitwise_and(a, b)
 

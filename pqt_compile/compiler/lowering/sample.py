@@ -47,8 +47,11 @@ from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_b
 from ...compat import inductor_lowering_api, mark_prologue_candidate
 from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
+from ...formula_nvfp4 import block_params as nvfp4_block_params
+from ...formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
+from ...formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from ...op import RTN
-from ...rounding import rtn_from_params, rtn_params
+from ...rounding import nvfp4_rtn_from_params, rtn_from_params, rtn_params
 from ..targets import cpp_vectorised, gemm_templates, sample_plan, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
@@ -64,28 +67,23 @@ def _abs_f32(x):
 
 @_api.register_lowering(torch.ops.pqt.sample.default, type_promotion_kind=None)
 def lower_sample(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
-                 index_offset=0):
+                 index_offset=0, tensor_amax=None):
     """Lower one pqt.sample call (see the module docstring)."""
     return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
-                  transposed=False)
+                  tensor_amax, transposed=False)
 
 
 @_api.register_lowering(torch.ops.pqt.sample_t.default, type_promotion_kind=None)
 def lower_sample_t(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
-                   index_offset=0):
+                   index_offset=0, tensor_amax=None):
     """Lower one pqt.sample_t call: pqt.sample of a 2-D w, written transposed ([K, N] contiguous)."""
     return _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
-                  transposed=True)
+                  tensor_amax, transposed=True)
 
 
 def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
-           transposed: bool):
+           tensor_amax, transposed: bool):
     spec = parse_format(format)
-    if spec.two_level:  # NVFP4 (issue 26): its lowering is not written yet; refuse rather than sample MXFP4's grid
-        raise NotImplementedError(
-            f"pqt: format {format!r} cannot be compiled yet (its two-level scales have no Inductor lowering): train it "
-            "eagerly (pqt_compile.sample / reference.run), or compile another format (fp4_e2m1 for MXFP4)"
-        )
     if w.get_dtype() not in SUPPORTED_DTYPES or out_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pqt.sample lowering: unsupported dtypes {w.get_dtype()} -> {out_dtype}")
     device = w.get_device()
@@ -130,7 +128,25 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         word_dtype = torch.int64
 
     rtn = noise == RTN  # PQTConfig(mode="ste"): round to nearest (rounding.py), no draw
-    params_of = rtn_params if rtn else block_params
+    if spec.two_level:
+        # NVFP4 (formula_nvfp4.py): the block's one value S = s_b s_t, from its amax and the tensor
+        # scale; the tensor's amax is the op's input (the pass computes it once per step, NOTE
+        # [NVFP4 tensor amax] in passes/insert_sample.py) or, for a bare op, a Reduction here.
+        load_amax_t = _tensor_amax_loader(w, load_w, tensor_amax, size, device)
+        num_params = 1
+
+        def params_of(o, amax_b, _spec, live):
+            return nvfp4_block_params(o, amax_b, nvfp4_tensor_params(o, load_amax_t(), live=live))
+
+        def sample_from(o, w32, params, r, _spec):
+            return nvfp4_sample_from_params(o, w32, params, r)
+
+        def rtn_from(o, w32, params, _spec):
+            return nvfp4_rtn_from_params(o, w32, params)
+    else:
+        num_params = (1 if spec.is_int else 3) + (3 if rtn else 0)
+        params_of = rtn_params if rtn else block_params
+        sample_from, rtn_from = sample_from_params, rtn_from_params
 
     def live(o, k):  # a negative key switches the noise off (graph_abi.DISABLED_KEY)
         return o.gt(k, o.i64(-1))
@@ -159,9 +175,9 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
             w32 = ops.to_dtype(load_w(idx), torch.float32)
             params = params_of(wo, load_amax(geometry.block_of_fused(fidx)), spec, live=live(wo, key_v))
             if rtn:
-                value = rtn_from_params(wo, w32, params, spec)
+                value = rtn_from(wo, w32, params, spec)
             else:
-                value = sample_from_params(wo, w32, params, draw(wo, idx, *stream_words(wo, seed_v, key_v)), spec)
+                value = sample_from(wo, w32, params, draw(wo, idx, *stream_words(wo, seed_v, key_v)), spec)
             return ops.to_dtype(value, out_dtype)
 
         out = ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=fused_fn, ranges=geometry.fused_ranges)
@@ -175,7 +191,6 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     # buffer [number of values, *block ranges] (one allocation per call, not one per value: host
     # time, wrapper.py NOTE [host time per call]), instead of an exponent computation per element.
     # The key's switch (a negative key: no noise) is folded in here.
-    num_params = (1 if spec.is_int else 3) + (3 if rtn else 0)
 
     def params_fn(pidx):
         _, k = seed_and_key()
@@ -196,7 +211,7 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         def rtn_fn(out_idx):
             idx = list(reversed(out_idx)) if transposed else out_idx
             w32 = ops.to_dtype(load_w(idx), torch.float32)
-            value = rtn_from_params(wo, w32, tuple(load(block_index(idx)) for load in load_params), spec)
+            value = rtn_from(wo, w32, tuple(load(block_index(idx)) for load in load_params), spec)
             return ops.to_dtype(value, out_dtype)
 
         return _pointwise(device, out_dtype, rtn_fn, size, transposed)
@@ -238,10 +253,25 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         bidx = block_index(idx)
         r = draw(wo, idx, *words(), first=None if load_iota is None else load_iota([idx[-1]]))
         w32 = ops.to_dtype(load_w(idx), torch.float32)
-        value = sample_from_params(wo, w32, tuple(load(bidx) for load in load_params), r, spec)
+        value = sample_from(wo, w32, tuple(load(bidx) for load in load_params), r, spec)
         return ops.to_dtype(value, out_dtype)
 
     return _pointwise(device, out_dtype, sample_fn, size, transposed)
+
+
+def _tensor_amax_loader(w, load_w, tensor_amax, size, device):
+    """A loader of the whole weight's max |w| (fp32, 0-d): the op's `tensor_amax` input, or a
+    Reduction over w (a bare pqt.sample call; the pass always gives the input)."""
+    if tensor_amax is not None:
+        load = tensor_amax.make_loader()
+        zeros = [0] * len(tensor_amax.get_size())
+        return lambda: ops.to_dtype(load(zeros), torch.float32)
+    red = ir.Reduction.create(device=device, dst_dtype=torch.float32, src_dtype=torch.float32,
+                              inner_fn=lambda index, rindex: _abs_f32(load_w(rindex)), ranges=[],
+                              reduction_ranges=size, reduction_type="max")
+    red.realize()
+    load = red.make_loader()
+    return lambda: load([])
 
 
 def _select_by_index(i, values):

@@ -23,9 +23,15 @@ NOTE [recompute]: the sample node is tagged MUST_RECOMPUTE, so the partitioner s
 clean weight (and the seed) for backward and regenerates the sample there instead of
 keeping a second copy of every weight alive between forward and backward. With
 PQTConfig(share_sample=True) it is tagged MUST_SAVE instead: the forward's sample is saved
-for the backward (memory for speed: one sample pass per step instead of two). The key of a
-recomputed sample (a select of the keys input) is tagged MUST_RECOMPUTE too: the backward then
-saves the keys input once, not one view per weight (each saved tensor costs host time per step).
+for the backward (memory for speed: one sample pass per step instead of two).
+
+NOTE [NVFP4 tensor amax]: an nvfp4 sample needs the whole weight's max |w| (its tensor scale,
+formula_nvfp4.py). The pass computes it once per weight per step, `amax(abs(float32(w)))`, and
+gives it to the op as `tensor_amax`, tagged MUST_SAVE: the backward's regeneration reads the
+forward's value (4 bytes) instead of reducing the weight again. A tensor-parallel shard's amax is
+the max over the ranks that split the weight (`reduce_amax`: one all-reduce of one number per
+weight per step, NaN made +Inf first, since a MAX all-reduce may drop a NaN; an Inf amax gives
+the tensor no scales, as a NaN does).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from torch.fx import Graph, Node
 from torch.utils.checkpoint import CheckpointPolicy
 
 from ...config import PQTConfig
+from ...formats import parse_format
 from .weight_edges import WeightEdge, _is_dtype_cast, _val
 
 __all__ = ["insert_sample"]
@@ -63,6 +70,22 @@ def _set_val(node: Node, fake_mode) -> None:
         node.meta["val"] = node.target(*args, **kwargs)
 
 
+def _tensor_amax(graph: Graph, weight: Node, fake_mode, reduce_amax, edge) -> Node:
+    """The node of max |w| over the whole weight, fp32 0-d (NOTE [NVFP4 tensor amax])."""
+    aten = torch.ops.aten
+    # Detached: the scale takes no gradient (method.md), and the eager reference replays this graph
+    # under autograd, where the op's None gradient for tensor_amax would still be fed to the chain.
+    clean = graph.call_function(aten.detach.default, (weight,))
+    w32 = graph.call_function(torch.ops.prims.convert_element_type.default, (clean, torch.float32))
+    absw = graph.call_function(aten.abs.default, (w32,))
+    amax = graph.call_function(aten.amax.default, (absw, []))  # dim=[]: over every dim, NaN propagated
+    for n in (clean, w32, absw, amax):
+        _set_val(n, fake_mode)
+    if reduce_amax is not None:
+        amax = reduce_amax(graph, edge, amax)
+    return amax
+
+
 def insert_sample(
     graph: Graph,
     edges: list[WeightEdge],
@@ -71,6 +94,7 @@ def insert_sample(
     config: PQTConfig,
     tag_recompute: bool = True,
     index_args: Optional[dict[Node, tuple]] = None,
+    reduce_amax: Optional[Callable[[Graph, WeightEdge, Node], Node]] = None,
 ) -> dict[tuple[str, torch.dtype], Node]:
     """Rewire every matmul path of every edge to one sample per (weight, dtype).
 
@@ -83,10 +107,13 @@ def insert_sample(
         tag_recompute: tag samples MUST_RECOMPUTE, or MUST_SAVE under config.share_sample (joint graphs).
         index_args: {weight node: (index_strides, index_offset)} of weights that are a shard of a
             larger weight (sharding.py NOTE [global index]); the others draw with their own index.
+        reduce_amax: for nvfp4, turns a weight's local amax node into the whole weight's (a shard's
+            all-reduce; NOTE [NVFP4 tensor amax]); None: the weights are whole.
     Returns:
         {(weight name, dtype): sample node}.
     """
     fake_mode = _fake_mode(graph)
+    two_level = parse_format(config.format).two_level
     samples: dict[tuple[str, torch.dtype], Node] = {}
     # Keys and samples go right after the placeholders, before the first computation.
     anchor = next(n for n in graph.nodes if n.op != "placeholder")
@@ -101,12 +128,13 @@ def insert_sample(
         shard_args = () if strides is None else (strides, offset)
         with graph.inserting_before(anchor):
             key = key_of(graph, edge)
+            if two_level:  # NVFP4: the whole weight's amax, once per step (NOTE [NVFP4 tensor amax])
+                amax_t = _tensor_amax(graph, edge.node, fake_mode, reduce_amax, edge)
+                if tag_recompute:
+                    amax_t.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+                shard_args = (strides, offset, amax_t)
         if key.op != "placeholder" and "val" not in key.meta:
             _set_val(key, fake_mode)
-        if tag_recompute and key.op != "placeholder" and not config.share_sample:
-            # The key is a view of the keys input: the backward recomputes it from that input
-            # (saved once) instead of saving one 0-d view per weight (NOTE [recompute]).
-            key.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
         memo: dict[tuple[Node, torch.dtype], Node] = {}
 
         def sample_for(dtype: torch.dtype) -> Node:

@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from torch.fx import Graph, Node
 
+from ...compat import all_reduce_max_ops
 from ...config import PQTConfig
 from ...selection import Reason, admits
 from ...sharding import ShardLayout, check_blocks
@@ -120,4 +122,16 @@ class SamplePass(PQTPass):
         def key_of(g: Graph, edge: WeightEdge) -> Node:
             return graph_abi.key_of_slot(keys, slot[edge.node])
 
-        insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint, index_args=index_args)
+        def reduce_amax(g: Graph, edge: WeightEdge, amax: Node) -> Node:
+            """NOTE [NVFP4 tensor amax]: a shard's amax, maxed over the ranks that split its weight."""
+            layout = shards.get(edge.node)
+            if layout is None or layout.is_whole:
+                return amax
+            all_reduce, wait = all_reduce_max_ops()
+            node = g.call_function(torch.ops.aten.nan_to_num.default, (amax, float("inf")))
+            for group in layout.groups:
+                node = g.call_function(wait, (g.call_function(all_reduce, (node, "max", group)),))
+            return node
+
+        insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint, index_args=index_args,
+                      reduce_amax=reduce_amax)
