@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models import TinyGPT
+from models import MLP, TinyGPT
+
+
+def mlp() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return MLP(), (torch.randn(4, 32, generator=torch.Generator().manual_seed(1)),)
 
 
 def tiny_gpt() -> tuple[nn.Module, tuple]:
