@@ -167,7 +167,10 @@ def _compile_call() -> tuple[Optional[torch.nn.Module], Optional[torch.nn.Module
                 outside: list[torch.nn.Module] = []
                 frame = frame.f_back
                 while frame is not None:
-                    caller = frame.f_locals.get("self") if frame.f_code.co_name != "<module>" else None
+                    try:
+                        caller = frame.f_locals.get("self") if frame.f_code.co_name != "<module>" else None
+                    except Exception:  # noqa: BLE001 - unreadable locals: not a module's method
+                        caller = None
                     if isinstance(caller, torch.nn.Module) and all(caller is not m for m in outside):
                         outside.append(caller)
                     frame = frame.f_back

@@ -8,7 +8,8 @@ A tied weight has its first name; its other names are its aliases (include/exclu
 
 Where names come from, in order:
 1. the registry: `register(model)` (explicit: `pqt_compile.register` and `pqt_compile.compile`;
-   automatic: the backend registers the module whose forward Dynamo compiles). A wider root's
+   automatic: the backend registers the model the running torch.compile call compiles, backend.py
+   NOTE [names from the compiled model]). A wider root's
    name is never replaced by a narrower one ("h.0.fc.weight" stays when block h.0 registers
    "fc.weight"), so registering the root once is enough, before or after its blocks compile;
 2. a search of the registered roots' current parameters, for Parameter objects that a root

@@ -23,6 +23,7 @@ control flow, an op fake tensors cannot run).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -183,7 +184,7 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
     if dtype not in BOUNDS:
         raise CheckError(f"pqt check: no bound for {dtype}; use fp32, bf16 or fp16 (autocast=torch.bfloat16)")
     bound = BOUNDS[dtype]
-    amp = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else (lambda: _Null())
+    amp = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext
 
     was_training, stream = model.training, seeds.seed_state()
     saved_grads = {name: p.grad for name, p in params.items()}
@@ -238,14 +239,6 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
         if keyed != name:
             report.misnamed.append((name, keyed or "(no compiled graph received it: it ran eagerly)"))
     return report
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _step(call, params: dict[str, torch.nn.Parameter], seed: int, amp) -> tuple[list[tuple[str, Any]], dict[str, torch.Tensor]]:
