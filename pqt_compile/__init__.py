@@ -9,7 +9,7 @@ The package follows the data path of a training step:
 config, formats, blocks, formula -> op (the sample) -> naming, selection (which weights, keyed
 how) -> compiler/ (backend, graph_abi, passes, lowering, wrapper) -> seeds, steps (the seed of
 each step and micro-batch) -> guards (what must not pass silently); beside it reference (the
-eager twin), quantize and export (deployment), kernels (Triton), tools (explain, pqt-dump),
+eager twin), quantize and export (deployment), kernels (Triton), tools (explain, pqt-dump, check),
 compat (every private torch API).
 """
 
@@ -41,6 +41,14 @@ def explain(model, *example_args, config=None, **example_kwargs):
     return _explain(model, *example_args, config=config, **example_kwargs)
 
 
+def check(model, *args, config=None, seed=0, autocast=None, **kwargs):
+    """Compile, run one forward and backward compiled and by the reference at a fixed seed, and
+    compare them per output and gradient (see `pqt_compile.tools.check`). Returns a CheckReport."""
+    from .tools.check import check as _check
+
+    return _check(model, *args, config=config, seed=seed, autocast=autocast, **kwargs)
+
+
 def linear(x, weight, bias=None, *, seed, key=0, config=None):
     """F.linear with the weight sampled inside a Triton GEMM (see `pqt_compile.kernels.linear`)."""
     from .kernels.linear import linear as _linear
@@ -52,6 +60,7 @@ __all__ = [
     "compile",
     "register",
     "explain",
+    "check",
     "linear",
     "PQTConfig",
     "FormatSpec",

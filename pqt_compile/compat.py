@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import sys
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Optional
 
@@ -56,6 +58,9 @@ __all__ = [
     "dynamo_counters",
     "capture_output_code",
     "dynamo_recompile_limit",
+    "compiled_module",
+    "compiled_model_called_alone",
+    "frame_modules",
 ]
 
 #: torch releases this module's symbols were checked on.
@@ -127,6 +132,112 @@ def frame_root_module() -> Optional[torch.nn.Module]:
         if isinstance(root, torch.nn.Module):
             return root
     return None
+
+
+# ---- Dynamo: the module that a torch.compile call compiles (issue 25) ----------------------
+# NOTE [the compiled module]: a backend is not told which model the user compiled, only the
+# frame Dynamo is tracing, whose `self` may be a block (the model's forward was skipped for a
+# graph break inside its loop over blocks), or absent (a forward wrapped by a decorator that
+# takes *args, as transformers 5.x wraps Llama's: the frame is the decorator's `wrapper`). The
+# model is read from the call stack instead: torch.compile's wrapper (`compile_wrapper` in
+# torch/_dynamo/eval_frame.py; matched by file, not by name) holds the callable it compiles as
+# its local `fn`, a bound method of the module for torch.compile(model) and model.compile(),
+# and its context as `self` (a DisableContext, callback None, wraps every compiled graph's call:
+# skipped).
+# The innermost such frame is the compile whose backend is running (a nested compiled block
+# sets its own). Checked on torch 2.13.0 (run) and 2.14.1 (source). Where it is not found,
+# names come from the traced frame's modules (frame_root_module, frame_modules).
+
+_EVAL_FRAME_FILE = os.path.join("torch", "_dynamo", "eval_frame.py")
+
+
+def _compile_call() -> tuple[Optional[torch.nn.Module], Optional[torch.nn.Module], list[torch.nn.Module]]:
+    """(the module the innermost torch.compile wrapper on this thread's stack compiles, the
+    outermost module called between that wrapper and here, the modules whose methods call the
+    wrapper from outside). No wrapper found: (None, None, [])."""
+    frame = sys._getframe(2)
+    inside: Optional[torch.nn.Module] = None
+    while frame is not None:
+        try:
+            f_locals = frame.f_locals
+        except Exception:  # noqa: BLE001 - a frame whose locals cannot be read: keep looking
+            f_locals = {}
+        if frame.f_code.co_filename.endswith(_EVAL_FRAME_FILE):
+            fn = f_locals.get("fn")
+            # A DisableContext's wrapper (callback None: compiled graphs run under one) compiles nothing.
+            compiling = getattr(f_locals.get("self"), "callback", True) is not None
+            if fn is not None and callable(fn) and compiling:
+                owner = getattr(fn, "__self__", None)
+                outside: list[torch.nn.Module] = []
+                frame = frame.f_back
+                while frame is not None:
+                    try:
+                        caller = frame.f_locals.get("self") if frame.f_code.co_name != "<module>" else None
+                    except Exception:  # noqa: BLE001 - unreadable locals: not a module's method
+                        caller = None
+                    if isinstance(caller, torch.nn.Module) and all(caller is not m for m in outside):
+                        outside.append(caller)
+                    frame = frame.f_back
+                return (owner if isinstance(owner, torch.nn.Module) else None), inside, outside
+        elif isinstance(f_locals.get("self"), torch.nn.Module):
+            inside = f_locals["self"]
+        frame = frame.f_back
+    return None, None, []
+
+
+def compiled_module() -> Optional[torch.nn.Module]:
+    """The nn.Module that the innermost active torch.compile call compiles: the module of
+    torch.compile(m) and m.compile(); for a compiled function, the outermost module it is
+    calling (on the stack between the wrapper and the caller), if any. None where no wrapper
+    frame is found (NOTE [the compiled module])."""
+    owner, inside, _ = _compile_call()
+    return owner if owner is not None else inside
+
+
+def compiled_model_called_alone() -> Optional[torch.nn.Module]:
+    """The module that the innermost active torch.compile call compiles (torch.compile(m),
+    m.compile()), if no module's method on the stack outside that call holds it: a model
+    called by the user's loop, not a block called by its eager parent (a per-block compile).
+    None otherwise."""
+    owner, _, outside = _compile_call()
+    if owner is None:
+        return None
+    for m in outside:
+        if _wraps(m, owner):
+            continue  # torch.compile's or DDP's wrapper of the model, or the model itself
+        if any(sub is owner for sub in m.modules()):
+            return None
+    return owner
+
+
+def _wraps(m: torch.nn.Module, owner: torch.nn.Module) -> bool:
+    """Whether `m` is `owner` or wraps it without a module of its own (OptimizedModule, DDP)."""
+    while m is not owner:
+        inner = getattr(m, "_orig_mod", None)
+        if inner is None and type(m).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(m, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return False
+        m = inner
+    return True
+
+
+def frame_modules() -> list[torch.nn.Module]:
+    """The nn.Modules in the locals of the frame Dynamo is compiling, also one level inside a
+    tuple, list or dict (a decorator's `args`, a training step's arguments): where a compiled
+    function's weights come from. Empty if the translator cannot be read (see frame_root_module)."""
+    try:
+        tx = require("torch._dynamo.symbolic_convert", "InstructionTranslator", "").current_tx()
+        f_locals = dict(tx.output.root_tx.f_locals) if tx is not None else {}
+    except Exception:  # noqa: BLE001 - any change of the private API means "unknown"
+        return []
+    out: list[torch.nn.Module] = []
+    for value in f_locals.values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, torch.nn.Module) and all(item is not m for m in out):
+                out.append(item)
+    return out
 
 
 def _source_name(node: torch.fx.Node) -> Optional[str]:

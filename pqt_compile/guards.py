@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -36,7 +36,7 @@ from .compat import fsdp2_unsharded_params
 from .config import PQTConfig
 from .selection import could_be_sampled
 
-__all__ = ["mark_seen", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
+__all__ = ["mark_seen", "keyed_name", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
 
 
 class _State:
@@ -58,6 +58,12 @@ def mark_seen(params: Sequence[Any], names: Sequence[str]) -> None:
         if _state.seen.get(p) != name:
             _state.seen[p] = name
             _state.seen_version += 1
+
+
+def keyed_name(p: Any) -> Optional[str]:
+    """The name that keyed Parameter `p` in the last PQT graph call that received it (None if
+    none did): what `pqt_compile.check` compares with the reference's names."""
+    return _state.seen.get(p)
 
 
 def watch(config: PQTConfig, params: Sequence[Any]) -> None:

@@ -8,7 +8,8 @@ A tied weight has its first name; its other names are its aliases (include/exclu
 
 Where names come from, in order:
 1. the registry: `register(model)` (explicit: `pqt_compile.register` and `pqt_compile.compile`;
-   automatic: the backend registers the module whose forward Dynamo compiles). A wider root's
+   automatic: the backend registers the model the running torch.compile call compiles, backend.py
+   NOTE [names from the compiled model]). A wider root's
    name is never replaced by a narrower one ("h.0.fc.weight" stays when block h.0 registers
    "fc.weight"), so registering the root once is enough, before or after its blocks compile;
 2. a search of the registered roots' current parameters, for Parameter objects that a root
@@ -16,11 +17,25 @@ Where names come from, in order:
    Parameters, swapped into the modules around each forward: looked up during the forward,
    they get the full weight's name). A search memoises what it found; it never re-registers
    or changes another lookup's answer;
-3. for a compiled graph (`GraphWeights`): the name its first call gave the slot, with "#n"
-   appended for other Parameter objects arriving in that slot (blocks that share one graph
-   without a registered root), else the placeholder's Dynamo source.
+3. for a compiled graph (`GraphWeights`), a weight none of the above names: first the model
+   whose compiled call is running is registered, if it holds the weight and is called alone
+   (NOTE [a graph reused by another model]); failing that, the name the graph's first call
+   gave the slot, with "#n" appended for other Parameter objects arriving in that slot (blocks
+   compiled one by one and sharing one graph, without a registered root), else the
+   placeholder's Dynamo source.
 
-Lookups have no visible side effects; `register` bumps `version()`, which invalidates the
+NOTE [a graph reused by another model]: Dynamo reuses a compiled graph for every module of the
+same structure (its guards check the structure, not which object; the weights are inputs). So
+a second model of the same class, compiled with torch.compile(..., backend="pqt") in the same
+process, runs the first one's graph and never reaches the backend, which registers the model
+it compiles. Its weights are registered when the graph first meets them instead: the module
+the running torch.compile call compiles (compat.compiled_model_called_alone) is registered if
+no module on the stack outside that call holds it. A block compiled on its own and called by
+its eager parent is not: its names would be the block's own, the same in every block, so the
+"#n" rule keeps such blocks apart (`register(root)` gives them the root's names).
+
+Lookups have no visible side effects (`GraphWeights.resolve` may register a model: NOTE [a graph
+reused by another model]); `register` bumps `version()`, which invalidates the
 names cached by compiled graphs.
 """
 
@@ -33,7 +48,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .compat import is_buffer_placeholder, placeholder_source_name
+from .compat import compiled_model_called_alone, is_buffer_placeholder, placeholder_source_name
 
 __all__ = [
     "WeightName",
@@ -176,6 +191,19 @@ def reset() -> None:
     _registry = _Registry()
 
 
+def _register_calling_model(objs: Sequence[Any]) -> bool:
+    """Register the model whose compiled call is running, if it holds one of `objs` and is
+    called alone (NOTE [a graph reused by another model]); whether it did."""
+    model = compiled_model_called_alone()
+    if model is None:
+        return False
+    held = {id(p) for p in model.parameters()}
+    if not any(id(o) in held for o in objs):
+        return False
+    register(model)
+    return True
+
+
 @dataclass(frozen=True, eq=False)  # identity: one object per cached set of weights
 class ResolvedWeights:
     """The weights of one call of a compiled graph: names, other names, owning modules.
@@ -248,6 +276,8 @@ class GraphWeights:
         # One entry per set of weights: blocks sharing this graph each hit their own entry.
         if hit is not None and all(r() is o for r, o in zip(hit[0], objs)):
             return hit[1]
+        if any(lookup(o) is None for o in objs) and _register_calling_model(objs):
+            ids = (*ids[:-1], _registry.version)
         entries = [self._name_at(i, o) for i, o in enumerate(objs)]
         resolved = ResolvedWeights(
             tuple(e.name for e in entries),

@@ -8,6 +8,18 @@ canonical names, so a model holding compiled blocks is keyed as the plain model)
 sample the same weights on the same paths, along the same axes, in the same dtypes, with the
 same keys; it then replays the graph eagerly with the op's torch implementation. Gradients
 flow to the model's parameters.
+
+NOTE [trace as the call runs]: the trace is taken under the caller's grad mode, with the
+parameters' and inputs' own requires_grad, so that it records the ops the real call would run.
+Some ops pick their forward by grad mode: scaled_dot_product_attention asks its efficient and
+cuDNN kernels for the logsumexp only when grad is on and an input requires grad (the backward
+needs it). A trace under no_grad recorded the inference variant, and the replay's backward
+then read a missing logsumexp: cuDNN raised "LSE is not correctly aligned", or under bf16
+autocast returned gradients 10^4 times too large (H200, issue 25). Replayed under grad, each
+recorded aten op differentiates with its own derivative formula, exactly as in the eager model;
+`pqt.sample` passes the gradient straight through to the weight. So the replay is the autograd
+of the eager model with each sampled weight replaced by its sample. `trace` returns that graph
+(tests compare its ops with those a real call dispatches).
 """
 
 from __future__ import annotations
@@ -29,7 +41,44 @@ from .op import sample
 from .seeds import key_for_name
 from .selection import admits_fn, module_rule_axes
 
-__all__ = ["sampled_weights", "run", "trace_weight_edges", "sampled_axes"]
+__all__ = ["sampled_weights", "run", "trace", "trace_weight_edges", "sampled_axes", "ReferenceTraceError"]
+
+
+class ReferenceTraceError(RuntimeError):
+    """The reference could not trace the model's forward (it traces with fake tensors)."""
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, e: BaseException) -> "ReferenceTraceError":
+        """One line: the model, where in the user's code the trace stopped, the cause, the fix."""
+        where = _user_frame(e)
+        at = f" at {where}" if where else ""
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        name = type(e).__name__
+        if name in ("GuardOnDataDependentSymNode", "DataDependentOutputException"):
+            cause = "data-dependent control flow (Python branches on a tensor's value, or .item() / .tolist())"
+            fix = ("compute the branch outside the model, or write it with torch.where / torch.cond, "
+                   "so that one graph holds both sides")
+        elif name in ("UnsupportedOperatorException", "DynamicOutputShapeException", "UnsupportedFakeTensorException"):
+            cause = f"an op that fake tensors cannot run ({first})"
+            fix = "register a fake (meta) implementation for it (torch.library.register_fake), or exclude that part"
+        else:
+            cause = f"{name}: {first}"
+            fix = "run the model once eagerly on the same inputs to see the error; the reference traces with fake tensors"
+        return cls(f"pqt reference: cannot trace {type(model).__name__}'s forward{at}: {cause}; {fix}")
+
+
+def _user_frame(e: BaseException) -> str:
+    """file:line (function) of the innermost traceback frame outside torch and pqt_compile."""
+    import os
+    import traceback
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
+    found = ""
+    for f in traceback.extract_tb(e.__traceback__):
+        path = os.path.abspath(f.filename)
+        if not path.startswith(skip) and "<" not in f.filename:
+            found = f"{os.path.basename(f.filename)}:{f.lineno} ({f.name})"
+    return found
 
 
 class _Traced:
@@ -58,12 +107,23 @@ class _Traced:
 
         # A model may hold compiled parts (per-block `block.compile()`): the reference must run
         # their original code, so Dynamo is told to inline them rather than refuse the trace.
-        with torch.no_grad(), allow_nested_fx_trace(), traced_as_compiled():
-            self.gm = make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(
-                list(self.params.values()), [leaves[i] for i in self.tensor_pos]
-            )
+        # Grad mode is the caller's (NOTE [trace as the call runs]).
+        try:
+            with allow_nested_fx_trace(), traced_as_compiled():
+                self.gm = make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(
+                    list(self.params.values()), [leaves[i] for i in self.tensor_pos]
+                )
+        except Exception as e:  # noqa: BLE001 - re-raised with its cause named
+            raise ReferenceTraceError.of(model, e) from e
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         self.weights = dict(zip(placeholders[: len(names)], names))
+
+
+def trace(model: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.fx.GraphModule:
+    """The aten-level forward graph that `run` samples and replays, before sampling: inputs are
+    the model's parameters (in `naming.named_parameters` order), then the tensor leaves of
+    (args, kwargs). Traced under the caller's grad mode (NOTE [trace as the call runs])."""
+    return _Traced(model, args, kwargs).gm
 
 
 def trace_weight_edges(

@@ -118,3 +118,53 @@ def small_bpe_tokenizer(vocab_size: int = 300):
     tok.train_from_iterator(["def f(x):\n    return x + 1\n" * 50, "the quick brown fox jumps over the lazy dog " * 50],
                             trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+class Block(nn.Module):
+    """x + tanh(fc(x)): a residual block of BlockLoop (a class of its own: Dynamo compiles the
+    frames of user modules, never those of torch.nn built-ins such as nn.Sequential)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.fc(x))
+
+
+class BlockLoop(nn.Module):
+    """A loop over a ModuleList of blocks with a graph break after block 1 (`broken`): Dynamo
+    skips the whole forward (a break inside a loop) and compiles each block's frame, one graph
+    shared by the blocks. With broken=False the same model compiles into one graph."""
+
+    def __init__(self, d: int = 16, n: int = 4, broken: bool = True) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d) for _ in range(n))
+        self.broken = broken
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if self.broken and i == 1:
+                torch._dynamo.graph_break()
+        return x
+
+
+def _passes_args(fn):
+    """A decorator taking *args, as transformers 5.x wraps its models' forwards: Dynamo's frame
+    is the wrapper's, where the module is `args[0]`, not `self`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class Decorated(MLP):
+    """MLP whose forward is wrapped by a *args decorator."""
+
+    @_passes_args
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)

@@ -29,3 +29,44 @@ def test_capture_output_code_restores_inductor_hook():
         torch.compile(lambda x: x * 2 + 1)(torch.randn(8))
     assert codes and "def call" in "\n".join(codes)
     assert GraphLowering.__dict__.get("save_output_code", "absent") == before
+
+
+def test_compiled_module_is_read_from_torch_compiles_wrapper():
+    """compat.compiled_module names the module each entry point compiles, from inside a
+    backend (NOTE [the compiled module]); outside a compile there is none. If a torch release
+    moves torch.compile's wrapper, this fails by name (names then come from the traced frame)."""
+    import torch.nn as nn
+
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x):
+            return self.inner(x) * 2
+
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(compat.compiled_module())
+        return gm.forward
+
+    assert compat.compiled_module() is None
+    torch._dynamo.reset()
+    m = Outer()
+    torch.compile(m, backend=backend)(torch.randn(2, 4))
+    torch._dynamo.reset()  # else m2 reuses m's graph and the backend is not called
+    m2 = Outer()
+    m2.compile(backend=backend)
+    m2(torch.randn(2, 4))
+    torch.compile(lambda mod, x: mod.inner(x), backend=backend)(m, torch.randn(2, 4))
+    assert seen[0] is m and seen[1] is m2 and seen[2] is None  # a function tracing its modules whole
+    torch._dynamo.reset()

@@ -3,8 +3,8 @@
     torch.compile(model, backend="pqt", options={"format": "fp4_e2m1", "max_autotune": True})
     pqt_compile.compile(model, config=PQTConfig(...), mode="max-autotune")
 
-Per Dynamo graph: register the module being compiled (its weights' names key their noise,
-naming.py), name the graph's Parameter inputs, append the seed and keys inputs
+Per Dynamo graph: register the model being compiled (its weights' names key their noise,
+naming.py; NOTE [names from the compiled model]), name the graph's Parameter inputs, append the seed and keys inputs
 (graph_abi.py), and hand the graph to Inductor with the SamplePass installed as its joint-graph
 custom pass, patched for this compile only. The result is a `PQTCompiled` (wrapper.py), which
 supplies seed and keys at each call.
@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .. import guards, naming
-from ..compat import compile_fx, copy_dynamo_graph_attrs, frame_root_module, inductor_config_options, mode_options
+from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
+                      inductor_config_options, mode_options)
 from ..config import PQTConfig
 from ..moe import check_experts
 from ..naming import GraphWeights, ResolvedWeights
@@ -30,7 +31,7 @@ from .passes.sample_pass import SamplePass
 from .passes.template_layout_pass import TemplateLayoutPass
 from .wrapper import PQTCompiled
 
-__all__ = ["pqt_backend", "compile", "split_options", "GraphCompiler"]
+__all__ = ["pqt_backend", "compile", "split_options", "GraphCompiler", "register_roots"]
 
 
 def split_options(options: Optional[dict]) -> tuple[PQTConfig, dict]:
@@ -113,11 +114,10 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
             "pqt: this graph holds its parameters as attributes; pqt needs them as graph inputs, "
             "which is Dynamo's default: set torch._dynamo.config.inline_inbuilt_nn_modules = True"
         )
-    root = frame_root_module()
-    if root is not None:
-        naming.register(root)  # through torch.compile too: the guards and the names need the model
+    roots = register_roots(example_inputs)  # through torch.compile too: the guards and the names need the model
+    for root in roots:
         check_experts(root, admits_fn(config, root))  # experts that would run eagerly: refused
-    weights = GraphWeights.for_graph(gm, example_inputs, root)
+    weights = GraphWeights.for_graph(gm, example_inputs, roots[0] if roots else None)
     if not weights.positions:  # no Parameter inputs: nothing to sample
         return compile_fx(gm, example_inputs, inductor_patches)
     _refuse_tensor_subclass_weights(weights, example_inputs)
@@ -130,6 +130,42 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     # builds a joint (training) graph when grad is on and an input requires grad.
     training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     return PQTCompiled(fn, compiler, weights, first, config, device, samples=training or config.sample_in_eval)
+
+
+def register_roots(example_inputs: Sequence[Any]) -> list[torch.nn.Module]:
+    """Register the models this graph's weights are named in, and return them (the first names
+    the graph; empty if none is known).
+
+    NOTE [names from the compiled model]: a weight's key is its qualified name in the model
+    being compiled, whichever entry point compiled it and however Dynamo cut the model into
+    frames (README, the seed rule). So the roots registered are:
+    1. the module the running torch.compile call compiles (compat.compiled_module: the model
+       of torch.compile(model), model.compile() and pqt_compile.compile; for a compiled
+       function, the outermost module it is calling). A frame of a block inside it (the
+       model's forward skipped for a graph break inside its loop over blocks, a frame resumed
+       after a break) or of a decorator's wrapper (transformers' forwards taking *args) gets
+       the model's names, not the block's ("fc.weight" in every block) or the decorator's
+       (`args.model.layers.0...`, from Dynamo's sources);
+    2. the module whose forward Dynamo traces (its `self`), where it is not inside the first;
+    3. for weights still unnamed, the modules among the traced frame's locals that hold them
+       (a compiled function `step(model, x)` traced whole: its weights are named in `model`).
+    Registering wide then narrow keeps the wide names (naming.register). Blocks compiled one by
+    one (`block.compile()` inside an eager root) are their own compiled modules: there
+    `pqt_compile.register(root)` remains the way to the root's names.
+    """
+    compiled = compiled_module()
+    frame = frame_root_module()
+    roots = [compiled] if compiled is not None else []
+    if frame is not None and not (compiled is not None and any(m is frame for m in naming.unwrap(compiled).modules())):
+        roots.append(frame)
+    for m in roots:
+        naming.register(m)
+    unnamed = {id(p) for p in example_inputs if isinstance(p, torch.nn.Parameter) and naming.lookup(p) is None}
+    for m in frame_modules() if unnamed else ():
+        if all(m is not r for r in roots) and any(id(p) in unnamed for p in m.parameters()):
+            naming.register(m)
+            roots.append(m)
+    return roots
 
 
 def _refuse_tensor_subclass_weights(weights: GraphWeights, example_inputs: list) -> None:

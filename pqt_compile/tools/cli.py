@@ -17,7 +17,8 @@ import torch
 
 from ..config import PQTConfig
 
-__all__ = ["PRESETS", "UsageError", "build", "add_model_arguments", "add_config_arguments", "config_from_arguments"]
+__all__ = ["PRESETS", "UsageError", "build", "load_hf_directory", "add_model_arguments", "add_config_arguments",
+           "config_from_arguments"]
 
 
 def _gpt2_tiny() -> torch.nn.Module:
@@ -53,7 +54,12 @@ def build(preset: Optional[str], factory: Optional[str], batch: int, seq: int, v
             fn = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as e:
             raise UsageError(f"--model {factory!r}: cannot import it ({type(e).__name__}: {e})") from None
-        made = fn()
+        try:
+            made = fn()
+        except Exception as e:  # noqa: BLE001 - the user's code: one line, not a traceback
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UsageError(f"--model {factory!r}: the factory raised {type(e).__name__}: {first}; fix the factory "
+                             f"(try it in Python: from {mod_name} import {fn_name}; {fn_name}())") from None
     elif preset:
         if preset not in PRESETS:
             raise UsageError(f"--preset {preset!r}: unknown; choose one of {sorted(PRESETS)}")
@@ -71,6 +77,31 @@ def build(preset: Optional[str], factory: Optional[str], batch: int, seq: int, v
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"the factory returned {type(model).__name__}, not an nn.Module")
     return model, args
+
+
+def load_hf_directory(path: str) -> torch.nn.Module:
+    """The model of a local Hugging Face model directory (its config's architecture class, local
+    files only: nothing is downloaded). UsageError naming the problem if it does not load."""
+    import json
+
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise UsageError(f"--checkpoint {path}: no config.json there; give a Hugging Face model directory "
+                         "(what save_pretrained writes)")
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError("--checkpoint DIR needs transformers: pip install transformers") from None
+    try:
+        with open(config_path) as f:
+            archs = json.load(f).get("architectures") or []
+        cls = getattr(transformers, archs[0], None) if archs else None
+        cls = cls or transformers.AutoModelForCausalLM
+        return cls.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - a checkpoint that does not load: one line naming why
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(f"--checkpoint {path}: it does not load ({type(e).__name__}: {first}); check that "
+                         "from_pretrained(path, local_files_only=True) loads it") from None
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,50 @@
+"""Factories for pqt-check's tests (`--model support.check_models:NAME`; tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models import MLP, TinyGPT
+
+
+def mlp() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return MLP(), (torch.randn(4, 32, generator=torch.Generator().manual_seed(1)),)
+
+
+def tiny_gpt() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return TinyGPT(), (torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1)),)
+
+
+class _NormOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+def no_weights() -> tuple[nn.Module, tuple]:
+    return _NormOnly(), (torch.randn(2, 8),)
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc(x).sum() > 0:  # data-dependent control flow
+            return self.fc(x)
+        return -x
+
+
+def branchy() -> tuple[nn.Module, tuple]:
+    return _Branchy(), (torch.randn(2, 8),)
+
+
+def raises() -> nn.Module:
+    raise RuntimeError("weights file not found: /nowhere/model.pt")
