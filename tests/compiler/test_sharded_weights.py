@@ -76,3 +76,31 @@ def test_a_partial_weight_is_refused():
         t = DTensor.from_local(torch.randn(4, 8), mesh, [Partial()])
         with pytest.raises(NotImplementedError, match=r"'w' is a DTensor with placements .*Partial.*Redistribute"):
             shard_layout("w", t)
+
+
+def test_an_nvfp4_shard_reduces_its_amax_over_the_ranks_that_split_the_weight():
+    """NOTE [NVFP4 tensor amax]: the tensor scale needs the whole weight's amax, so an nvfp4 shard's
+    graph holds one all-reduce (max) more than stock Inductor's, and fp4_e2m1's (MX: block scales
+    only) none. With the fake group the all-reduce returns the rank's own amax, so the sample is
+    the eager op's with that amax (the 4-process test checks the real reduction)."""
+    from pqt_compile.op import nvfp4_tensor_amax  # noqa: F401  (the eager op takes the same argument)
+
+    nv = PQTConfig(format="nvfp4")
+    count = lambda c: "\n".join(c).count("torch.ops._c10d_functional.all_reduce")  # noqa: E731
+    torch._dynamo.reset()
+    with fake_mesh(1, 4) as mesh:
+        m, full = _linear(mesh, "colwise")
+        with pqt_compile.fixed_seed(SEED):
+            got, nv_code = run_and_get_code(pqt_compile.compile(m, nv), torch.eye(full.shape[1]))
+        torch._dynamo.reset()
+        _, mx_code = run_and_get_code(pqt_compile.compile(m, CFG), torch.eye(full.shape[1]))
+        torch._dynamo.reset()
+        _, plain = run_and_get_code(torch.compile(m), torch.eye(full.shape[1]))
+    assert count(nv_code) == count(plain) + 1 and count(mx_code) == count(plain)
+    local = full.chunk(4, dim=0)[1].contiguous()
+    strides, offset = [full.shape[1], 1], full.shape[1] * local.shape[0]
+    want = torch.ops.pqt.sample.default(full.chunk(4, dim=0)[1].contiguous(), torch.tensor(SEED),
+                                        torch.tensor(key_for_name("weight")), 1, nv.format, nv.block_code, nv.op_noise,
+                                        nv.op_noise_std, torch.float32, strides, offset, local.abs().amax().reshape(1))
+    assert torch.equal(got.t().contiguous().view(torch.int32), want.view(torch.int32))
+    torch._dynamo.reset()

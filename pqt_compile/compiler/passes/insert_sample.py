@@ -82,7 +82,17 @@ def _tensor_amax(graph: Graph, weight: Node, fake_mode, reduce_amax, edge) -> No
     for n in (clean, w32, absw, amax):
         _set_val(n, fake_mode)
     if reduce_amax is not None:
-        amax = reduce_amax(graph, edge, amax)
+        local, amax = amax, reduce_amax(graph, edge, amax)
+        # Give the reduction's new nodes their values, inputs first (from the local amax on).
+        new, todo = [], [amax]
+        while todo:
+            node = todo.pop()
+            if node is not local and node not in new and "val" not in node.meta:
+                new.append(node)
+                todo.extend(node.all_input_nodes)
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        for n in sorted(new, key=order.__getitem__):
+            _set_val(n, fake_mode)
     return amax
 
 

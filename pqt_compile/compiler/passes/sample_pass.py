@@ -128,7 +128,10 @@ class SamplePass(PQTPass):
             if layout is None or layout.is_whole:
                 return amax
             all_reduce, wait = all_reduce_max_ops()
-            node = g.call_function(torch.ops.aten.nan_to_num.default, (amax, float("inf")))
+            aten = torch.ops.aten  # ops Inductor lowers as they are (a joint graph is decomposed already)
+            inf = g.call_function(aten.full.default, ([], float("inf")),
+                                  {"dtype": torch.float32, "device": amax.meta["val"].device})
+            node = g.call_function(aten.where.self, (g.call_function(aten.isnan.default, (amax,)), inf, amax))
             for group in layout.groups:
                 node = g.call_function(wait, (g.call_function(all_reduce, (node, "max", group)),))
             return node

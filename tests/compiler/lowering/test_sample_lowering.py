@@ -167,3 +167,43 @@ def test_cpu_sample_loop_holds_int32_words_and_reads_the_index_from_a_buffer(sha
     # words (one buffer for both); the per-element loop reads the iota instead.
     assert code.count("::arange(") <= 2
     assert str(MIX_MUL_1) in code
+
+
+#: NVFP4 (formula_nvfp4.py), one compile for all: (shape, axis, noise, out dtype, tensor_amax given).
+#: 24 x 80 takes the one-kernel form in C++ (<= CPP_ONE_KERNEL_MAX_NUMEL elements), 96 x 64 the
+#: levers; a given tensor_amax (a shard's all-reduced one) above the weight's own moves every scale.
+NVFP4_CASES = [
+    ((24, 80), 1, "gaussian", torch.bfloat16, False),
+    ((96, 64), 0, "gaussian", torch.float32, False),
+    ((96, 64), 1, "uniform", torch.float32, True),
+    ((24, 80), 1, "rtn", torch.float32, False),
+    ((96, 64), 0, "rtn", torch.bfloat16, True),
+]
+
+
+def test_nvfp4_lowers_bit_exact():
+    """The tensor amax (the op's input, or a Reduction of the lowering's own), the E4M3 block
+    scales and the per-element sample or round to nearest: the eager op's bits, in C++."""
+    cfg = PQTConfig(format="nvfp4")
+    seed, key = torch.tensor(91), torch.tensor(2**31 + 3)
+    ws, amaxes = [], []
+    for shape, axis, *_ in NVFP4_CASES:
+        torch.manual_seed(sum(shape))
+        w = torch.randn(shape) * torch.logspace(-3, 1, shape[-1])
+        w.view(-1)[:16] = 0.0  # a zero block: no noise there
+        ws.append(w)
+        amaxes.append(w.abs().amax().reshape(1) * 3.0)
+
+    def f(ws, amaxes, seed, key):
+        return [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, noise, cfg.op_noise_std,
+                                             out, None, 0, a if given else None)
+                for w, a, (_, axis, noise, out, given) in zip(ws, amaxes, NVFP4_CASES)]
+
+    with inductor_config.patch(fx_graph_cache=False):
+        got = torch.compile(f, dynamic=False)(ws, amaxes, seed, key)
+    for g, want, case in zip(got, f(ws, amaxes, seed, key), NVFP4_CASES):
+        bits = torch.int32 if g.dtype == torch.float32 else torch.int16
+        assert torch.equal(g.view(bits), want.view(bits)), case
+    # the check can fail: a given amax moves the tensor scale, hence the sample
+    moved = f(ws, [a / 3.0 for a in amaxes], seed, key)[2]
+    assert not torch.equal(moved, got[2])

@@ -54,7 +54,12 @@ FP4, DEFAULT = PQTConfig(format="fp4_e2m1"), PQTConfig()
 SHARD_STRIDES, SHARD_OFFSET = [128, 1], 64
 
 
-def _all_samples(ws, neg_w, strided_w, shard_w, seed, key, neg_key):
+#: NVFP4 on the Triton route: the one-kernel form (whole blocks) with the tensor amax as the op's
+#: input, as the pass gives it, and round to nearest.
+NVFP4 = PQTConfig(format="nvfp4")
+
+
+def _all_samples(ws, neg_w, strided_w, shard_w, nv_w, nv_amax, seed, key, neg_key):
     outs = [torch.ops.pqt.sample.default(w, seed, key, axis, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, out)
             for w, (_, axis, cfg, _, out) in zip(ws, ALL)]
     outs.append(torch.ops.pqt.sample.default(neg_w, seed, neg_key, 1, FP4.format, FP4.block_code, FP4.op_noise,
@@ -63,6 +68,9 @@ def _all_samples(ws, neg_w, strided_w, shard_w, seed, key, neg_key):
                                              DEFAULT.op_noise, DEFAULT.op_noise_std, torch.float32))
     outs.append(torch.ops.pqt.sample.default(shard_w, seed, key, 1, FP4.format, FP4.block_code, FP4.op_noise,
                                              FP4.op_noise_std, torch.float32, SHARD_STRIDES, SHARD_OFFSET))
+    for noise, axis in (("gaussian", 1), ("rtn", 0)):
+        outs.append(torch.ops.pqt.sample.default(nv_w, seed, key, axis, NVFP4.format, NVFP4.block_code, noise,
+                                                 NVFP4.op_noise_std, torch.bfloat16, None, 0, nv_amax))
     return outs
 
 
@@ -73,7 +81,9 @@ def compiled():
     neg_w = torch.randn(16, 70)
     strided_w = torch.randn(40, 48).t()  # [48, 40], column-major
     shard_w = torch.randn(12, 128)[:, 64:].contiguous()
-    args = (ws, neg_w, strided_w, shard_w, SEED, KEY, torch.tensor(-1))
+    nv_w = torch.randn(32, 48) * torch.logspace(-3, 1, 48)
+    nv_amax = nv_w.abs().amax().reshape(1)
+    args = (ws, neg_w, strided_w, shard_w, nv_w, nv_amax, SEED, KEY, torch.tensor(-1))
     torch._dynamo.reset()
     with inductor_triton_on_cpu():
         outs, codes = run_and_get_code(torch.compile(_all_samples, dynamic=False), *args)
@@ -111,6 +121,14 @@ def test_a_shard_draws_the_full_weights_indices(compiled):
     full = torch.cat([torch.randn(12, 64), shard_w], dim=1)  # any left half: blocks never cross column 64
     want = _sample(full, KEY, 1, FP4, torch.float32)[:, 64:]
     assert torch.equal(outs[len(ALL) + 2].view(torch.int32), want.contiguous().view(torch.int32))
+
+
+def test_nvfp4_is_bit_exact(compiled):
+    outs, _, (_, _, _, _, nv_w, nv_amax, *_rest) = compiled
+    for out, (noise, axis) in zip(outs[len(ALL) + 3:], (("gaussian", 1), ("rtn", 0))):
+        want = torch.ops.pqt.sample.default(nv_w, SEED, KEY, axis, NVFP4.format, NVFP4.block_code, noise,
+                                            NVFP4.op_noise_std, torch.bfloat16, None, 0, nv_amax)
+        assert torch.equal(out.view(torch.int16), want.view(torch.int16)), noise
 
 
 def test_the_code_is_the_gpu_code(compiled):
