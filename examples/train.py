@@ -77,15 +77,6 @@ SCENARIO_DEFAULTS = {  # scenario: (lr, warmup)
 }
 
 
-def nvfp4_grid() -> Optional[str]:
-    """"nvfp4:16" if this pqt_compile knows NVFP4 (`PQTConfig(format="nvfp4")`), else None."""
-    try:
-        PQTConfig(format="nvfp4", block_size=16)
-    except ValueError:
-        return None
-    return "nvfp4:16"
-
-
 def _steps(text: str):
     if text == "auto":
         return text
@@ -127,7 +118,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--lower-format", default="int3", help="a second format to quantize every model to")
     p.add_argument("--deploy-grids", default="", metavar="FMT:BLOCK,...",
                    help="more grids to deploy to at the end, e.g. fp4_e2m1:16,int4:32 (robustness to another format)")
-    p.add_argument("--block-size", default="32")
+    p.add_argument("--block-size", default=None, help="elements per block, 'row' or 'tensor' (default: the format's: 32, "
+                                                     "or 16 for nvfp4)")
     p.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "rounded_gaussian"])
     p.add_argument("--noise-std", type=float, default=None, help="noise std in steps (default: the noise's own)")
     p.add_argument("--exclude", action="append", default=None, metavar="REGEX",
@@ -148,10 +140,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the budget and exit (no device is needed)")
     first, _ = p.parse_known_args(argv)
     if first.preset:
-        preset = dict(PRESETS[first.preset])
-        if nvfp4_grid():  # deployed to NVFP4 too where this pqt_compile has it
-            preset["deploy_grids"] = ",".join(x for x in (preset.get("deploy_grids", ""), nvfp4_grid()) if x)
-        p.set_defaults(**preset)
+        p.set_defaults(**PRESETS[first.preset])
     a = p.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     bad = sorted(set(arms) - set(ARMS))
@@ -189,12 +178,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def pqt_config(a: argparse.Namespace) -> PQTConfig:
-    return PQTConfig(format=a.format, block_size=_block(a.block_size), noise=a.noise, noise_std=a.noise_std,
-                     exclude=tuple(a.exclude or ()))
+    try:
+        return PQTConfig(format=a.format, block_size=_block(a.block_size), noise=a.noise, noise_std=a.noise_std,
+                         exclude=tuple(a.exclude or ()))
+    except ValueError as e:  # the config says what is wrong and how to fix it: one line, no traceback
+        raise SystemExit(f"train.py: {e}") from None
 
 
-def _block(b: str):
-    return b if b in ("row", "tensor") else int(b)
+def _block(b):
+    return b if b in (None, "row", "tensor") else int(b)
 
 
 def deploy_grids(a: argparse.Namespace, cfg: PQTConfig) -> dict[str, PQTConfig]:
@@ -203,7 +195,7 @@ def deploy_grids(a: argparse.Namespace, cfg: PQTConfig) -> dict[str, PQTConfig]:
     for g in (x for x in a.deploy_grids.split(",") if x):
         fmt, _, b = g.partition(":")
         try:
-            grids[g] = cfg.replace(format=fmt, block_size=_block(b or "32"))
+            grids[g] = cfg.replace(format=fmt, block_size=_block(b or None))
         except ValueError as e:
             raise SystemExit(f"--deploy-grids {g!r}: {e}") from None
     return grids

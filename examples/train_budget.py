@@ -90,12 +90,12 @@ PRESETS: dict[str, dict] = {
     "gpu-124m": dict(arch="gpt2", size="gpt2-124m", batch=8, device="cuda", dtype="bf16", scenario="finetune",
                      corpus="stdlib-all", pretrain_steps=1000, pretrain_lr=6e-4, pretrain_seed=0, lr=1e-4, warmup=20,
                      steps="auto", calibrate_steps=8, time_limit=420.0, seeds="0,1", arms="baseline,pqt,ste,pqt-ste",
-                     format="fp4_e2m1", block_size="32", lower_format="int3", deploy_grids="int4:32,fp4_e2m1:16",
+                     format="fp4_e2m1", block_size=None, lower_format="int3", deploy_grids="int4:32,fp4_e2m1:16,nvfp4:16",
                      eval_batches=16, eval_every="auto", evals=4, no_export=True, out="runs/gpu-124m"),
     "cpu-smoke": dict(arch="gpt2", size="tiny", batch=4, device="cpu", dtype="fp32", scenario="finetune",
                       corpus="stdlib", pretrain_steps=3, pretrain_seed=0, steps="auto", max_steps=6, calibrate_steps=2,
                       time_limit=1200.0, threads=1, seeds="0,1", arms="baseline,pqt,ste,pqt-ste", format="fp4_e2m1",
-                      block_size="32", lower_format="int3", deploy_grids="int4:16", eval_batches=2,
+                      block_size=None, lower_format="int3", deploy_grids="int4:16,nvfp4:16", eval_batches=2,
                       eval_every="auto", evals=2, out="runs/cpu-smoke"),
 }
 

@@ -72,7 +72,7 @@ def test_the_smoke_run_end_to_end(smoke):
         assert len(first["train_loss"][k]) == 6
         assert [p[0] for p in first["val_curve"][k]] == [0, 3, 6]  # (step, clean, quantized): the start, 2 evaluations
         assert first["val_curve"][k][0] == first["val_curve"]["baseline"][0]  # the same starting weights
-        assert set(first["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16"}
+        assert set(first["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16", "nvfp4:16"}
         assert first["eval"][k]["clean"] == pytest.approx(res["per_seed"][0]["eval"][k]["clean"])
         assert first["eval"][k]["clean"] != first["eval"][k]["fp4_e2m1"]  # quantization did something
         assert first["tokens_per_s"][k] == pytest.approx(4 * 64 / (first["step_ms_median"][k] / 1e3))
@@ -159,7 +159,7 @@ def test_the_time_limit_stops_cleanly_with_partial_results(smoke, tmp_path, caps
     for k in ("baseline", "pqt", "ste", "pqt-ste"):
         assert len(r["train_loss"][k]) == steps
         assert [p[0] for p in r["val_curve"][k]] == sorted({0, 3, steps})  # a last point where it stopped
-        assert set(r["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16"}
+        assert set(r["eval"][k]) == {"clean", "fp4_e2m1", "int3", "int4:16", "nvfp4:16"}
     assert "PARTIAL: the time limit (1200 s) ran out" in printed and "validation loss" in printed
     assert saved["verdict"]["seeds"] == 1 and os.path.getsize(tmp_path / "loss.png") > 0
 

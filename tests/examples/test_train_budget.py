@@ -105,8 +105,7 @@ def test_the_gpu_preset_states_a_budget_that_fits_seven_minutes(tmp_path, capsys
     assert (a.arch, a.size, a.batch, a.device, a.dtype, a.scenario) == ("gpt2", "gpt2-124m", 8, "cuda", "bf16", "finetune")
     assert train.SIZES[a.size] == (12, 768, 12, 1024) and a.seed_list == [0, 1] and a.pretrain_seed == 0
     assert a.arm_list == list(ARMS) and a.time_limit == 420 and a.steps == "auto" and a.no_export
-    assert ("nvfp4:16" in a.deploy_grids.split(",")) == (train.nvfp4_grid() is not None)
-    assert {"int4:32", "fp4_e2m1:16"} <= set(a.deploy_grids.split(","))  # grids it was not trained for
+    assert set(a.deploy_grids.split(",")) == {"int4:32", "fp4_e2m1:16", "nvfp4:16"}  # grids it was not trained for
     res = train.main(["--preset", "gpu-124m", "--dry-run", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     b = res["budget"]
