@@ -1,4 +1,4 @@
-"""compat.py: every private torch symbol pqt_compile uses resolves on this torch, and a missing
+"""pqt_compile.compat: every private torch symbol pqt_compile uses resolves on this torch, and a missing
 one is reported with the version, the symbol and what needs it."""
 
 import pytest

@@ -1,0 +1,62 @@
+"""The registry of private symbols and `require`, which resolves one or names what is missing."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TORCH_CHECKED",
+    "SYMBOLS",
+    "CompatError",
+    "require",
+]
+
+
+#: torch releases this package's symbols were checked on.
+TORCH_CHECKED = ("2.13", "2.14", "2.15")
+
+#: (module, attribute, what needs it): every private symbol resolved through `require`.
+SYMBOLS: tuple[tuple[str, str, str], ...] = (
+    ("torch._dynamo.symbolic_convert", "InstructionTranslator", "naming weights after the compiled module"),
+    ("torch._inductor.config", "_config", "telling Inductor options from unknown ones"),
+    ("torch._inductor.compile_fx", "compile_fx", "the pqt backend (Inductor's entry point)"),
+    ("torch._inductor.custom_graph_pass", "CustomGraphPass", "the cache-safe joint-graph pass"),
+    ("torch._inductor.lowering", "register_lowering", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.ir", "Reduction", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.ir", "Pointwise", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.virtualized", "ops", "the Inductor lowering of pqt.sample"),
+    ("torch._inductor.ir", "ComputedBuffer", "the Inductor lowering of pqt.sample (a realized index buffer)"),
+    ("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises"),
+    ("torch._inductor.virtualized", "V", "the sample as a GEMM-template prologue (V.graph.invoke_quant_ops)"),
+    ("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering"),
+    ("torch.utils._triton", "has_triton", "the Triton kernel of the eager op on CUDA"),
+    ("torch._C", "_current_graph_task_id", "the seed rule (a recompute inside a backward)"),
+    ("torch.utils._pytree", "tree_flatten", "the eager reference and explain"),
+    ("torch._logging", "trace_structured", "pass graphs in TORCH_TRACE"),
+    ("torch._inductor", "list_mode_options", "mode= with pqt_compile.compile"),
+    ("torch._dynamo.utils", "counters", "explain (graph breaks)"),
+    ("torch._inductor.graph", "GraphLowering", "explain (the output code)"),
+    ("torch.distributed.tensor._utils", "compute_local_shape_and_global_offset",
+     "tensor-parallel weights (a shard's place in the full weight)"),
+    ("torch._inductor.ir", "ReinterpretView", "the one-kernel sample (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "FixedLayout", "the one-kernel sample (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "TensorBox", "the one-kernel sample (its output viewed as the weight's shape)"),
+)
+
+
+class CompatError(RuntimeError):
+    """A private torch API that pqt_compile needs is missing from this torch release."""
+
+
+def require(module: str, attr: str, needed_for: str) -> Any:
+    """`module.attr`, or a CompatError naming the torch version, the symbol and what needs it."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise CompatError(
+            f"pqt_compile: {needed_for} needs {module}.{attr}, which torch {torch.__version__} does not have "
+            f"({type(e).__name__}: {e}); pqt_compile was checked on torch {', '.join(TORCH_CHECKED)}"
+        ) from None
