@@ -2,9 +2,10 @@
 rule] in seeds.py), observed with hooks.
 
 * A backward pass through a sampling graph ends: the next forward is a new micro-batch
-  (`seeds.advance_micro_batch`). Observed with a gradient hook on the outputs of each sampling
-  call made outside a backward pass; the hook queues one callback for the end of that backward
-  pass. A call made inside a backward pass (the recompute of activation checkpointing) adds no
+  (`seeds.advance_micro_batch`). Observed with a pre-hook on the autograd node of each sampling
+  call's outputs (made outside a backward pass; one per node, not per tensor: a Python tensor hook
+  costs several microseconds of host time per call); the hook queues one callback for the end of
+  that backward pass. A call made inside a backward pass (the recompute of activation checkpointing) adds no
   hook: it belongs to the micro-batch whose backward is running.
 * An optimizer steps that updates a weight of a PQT-compiled model (a registered root), after at
   least one such backward pass: the next draw is a new step (`seeds.advance_step`); the guards
@@ -19,10 +20,10 @@ counters (each sees every other step). Pin seeds with `fixed_seed` where that ma
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import guards, naming, seeds
 from .compat import current_graph_task_id, queue_backward_callback
@@ -34,7 +35,9 @@ class _Hooks:
     def __init__(self) -> None:
         self.optimizer_hook: Optional[Any] = None
         self.queued_for: int = -1  # the backward pass whose end is already awaited
-        self.counts: WeakIdKeyDictionary = WeakIdKeyDictionary()  # optimizer -> (naming version, counts)
+        # id(optimizer) -> (a weak reference to it, naming version, counts): a plain dict, read in
+        # every optimizer step (a WeakIdKeyDictionary lookup builds a weak reference per call).
+        self.counts: dict[int, tuple[weakref.ref, int, bool]] = {}
 
 
 _hooks = _Hooks()
@@ -50,12 +53,15 @@ def install() -> None:
 
 def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
     """Whether `optimizer` updates a weight of a registered (PQT-compiled) model."""
-    cached = _hooks.counts.get(optimizer)
-    if cached is not None and cached[0] == naming.version():
-        return cached[1]
+    version = naming.version()
+    cached = _hooks.counts.get(id(optimizer))
+    if cached is not None and cached[0]() is optimizer and cached[1] == version:
+        return cached[2]
     held = {id(q) for root, _ in naming.roots() for q in root.parameters()}
     counts = any(id(p) in held for group in optimizer.param_groups for p in group["params"])
-    _hooks.counts[optimizer] = (naming.version(), counts)
+    for key in [k for k, (ref, _, _) in _hooks.counts.items() if ref() is None]:
+        del _hooks.counts[key]  # optimizers that are gone (their ids may be reused)
+    _hooks.counts[id(optimizer)] = (weakref.ref(optimizer), version, counts)
     return counts
 
 
@@ -73,7 +79,7 @@ def _end_of_backward() -> None:
     seeds.advance_micro_batch()
 
 
-def _on_output_grad(grad: torch.Tensor) -> None:
+def _on_backward_through(grad_outputs: Any) -> None:
     # One callback per backward pass, however many graphs it runs through. Keyed by the pass's
     # id rather than a flag, so a backward pass that raised (its callback never ran) cannot
     # stop the next one from being counted.
@@ -87,12 +93,16 @@ def track_backward(outputs: Any) -> None:
     """Count the backward pass through `outputs` (a sampling call's results) when it ends."""
     if not torch.is_grad_enabled() or current_graph_task_id() != -1:
         return
+    hooked = None
     for t in outputs if isinstance(outputs, (list, tuple)) else (outputs,):
-        if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is not None:
-            t.register_hook(_on_output_grad)
+        node = t.grad_fn if isinstance(t, torch.Tensor) else None
+        # The outputs of one compiled graph mostly share one node: hook each node once.
+        if node is not None and node is not hooked:
+            node.register_prehook(_on_backward_through)
+            hooked = node
 
 
 def reset() -> None:
     """Forget the per-optimizer decisions and a pending callback (for tests); the hook stays."""
     _hooks.queued_for = -1
-    _hooks.counts = WeakIdKeyDictionary()
+    _hooks.counts = {}

@@ -51,12 +51,22 @@ class CompatError(RuntimeError):
     """A private torch API that pqt_compile needs is missing from this torch release."""
 
 
+#: (module, attr) -> the symbol, once resolved: some accessors run in every training step (the
+#: seed rule's graph-task id), where an import_module per call costs microseconds of host time.
+_resolved: dict[tuple[str, str], Any] = {}
+
+
 def require(module: str, attr: str, needed_for: str) -> Any:
     """`module.attr`, or a CompatError naming the torch version, the symbol and what needs it."""
+    hit = _resolved.get((module, attr), _resolved)
+    if hit is not _resolved:
+        return hit
     try:
-        return getattr(importlib.import_module(module), attr)
+        symbol = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise CompatError(
             f"pqt_compile: {needed_for} needs {module}.{attr}, which torch {torch.__version__} does not have "
             f"({type(e).__name__}: {e}); pqt_compile was checked on torch {', '.join(TORCH_CHECKED)}"
         ) from None
+    _resolved[(module, attr)] = symbol
+    return symbol
