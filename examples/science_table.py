@@ -24,7 +24,7 @@ def table(path: str) -> str:
     steps = f"{a['pretrain_steps']} pretrain + {a['steps']}" if a["scenario"] == "finetune" else str(a["steps"])
     noise = a["noise"] + (f", std {a['noise_std']}" if a.get("noise_std") else "")
     lines = [f"**{os.path.basename(os.path.dirname(path))}**: {a['scenario']}, {a['arch']} {a['size']}, {steps} steps, "
-             f"trained for {a['format']}/{a['block_size']}, noise {noise}, seeds {a['seeds']} (n = {n}), "
+             f"trained for {a['format']}/{a['block_size'] or 'its own block'}, noise {noise}, seeds {a['seeds']} (n = {n}), "
              f"{r['wall_s'] / 60:.1f} min", "",
              "| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for k, row in agg["arms"].items():

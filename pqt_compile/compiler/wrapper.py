@@ -77,7 +77,7 @@ class PQTCompiled:
     once (`_CallPlan`), the seed's tensor is made once per micro-batch and device
     (graph_abi.seed_tensor) and the keys once per switch pattern. What remains per call: naming
     lookup (a dict hit), the slots' training flags, the seed of the current step (seeds.current_seed,
-    memoised), and one gradient hook to count the backward pass. No host-device synchronisation.
+    memoised), and one autograd pre-hook to count the backward pass. No host-device synchronisation.
     """
 
     def __init__(self, fn: Callable, compiler: GraphCompilerProtocol, weights: GraphWeights, first: ResolvedWeights,
