@@ -106,6 +106,15 @@ def dispatched_ops(fn, *args: Any, **kwargs: Any) -> list[tuple]:
 
 
 def graph_ops(gm: torch.fx.GraphModule) -> list[tuple]:
-    """[(overload, arguments)] of a traced graph's calls, as `dispatched_ops` lists them."""
-    return [(n.target, _plain(tuple(n.args)), _plain(dict(n.kwargs))) for n in gm.graph.nodes
+    """[(overload, arguments)] of a traced graph's calls, as `dispatched_ops` lists them.
+
+    torch 2.15's make_fx records the detach that autograd applies to an op's saved outputs as an
+    `aten.alias` that nothing uses (2.13 records `aten.detach`); both are identities on values,
+    and an unused node feeds nothing, so such an alias is listed as the detach a real call
+    dispatches. An alias that something uses is listed as it is.
+    """
+    def target(n: torch.fx.Node) -> Any:
+        return torch.ops.aten.detach.default if n.target is torch.ops.aten.alias.default and not n.users else n.target
+
+    return [(target(n), _plain(tuple(n.args)), _plain(dict(n.kwargs))) for n in gm.graph.nodes
             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
