@@ -26,11 +26,7 @@ from tabulate import tabulate  # noqa: E402
 from torch._inductor.utils import run_and_get_code  # noqa: E402
 
 import pqt_compile  # noqa: E402
-from support.triton_cpu import inductor_triton_on_cpu, unavailable  # noqa: E402
-
-
-def _launches(code: str) -> int:
-    return sum(1 for line in code.splitlines() if ".run(" in line and not line.strip().startswith("#"))
+from support.triton_cpu import inductor_triton_on_cpu, launches, unavailable  # noqa: E402
 
 
 def count(make, layers: int, d: int, autocast: bool) -> tuple[int, int]:
@@ -47,7 +43,7 @@ def count(make, layers: int, d: int, autocast: bool) -> tuple[int, int]:
     with inductor_triton_on_cpu():
         _, codes = run_and_get_code(step, make(model), x)
     assert len(codes) == 2, "one forward and one backward graph"
-    return _launches(codes[0]), _launches(codes[1])
+    return len(launches(codes[0])), len(launches(codes[1]))
 
 
 def main(argv: list[str] | None = None) -> list[list]:

@@ -25,80 +25,12 @@ Known drift: `Reduction.create` gained a keyword (`strict_sum` in 2.14, `strict_
 
 from __future__ import annotations
 
-from .registry import (
-    TORCH_CHECKED,
-    SYMBOLS,
-    CompatError,
-    require,
-)
-from .dynamo import (
-    frame_root_module,
-    placeholder_source_name,
-    is_buffer_placeholder,
-    mark_added_input,
-    copy_dynamo_graph_attrs,
-    compiled_module,
-    compiled_model_called_alone,
-    frame_modules,
-    dynamo_counters,
-    dynamo_recompile_limit,
-)
-from .distributed import (
-    fsdp2_unsharded_params,
-    dtensor_local_shape_and_offset,
-    all_reduce_max_ops,
-)
-from .inductor import (
-    inductor_config_options,
-    compile_fx,
-    custom_graph_pass_base,
-    inductor_lowering_api,
-    cpu_vector_isa,
-    mark_prologue_candidate,
-    floor_div,
-    has_triton,
-    trace_artifact,
-    mode_options,
-    capture_output_code,
-)
-from .autograd import (
-    current_graph_task_id,
-    queue_backward_callback,
-    pytree,
-    allow_nested_fx_trace,
-)
+# Each module's `__all__` is the one list of its names; the package re-exports them.
+from . import autograd, distributed, dynamo, inductor, registry
+from .autograd import *  # noqa: F403
+from .distributed import *  # noqa: F403
+from .dynamo import *  # noqa: F403
+from .inductor import *  # noqa: F403
+from .registry import *  # noqa: F403
 
-__all__ = [
-    "TORCH_CHECKED",
-    "SYMBOLS",
-    "CompatError",
-    "require",
-    "frame_root_module",
-    "placeholder_source_name",
-    "is_buffer_placeholder",
-    "mark_added_input",
-    "copy_dynamo_graph_attrs",
-    "fsdp2_unsharded_params",
-    "dtensor_local_shape_and_offset",
-    "all_reduce_max_ops",
-    "inductor_config_options",
-    "compile_fx",
-    "custom_graph_pass_base",
-    "inductor_lowering_api",
-    "cpu_vector_isa",
-    "mark_prologue_candidate",
-    "floor_div",
-    "has_triton",
-    "current_graph_task_id",
-    "queue_backward_callback",
-    "pytree",
-    "allow_nested_fx_trace",
-    "trace_artifact",
-    "mode_options",
-    "dynamo_counters",
-    "capture_output_code",
-    "dynamo_recompile_limit",
-    "compiled_module",
-    "compiled_model_called_alone",
-    "frame_modules",
-]
+__all__ = [*registry.__all__, *dynamo.__all__, *inductor.__all__, *distributed.__all__, *autograd.__all__]

@@ -83,8 +83,6 @@ def test_an_nvfp4_shard_reduces_its_amax_over_the_ranks_that_split_the_weight():
     graph holds one all-reduce (max) more than stock Inductor's, and fp4_e2m1's (MX: block scales
     only) none. With the fake group the all-reduce returns the rank's own amax, so the sample is
     the eager op's with that amax (the 4-process test checks the real reduction)."""
-    from pqt_compile.op import nvfp4_tensor_amax  # noqa: F401  (the eager op takes the same argument)
-
     nv = PQTConfig(format="nvfp4")
     count = lambda c: "\n".join(c).count("torch.ops._c10d_functional.all_reduce")  # noqa: E731
     torch._dynamo.reset()
@@ -99,8 +97,7 @@ def test_an_nvfp4_shard_reduces_its_amax_over_the_ranks_that_split_the_weight():
     assert count(nv_code) == count(plain) + 1 and count(mx_code) == count(plain)
     local = full.chunk(4, dim=0)[1].contiguous()
     strides, offset = [full.shape[1], 1], full.shape[1] * local.shape[0]
-    want = torch.ops.pqt.sample.default(full.chunk(4, dim=0)[1].contiguous(), torch.tensor(SEED),
+    want = torch.ops.pqt.sample.default(local, torch.tensor(SEED),
                                         torch.tensor(key_for_name("weight")), 1, nv.format, nv.block_code, nv.op_noise,
                                         nv.op_noise_std, torch.float32, strides, offset, local.abs().amax().reshape(1))
     assert torch.equal(got.t().contiguous().view(torch.int32), want.view(torch.int32))
-    torch._dynamo.reset()

@@ -218,6 +218,11 @@ def kernels_computing_sample(code: str) -> list[str]:
                   if str(MIX_MUL_1) in src and not re.search(r"\bxnumel = 1\b", src))
 
 
+def launches(code: str) -> list[str]:
+    """The kernel launches of one output code (its `.run(` lines, comments left out), in order."""
+    return [line.strip() for line in code.splitlines() if ".run(" in line and not line.strip().startswith("#")]
+
+
 def fallback_calls(code: str) -> int:
     """Lines of the output code that call the eager pqt op (a fallback). Comments do not count:
     Inductor's provenance comments ("Graph fragment") name the op of every kernel."""

@@ -82,17 +82,12 @@ def _tensor_amax(graph: Graph, weight: Node, fake_mode, reduce_amax, edge) -> No
     for n in (clean, w32, absw, amax):
         _set_val(n, fake_mode)
     if reduce_amax is not None:
-        local, amax = amax, reduce_amax(graph, edge, amax)
-        # Give the reduction's new nodes their values, inputs first (from the local amax on).
-        new, todo = [], [amax]
-        while todo:
-            node = todo.pop()
-            if node is not local and node not in new and "val" not in node.meta:
-                new.append(node)
-                todo.extend(node.all_input_nodes)
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        for n in sorted(new, key=order.__getitem__):
-            _set_val(n, fake_mode)
+        node, amax = amax, reduce_amax(graph, edge, amax)
+        # The reduction's nodes were made at this insertion point, inputs first, so they follow
+        # the local amax in graph order up to the one returned: give each its value in turn.
+        while node is not amax:
+            node = node.next
+            _set_val(node, fake_mode)
     return amax
 
 

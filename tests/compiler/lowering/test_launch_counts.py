@@ -26,7 +26,7 @@ from torch._inductor.utils import run_and_get_code
 
 import pqt_compile
 from pqt_compile.formula import MIX_MUL_1
-from support.triton_cpu import inductor_triton_on_cpu, kernel_sources, unavailable
+from support.triton_cpu import inductor_triton_on_cpu, kernel_sources, launches, unavailable
 
 pytestmark = [
     pytest.mark.private_api,
@@ -42,10 +42,6 @@ def _step(model, x, autocast):
         out = model(x)
     out.float().square().mean().backward()
     return out
-
-
-def _launches(code: str) -> list[str]:
-    return [line.strip() for line in code.splitlines() if ".run(" in line and not line.strip().startswith("#")]
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
@@ -66,7 +62,7 @@ def steps(request):
         sources = {}
         for c in codes:
             sources.update(kernel_sources(c))
-        out[arm] = (_launches(codes[0]), _launches(codes[1]), sources, result, model)
+        out[arm] = (launches(codes[0]), launches(codes[1]), sources, result, model)
     return request.param, x, out
 
 
@@ -86,13 +82,13 @@ def test_samples_launch_at_most_one_kernel_per_weight_per_step(steps):
 
 def test_each_sample_kernel_loads_the_weight_once(steps):
     _, _, arms = steps
-    launches = arms["pqt"][0] + arms["pqt"][1]
+    step_launches = arms["pqt"][0] + arms["pqt"][1]
     sources = arms["pqt"][2]
     sample_kernels = {name for name, src in sources.items() if str(MIX_MUL_1) in src}
     assert sample_kernels
     for name in sample_kernels:
         # The weight is the kernel's first argument (a primal); it is read by one load.
-        calls = [line for line in launches if line.startswith(name + ".run(")]
+        calls = [line for line in step_launches if line.startswith(name + ".run(")]
         assert calls and all(re.match(rf"{name}\.run\(primals_\d+,", line) for line in calls), calls
         assert sources[name].count("tl.load(in_ptr0 +") == 1, name
         assert re.search(r"\bxnumel = 1\b", sources[name]) is None  # no one-element (per-call) kernel
