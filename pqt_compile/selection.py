@@ -28,7 +28,7 @@ from .config import PQTConfig
 from .moe import expert_axes, experts_modules
 from .naming import named_parameters, parameter_aliases
 
-__all__ = ["admits", "admits_fn", "skip_reason", "could_be_sampled", "module_rule_axes", "Reason"]
+__all__ = ["admits", "admits_fn", "skip_reason", "samplable", "could_be_sampled", "module_rule_axes", "Reason"]
 
 
 class Reason:
@@ -78,9 +78,15 @@ def admits_fn(config: PQTConfig, model: torch.nn.Module):
     return lambda name: admits(config, name, aliases.get(name, ()))
 
 
+def samplable(p: object) -> bool:
+    """Rules 1, 2 and 4: whether some config could sample `p` (a Parameter of a supported dtype with
+    at least 2 dims) if a matmul read it. A graph input that is not gets no key (graph_abi.py)."""
+    return isinstance(p, torch.nn.Parameter) and p.dtype in SUPPORTED_DTYPES and p.dim() >= 2
+
+
 def could_be_sampled(p: torch.Tensor, config: PQTConfig, name: str, aliases: tuple[str, ...] = ()) -> bool:
     """Rules 1, 2, 4 and 6: `p` would be sampled if a matmul read it."""
-    return isinstance(p, torch.nn.Parameter) and p.dtype in SUPPORTED_DTYPES and p.dim() >= 2 and admits(config, name, aliases)
+    return samplable(p) and admits(config, name, aliases)
 
 
 def module_rule_axes(model: torch.nn.Module, config: PQTConfig) -> dict[str, int]:

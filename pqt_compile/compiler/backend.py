@@ -79,13 +79,16 @@ class GraphCompiler:
     graphs] in wrapper.py).
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, config: PQTConfig, patches: dict, weights: GraphWeights) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, config: PQTConfig, patches: dict, weights: GraphWeights,
+                 key_slots: tuple[int, ...]) -> None:
+        """key_slots: the slots of `weights` that get a key input (graph_abi.key_slots)."""
         self.gm = _copy_dynamo_graph(gm)
-        graph_abi.add_inputs(self.gm.graph, dynamo=True, num_weights=len(weights.positions))
+        graph_abi.add_inputs(self.gm.graph, dynamo=True, num_weights=len(key_slots))
         self.gm.recompile()
         self.config = config
         self.patches = patches
         self.weights = weights
+        self.key_slots = key_slots
 
     def compile(self, resolved: ResolvedWeights, example_inputs: list) -> Callable:
         """Compile with the pass deciding include/exclude from `resolved`'s names.
@@ -99,7 +102,8 @@ class GraphCompiler:
                   if (layout := shard_layout(name, example_inputs[pos])) is not None}
         pass_ = SamplePass(self.config, {primal[pos]: n for pos, n in zip(self.weights.positions, resolved.names)},
                            num_primals, aliases, {primal[pos]: n for pos, n in self.weights.buffers.items()},
-                           shards=shards)
+                           shards=shards,
+                           key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)})
         passes = PassManager([pass_, TemplateLayoutPass()])
         return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": passes})
 
@@ -122,9 +126,10 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
         return compile_fx(gm, example_inputs, inductor_patches)
     _refuse_tensor_subclass_weights(weights, example_inputs)
     device = example_inputs[weights.positions[0]].device
-    compiler = GraphCompiler(gm, config, inductor_patches, weights)
+    key_slots = graph_abi.key_slots([example_inputs[pos] for pos in weights.positions])
+    compiler = GraphCompiler(gm, config, inductor_patches, weights, key_slots)
     first = weights.resolve(example_inputs)
-    fn = compiler.compile(first, graph_abi.example_inputs(example_inputs, len(weights.positions), device))
+    fn = compiler.compile(first, graph_abi.example_inputs(example_inputs, len(key_slots), device))
     # Whether this graph samples, decided here and not from the pass: on a cache hit (FX graph or
     # AOTAutograd cache) the pass does not run again, but the cached graph samples. AOTAutograd
     # builds a joint (training) graph when grad is on and an input requires grad.

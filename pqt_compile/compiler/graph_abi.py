@@ -6,16 +6,24 @@ Layout of a PQT graph's inputs::
 
 * `pqt_seed`: int64, 0-d. The call's seed (NOTE [the seed rule] in seeds.py); 0 in a call that
   samples nothing.
-* `pqt_key_i`: int64, 0-d, one per Parameter input (W of them, in input order; a buffer or
-  activation has none): the key of the i-th Parameter input, or DISABLED_KEY: the graph passes
-  that weight through unsampled this call (eval mode; a block sharing the graph that
-  include/exclude keeps clean). The op reads a negative key as "no noise" (formula.py).
+* `pqt_key_i`: int64, 0-d, one per keyed Parameter input (W of them, in input order): the key of
+  the i-th keyed Parameter input, or DISABLED_KEY: the graph passes that weight through
+  unsampled this call (eval mode; a block sharing the graph that include/exclude keeps clean).
+  The op reads a negative key as "no noise" (formula.py). A Parameter input is keyed when some
+  config could sample it (`key_slots`: selection.samplable, a supported dtype and at least 2
+  dims); a bias or a norm's weight is never sampled and gets no input (NOTE [keyed inputs only]).
 
 NOTE [one input per key]: each key is its own 0-d input, not a slot of one [W] tensor. A kernel
 that read slot i of a [W] tensor has i baked into its code, so the samples of W same-shaped
 weights were W different kernels to compile (C++ or Triton), and the backward saved one view per
 weight; with one input per key they are one kernel, compiled once, and the backward saves the
 key inputs themselves.
+
+NOTE [keyed inputs only]: every graph input costs host time at every call (checked by
+`assert_size_stride`, carried through AOTAutograd's runtime wrappers, and saved for the backward
+where a regeneration reads it), so an input no weight can use is not added: a model's 1-D
+Parameters (biases, norms) are about half of its Parameter inputs. Which inputs are keyed depends
+only on their dtype and number of dims, which Dynamo's guards fix per graph.
 
 Written by the backend (`add_inputs`, `example_inputs`), filled at run time by the wrapper
 (`key_tensors`, `seed_tensor`), found by the pass (`find_inputs`) and by the eager reference.
@@ -29,13 +37,20 @@ import torch
 from torch.fx import Graph, Node
 
 from ..compat import mark_added_input
+from ..selection import samplable
 
-__all__ = ["SEED", "KEY", "DISABLED_KEY", "add_inputs", "example_inputs", "seed_tensor", "key_tensors",
+__all__ = ["SEED", "KEY", "DISABLED_KEY", "key_slots", "add_inputs", "example_inputs", "seed_tensor", "key_tensors",
            "find_inputs", "key_of_slot", "primal_positions"]
 
 SEED = "pqt_seed"
 KEY = "pqt_key_{}"
 DISABLED_KEY = -1
+
+
+def key_slots(params: Sequence[object]) -> tuple[int, ...]:
+    """The positions among a graph's Parameter inputs `params` that get a `pqt_key_i` input, in
+    order (NOTE [keyed inputs only])."""
+    return tuple(i for i, p in enumerate(params) if samplable(p))
 
 
 def add_inputs(graph: Graph, dynamo: bool, num_weights: int) -> tuple[Node, list[Node]]:

@@ -7,7 +7,7 @@ Per call:
    not gets `graph_abi.DISABLED_KEY`, and the graph passes it through clean: eval mode with grad
    enabled and a block that shares the graph but is excluded need no graph of their own;
 3. append the seed of the current step and micro-batch (`seeds.current_seed`) and the keys
-   (graph_abi.py: one 0-d input per weight);
+   (graph_abi.py: one 0-d input per weight that some config could sample);
 4. after a sampling call, count its backward pass (`steps.track_backward`) and feed the guards.
 
 NOTE [shared graphs]: Dynamo shares one compiled graph between modules of the same structure
@@ -38,6 +38,8 @@ __all__ = ["PQTCompiled", "GraphCompilerProtocol"]
 
 class GraphCompilerProtocol(Protocol):
     """What the wrapper needs of the backend: compile the graph for these weight names."""
+
+    key_slots: tuple[int, ...]  # the slots of the graph's weights that get a key input (graph_abi.key_slots)
 
     def compile(self, resolved: ResolvedWeights, example_inputs: list) -> Callable: ...
 
@@ -102,7 +104,7 @@ class PQTCompiled:
         if not any(a and not c for a, c in zip(admitted, self._compiled_for)):
             return self.fn
         if admitted not in self._variants:
-            example = graph_abi.example_inputs(args, len(self.weights.positions), self.device)
+            example = graph_abi.example_inputs(args, len(self._compiler.key_slots), self.device)
             self._variants[admitted] = self._compiler.compile(resolved, example)
         return self._variants[admitted]
 
@@ -120,8 +122,10 @@ class PQTCompiled:
     def _keys_for(self, plan: _CallPlan, resolved: ResolvedWeights, enabled: tuple[bool, ...]) -> tuple[torch.Tensor, ...]:
         keys = plan.keys.get(enabled)
         if keys is None:
+            names = resolved.names
             keys = graph_abi.key_tensors(
-                [key_for_name(n) if on else graph_abi.DISABLED_KEY for n, on in zip(resolved.names, enabled)], self.device
+                [key_for_name(names[s]) if enabled[s] else graph_abi.DISABLED_KEY for s in self._compiler.key_slots],
+                self.device,
             )
             plan.keys[enabled] = keys
         return keys

@@ -61,3 +61,42 @@ def test_the_seed_tensor_is_made_once_per_seed_and_never_written():
     assert graph_abi.seed_tensor(7, cpu) is a and int(a) == 7
     b = graph_abi.seed_tensor(8, cpu)
     assert b is not a and int(b) == 8 and int(a) == 7
+
+
+def test_only_parameters_some_config_could_sample_get_a_key():
+    """NOTE [keyed inputs only]: a bias, a norm's weight or an fp64 matrix is never sampled
+    (selection rules 2 and 4) and gets no key input; a matrix of a supported dtype does, excluded
+    or not (include/exclude may differ per call of a shared graph)."""
+    P = torch.nn.Parameter
+    params = [P(torch.ones(4, 4)), P(torch.ones(4)), P(torch.ones(2, 4, 4)), P(torch.ones(4, 4, dtype=torch.float64)),
+              P(torch.ones(4, 4, dtype=torch.bfloat16)), torch.ones(4, 4)]
+    assert graph_abi.key_slots(params) == (0, 2, 4)
+
+
+def test_a_compiled_graph_has_one_key_input_per_matrix():
+    """The graph of nn.Linear -> nn.LayerNorm -> nn.Linear: 7 inputs of its own (x, 2 weights,
+    2 biases, the norm's weight and bias), the seed, and 2 keys; and it samples both weights."""
+    import pqt_compile
+    from pqt_compile.compiler.backend import pqt_backend
+    from pqt_compile.compiler.wrapper import PQTCompiled
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
+    compiled: list = []
+
+    def backend(gm, example_inputs):
+        fn = pqt_backend(gm, example_inputs)
+        compiled.append(fn)
+        return fn
+
+    cm = torch.compile(m, backend=backend)
+    x = torch.randn(3, 8)
+    with pqt_compile.fixed_seed(3):
+        out = cm(x)
+        out.sum().backward()
+    (fn,) = compiled
+    assert isinstance(fn, PQTCompiled) and fn._compiler.key_slots == (0, 4)  # Parameter inputs: w, b, ln w, ln b, w, b
+    with pqt_compile.fixed_seed(3):
+        clean = m[2](m[1](m[0](x)))
+    assert not torch.equal(out, clean)  # the weights were sampled

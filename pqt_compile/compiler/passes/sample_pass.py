@@ -4,8 +4,9 @@ Runs as Inductor's `joint_custom_pre_pass`, on the joint forward+backward graph 
 compile and on the graph of an inference compile (Inductor runs its joint passes on both).
 
 Precondition: the graph's primal inputs are the Dynamo graph's inputs in order followed by the
-two inputs of compiler/graph_abi.py (`pqt_seed`, `pqt_keys`); `weight_inputs` says which primal
-positions hold Parameters and their qualified names (slot i of `pqt_keys` = the i-th of them).
+inputs of compiler/graph_abi.py (`pqt_seed`, then one `pqt_key_i` per keyed weight);
+`weight_inputs` says which primal positions hold Parameters and their qualified names, and
+`key_inputs` which of them has which key (graph_abi NOTE [keyed inputs only]).
 
 Before / after: see insert_sample.py. In an inference graph (no tangents) it does nothing
 unless the config asks for sampling in eval (`sample_in_eval`).
@@ -63,12 +64,15 @@ class SamplePass(PQTPass):
 
     def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
                  aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
-                 dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None) -> None:
+                 dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None,
+                 key_inputs: Optional[dict[int, int]] = None) -> None:
         """
         Args:
             config: the PQT settings.
             weight_inputs: {input position: qualified name} of the Parameter inputs.
             num_inputs: number of graph inputs, pqt_seed and the pqt_key_i (the last 1 + W) included.
+            key_inputs: {input position: i} of the weights whose key is pqt_key_i (graph_abi.key_slots);
+                default: every weight input, in input order.
             aliases: {name: other names} of tied Parameters (include/exclude match them too).
             buffer_inputs: {input position: name} of module buffers: never sampled; those that feed
                 a matmul are reported as skipped ("not a Parameter").
@@ -82,10 +86,13 @@ class SamplePass(PQTPass):
         self.weight_inputs = dict(weight_inputs)
         self.num_inputs = num_inputs
         self.shards = dict(shards or {})
+        self.key_inputs = dict(key_inputs) if key_inputs is not None else {
+            pos: i for i, pos in enumerate(sorted(self.weight_inputs))}
 
     def cache_key(self) -> tuple:
         return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()),
-                self.num_inputs, sorted(self.shards.items()))  # a shard's offset differs per rank
+                self.num_inputs, sorted(self.shards.items()),  # a shard's offset differs per rank
+                sorted(self.key_inputs.items()))
 
     def run(self, graph: Graph) -> None:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -96,7 +103,7 @@ class SamplePass(PQTPass):
                 f"pqt: the graph has {len(primals)} inputs where the backend passed {self.num_inputs}; "
                 "this torch version lays out AOTAutograd inputs differently (please report it)"
             )
-        seed, keys = graph_abi.find_inputs(primals, len(self.weight_inputs))
+        seed, keys = graph_abi.find_inputs(primals, len(self.key_inputs))
         weights = {primals[pos]: name for pos, name in self.weight_inputs.items()}
         edges, skipped = find_weight_edges(graph, weights, lambda n: admits(self.config, n, self.aliases.get(n, ())))
         shards = {primals[pos]: layout for pos, layout in self.shards.items()}
@@ -117,9 +124,12 @@ class SamplePass(PQTPass):
             recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
         if not sampled:
             return
-        slot = {primals[pos]: i for i, pos in enumerate(sorted(self.weight_inputs))}
+        slot = {primals[pos]: i for pos, i in self.key_inputs.items()}
 
         def key_of(g: Graph, edge: WeightEdge) -> Node:
+            if edge.node not in slot:  # graph_abi.key_slots and the selection rules disagree
+                raise RuntimeError(f"pqt: weight {edge.name!r} is sampled but has no key input (graph_abi.key_slots); "
+                                   "please report it with the model and your torch version")
             return graph_abi.key_of_slot(keys, slot[edge.node])
 
         def reduce_amax(g: Graph, edge: WeightEdge, amax: Node) -> Node:
