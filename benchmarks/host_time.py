@@ -14,7 +14,7 @@ the machine):
 The breakdown: wrapper and inputs = pqt-none - inductor; forward samples = pqt-shared - pqt-none;
 backward regeneration = pqt - pqt-shared (each a difference of medians, in microseconds).
 
-    python benchmarks/host_time.py [--rounds 40] [--steps 20]
+    python benchmarks/host_time.py [--rounds 40] [--steps 20] [--phases]
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--steps", type=int, default=20, help="steps per arm per round")
     p.add_argument("--format", default="fp6_e3m2")
+    p.add_argument("--phases", action="store_true",
+                   help="also time forward, backward and optimizer step apart (extra steps per round)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -59,11 +61,20 @@ def main(argv: list[str] | None = None) -> dict:
         arms[name] = (make(m), torch.optim.SGD(m.parameters(), lr=1e-3))
     x = torch.randn(4, a.width)
 
-    def step(compiled, opt):
+    phase_times: dict[str, list[list[int]]] = {n: [[], [], []] for n in makers}
+
+    def step(compiled, opt, phases=None):
+        t0 = time.thread_time_ns()
         loss = compiled(x).square().mean()
+        t1 = time.thread_time_ns()
         loss.backward()
+        t2 = time.thread_time_ns()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if phases is not None:
+            t3 = time.thread_time_ns()
+            for acc, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                acc.append(dt)
 
     for compiled, opt in arms.values():  # compile and warm up
         for _ in range(5):
@@ -77,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(a.steps):
                 step(compiled, opt)
             times[n].append((time.thread_time() - t0) / a.steps * 1e6)
+            if a.phases:  # separate steps, so the per-step totals above carry no timer calls
+                for _ in range(a.steps):
+                    step(compiled, opt, phase_times[n])
     med = {n: statistics.median(v) for n, v in times.items()}
     ratio = {n: statistics.median([t / b for t, b in zip(v, times["inductor"])]) for n, v in times.items()}
     q = {n: statistics.quantiles([t / b for t, b in zip(v, times["inductor"])], n=4) for n, v in times.items()}
@@ -89,7 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(tabulate(rows, headers=["arm", "step (us, median)", "step / inductor (median of rounds, IQR)"]))
     print("\nwhat pqt adds (us per step, differences of medians): " +
           ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
-    out = {"args": vars(a), "torch": torch.__version__, "median_us": med, "ratio": ratio, "breakdown_us": breakdown,
+    phase_med = {}
+    if a.phases:
+        phase_med = {n: [statistics.median(v) / 1e3 for v in phase_times[n]] for n in names}
+        print("\nby phase (us per step, medians; forward = the compiled call and the loss):")
+        print(tabulate([[n, *(f"{t:.1f}" for t in phase_med[n]),
+                         *(f"{t - b:+.1f}" for t, b in zip(phase_med[n], phase_med["inductor"]))] for n in names],
+                       headers=["arm", "forward", "backward", "optimizer", "forward - inductor",
+                                "backward - inductor", "optimizer - inductor"]))
+    out = {"args": vars(a), "phases_us": phase_med, "torch": torch.__version__, "median_us": med, "ratio": ratio, "breakdown_us": breakdown,
            "times_us": times}
     if a.json:
         with open(a.json, "w") as f:

@@ -51,7 +51,7 @@ import torch
 from .symbols import resolve as _resolve
 
 __all__ = ["VERSIONS_CHECKED", "SYMBOLS", "unavailable", "inductor_triton_on_cpu", "kernel_sources",
-           "kernels_computing_sample", "fallback_calls"]
+           "kernels_computing_sample", "launches", "host_calls", "fallback_calls"]
 
 VERSIONS_CHECKED = {"torch": ("2.13.0", "2.15.0"), "triton": ("3.9.0",)}
 
@@ -221,6 +221,31 @@ def kernels_computing_sample(code: str) -> list[str]:
 def launches(code: str) -> list[str]:
     """The kernel launches of one output code (its `.run(` lines, comments left out), in order."""
     return [line.strip() for line in code.splitlines() if ".run(" in line and not line.strip().startswith("#")]
+
+
+# What one call of a generated wrapper does on the host, by the wrapper lines that do it.
+_HOST_CALLS = {
+    "inputs": None,  # the names unpacked from `args`
+    "input checks": re.compile(r"\bassert_size_stride\(|\bassert_alignment\("),
+    "allocations": re.compile(r"\bempty_strided_\w+\("),
+    "views": re.compile(r"\breinterpret_tensor\("),
+    "launches": re.compile(r"\.run\("),
+    "library calls": re.compile(r"\bextern_kernels\.\w+\("),
+}
+
+
+def host_calls(code: str) -> dict[str, int]:
+    """The host work of one call of an output code's wrapper (`call(args)`), counted from its
+    lines (comments left out): inputs, input checks, allocations, tensor views, kernel launches
+    and library (extern) calls. Each costs the host about a microsecond, whatever the device."""
+    body = code.split("def call(", 1)[1]
+    lines = [line.split("#", 1)[0] for line in body.splitlines()]
+    unpacked = next((line for line in lines if line.strip().endswith("= args")), "")
+    out = {"inputs": len([n for n in unpacked.split("=")[0].split(",") if n.strip()])}
+    for name, pattern in _HOST_CALLS.items():
+        if pattern is not None:
+            out[name] = sum(len(pattern.findall(line)) for line in lines)
+    return out
 
 
 def fallback_calls(code: str) -> int:
