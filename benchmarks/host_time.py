@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
                          *(f"{t - b:+.1f}" for t, b in zip(phase_med[n], phase_med["inductor"]))] for n in names],
                        headers=["arm", "forward", "backward", "optimizer", "forward - inductor",
                                 "backward - inductor", "optimizer - inductor"]))
-    out = {"args": vars(a), "phases_us": phase_med, "torch": torch.__version__, "median_us": med, "ratio": ratio, "breakdown_us": breakdown,
-           "times_us": times}
+    out = {"args": vars(a), "torch": torch.__version__, "median_us": med, "ratio": ratio, "breakdown_us": breakdown,
+           "phases_us": phase_med, "times_us": times}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -223,14 +223,18 @@ def launches(code: str) -> list[str]:
     return [line.strip() for line in code.splitlines() if ".run(" in line and not line.strip().startswith("#")]
 
 
+def _lines_matching(pattern: str):
+    regex = re.compile(pattern)
+    return lambda body: sum(len(regex.findall(line.split("#", 1)[0])) for line in body.splitlines())
+
+
 # What one call of a generated wrapper does on the host, by the wrapper lines that do it.
 _HOST_CALLS = {
-    "inputs": None,  # the names unpacked from `args`
-    "input checks": re.compile(r"\bassert_size_stride\(|\bassert_alignment\("),
-    "allocations": re.compile(r"\bempty_strided_\w+\("),
-    "views": re.compile(r"\breinterpret_tensor\("),
-    "launches": re.compile(r"\.run\("),
-    "library calls": re.compile(r"\bextern_kernels\.\w+\("),
+    "input checks": _lines_matching(r"\bassert_size_stride\(|\bassert_alignment\("),
+    "allocations": _lines_matching(r"\bempty_strided_\w+\("),
+    "views": _lines_matching(r"\breinterpret_tensor\("),
+    "launches": lambda body: len(launches(body)),
+    "library calls": _lines_matching(r"\bextern_kernels\.\w+\("),
 }
 
 
@@ -239,13 +243,9 @@ def host_calls(code: str) -> dict[str, int]:
     lines (comments left out): inputs, input checks, allocations, tensor views, kernel launches
     and library (extern) calls. Each costs the host about a microsecond, whatever the device."""
     body = code.split("def call(", 1)[1]
-    lines = [line.split("#", 1)[0] for line in body.splitlines()]
-    unpacked = next((line for line in lines if line.strip().endswith("= args")), "")
-    out = {"inputs": len([n for n in unpacked.split("=")[0].split(",") if n.strip()])}
-    for name, pattern in _HOST_CALLS.items():
-        if pattern is not None:
-            out[name] = sum(len(pattern.findall(line)) for line in lines)
-    return out
+    unpacked = next((line for line in body.splitlines() if line.strip().endswith("= args")), "")
+    return {"inputs": len([n for n in unpacked.split("=")[0].split(",") if n.strip()]),
+            **{name: count(body) for name, count in _HOST_CALLS.items()}}
 
 
 def fallback_calls(code: str) -> int:

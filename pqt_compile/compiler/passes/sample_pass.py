@@ -64,15 +64,14 @@ class SamplePass(PQTPass):
 
     def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
                  aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
-                 dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None,
-                 key_inputs: Optional[dict[int, int]] = None) -> None:
+                 dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None, *,
+                 key_inputs: dict[int, int]) -> None:
         """
         Args:
             config: the PQT settings.
             weight_inputs: {input position: qualified name} of the Parameter inputs.
             num_inputs: number of graph inputs, pqt_seed and the pqt_key_i (the last 1 + W) included.
-            key_inputs: {input position: i} of the weights whose key is pqt_key_i (graph_abi.key_slots);
-                default: every weight input, in input order.
+            key_inputs: {input position: i} of the weights whose key is pqt_key_i (graph_abi.key_slots).
             aliases: {name: other names} of tied Parameters (include/exclude match them too).
             buffer_inputs: {input position: name} of module buffers: never sampled; those that feed
                 a matmul are reported as skipped ("not a Parameter").
@@ -86,8 +85,7 @@ class SamplePass(PQTPass):
         self.weight_inputs = dict(weight_inputs)
         self.num_inputs = num_inputs
         self.shards = dict(shards or {})
-        self.key_inputs = dict(key_inputs) if key_inputs is not None else {
-            pos: i for i, pos in enumerate(sorted(self.weight_inputs))}
+        self.key_inputs = dict(key_inputs)
 
     def cache_key(self) -> tuple:
         return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()),
