@@ -44,7 +44,7 @@ class _State:
         self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> name it was keyed by
         self.seen_version = 0  # bumped when a new Parameter is seen
         self.checked_roots: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.checked_optimizers: WeakIdKeyDictionary = WeakIdKeyDictionary()  # optimizer -> seen_version
+        self.checked_optimizers: dict[int, tuple[weakref.ref, int]] = {}  # id(optimizer) -> (it, seen_version)
         self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
         self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
 
@@ -81,8 +81,13 @@ def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     while _state.pending:  # O(1) when nothing is pending: the usual case after the first step
         config, refs = _state.pending.pop()
         _check_unseen([p for p in (r() for r in refs) if p is not None], config)
-    if _state.checked_optimizers.get(optimizer) != _state.seen_version:
-        _state.checked_optimizers[optimizer] = _state.seen_version
+    # A plain dict keyed by id, checked against a weak reference: read at every optimizer step,
+    # where a WeakIdKeyDictionary lookup builds a weak reference per call.
+    checked = _state.checked_optimizers.get(id(optimizer))
+    if checked is None or checked[0]() is not optimizer or checked[1] != _state.seen_version:
+        for key in [k for k, (ref, _) in _state.checked_optimizers.items() if ref() is None]:
+            del _state.checked_optimizers[key]  # optimizers that are gone (their ids may be reused)
+        _state.checked_optimizers[id(optimizer)] = (weakref.ref(optimizer), _state.seen_version)
         _check_shared_keys(optimizer)
 
 
@@ -150,19 +155,23 @@ def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
 
 
 def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
-    """Warn (once) if a training call of `module` ran no PQT graph holding weights.
+    """Warn if the first training call of `module` ran no PQT graph holding weights.
 
     `module` is torch.compile's wrapper, whose hooks run eagerly around the compiled forward.
+    The hooks remove themselves after that call: a module with forward hooks takes
+    `Module.__call__`'s slow path at every call (host time, wrapper.py NOTE [host time per call]).
     """
-    state = {"before": 0, "done": False}
+    state = {"before": 0}
+    handles: list = []
 
     def pre(mod: torch.nn.Module, args: Any) -> None:
         state["before"] = _state.graph_calls
 
     def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
-        if state["done"] or not torch.is_grad_enabled() or not naming.unwrap(mod).training:
+        if not torch.is_grad_enabled() or not naming.unwrap(mod).training:
             return
-        state["done"] = True  # checked on the first training call only
+        for handle in handles:  # checked on the first training call only
+            handle.remove()
         if _state.graph_calls == state["before"]:
             warnings.warn(
                 "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "
@@ -174,8 +183,8 @@ def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
                 stacklevel=2,
             )
 
-    module.register_forward_pre_hook(pre)
-    module.register_forward_hook(post)
+    handles.append(module.register_forward_pre_hook(pre))
+    handles.append(module.register_forward_hook(post))
 
 
 def reset() -> None:

@@ -41,6 +41,7 @@ names cached by compiled graphs.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -204,6 +205,9 @@ def _register_calling_model(objs: Sequence[Any]) -> bool:
     return True
 
 
+_deref = weakref.ref.__call__  # a weak reference's referent (None when gone), as a function for map
+
+
 @dataclass(frozen=True, eq=False)  # identity: one object per cached set of weights
 class ResolvedWeights:
     """The weights of one call of a compiled graph: names, other names, owning modules.
@@ -235,6 +239,9 @@ class GraphWeights:
         self._frame_root = weakref.ref(frame_root) if frame_root is not None else None
         self._extra: list[WeakIdKeyDictionary] = [WeakIdKeyDictionary() for _ in positions]
         self._cache: dict[tuple, tuple[list, ResolvedWeights]] = {}
+        # This call's weights as a tuple, picked in C (resolve runs at every call of the graph).
+        self._pick: Any = (operator.itemgetter(*positions) if len(positions) > 1
+                           else (lambda args, p=positions[0]: (args[p],)) if positions else (lambda args: ()))
 
     @classmethod
     def for_graph(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
@@ -270,11 +277,12 @@ class GraphWeights:
 
     def resolve(self, args: Sequence[Any]) -> ResolvedWeights:
         """This call's weights, named (cached while the same objects come back)."""
-        objs = [args[pos] for pos in self.positions]
-        ids = (*(id(o) for o in objs), _registry.version)
+        objs = self._pick(args)
+        ids = (*map(id, objs), _registry.version)
         hit = self._cache.get(ids)
-        # One entry per set of weights: blocks sharing this graph each hit their own entry.
-        if hit is not None and all(r() is o for r, o in zip(hit[0], objs)):
+        # One entry per set of weights: blocks sharing this graph each hit their own entry. The
+        # identity check (ids may be reused by new objects) iterates in C: it runs at every call.
+        if hit is not None and all(map(operator.is_, map(_deref, hit[0]), objs)):
             return hit[1]
         if any(lookup(o) is None for o in objs) and _register_calling_model(objs):
             ids = (*ids[:-1], _registry.version)

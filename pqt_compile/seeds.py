@@ -23,6 +23,7 @@ The state is process-wide (one training loop per process); `PQTState` checkpoint
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import threading
 from typing import Iterator, Optional
@@ -98,9 +99,18 @@ def step_seed(step: int, micro_batch: int = 0, base: Optional[int] = None) -> in
     drew at step s, micro-batch m.
     """
     base = _stream.base if base is None else _check_int(base, "base")
-    step = _check_int(step, "step", 0)
-    micro_batch = _check_int(micro_batch, "micro_batch", 0)
-    return _mix64(_mix64(_mix64(base) ^ step) ^ _mix64(micro_batch + MICRO_SALT))
+    return _seed_at(base, _check_int(step, "step", 0), _check_int(micro_batch, "micro_batch", 0))
+
+
+@functools.lru_cache(maxsize=16)
+def _word(x: int) -> int:
+    # The base's and the micro-batch's words repeat from step to step: mixed once each.
+    return _mix64(x)
+
+
+def _seed_at(base: int, step: int, micro_batch: int) -> int:
+    """NOTE [the seed rule]'s formula (arguments checked by the caller)."""
+    return _mix64(_mix64(_word(base) ^ step) ^ _word(micro_batch + MICRO_SALT))
 
 
 def current_seed() -> int:
@@ -112,8 +122,13 @@ def current_seed() -> int:
     # Memoised per position: every graph of a micro-batch asks (wrapper.py NOTE [host time per call]).
     position = (_stream.base, _stream.step, _stream.micro_batch)
     if _stream.memo[0] != position:
-        _stream.memo = (position, step_seed(_stream.step, _stream.micro_batch))
+        _stream.memo = (position, _seed_at(*position))
     return _stream.memo[1]
+
+
+def micro_batch() -> int:
+    """The backward passes through PQT graphs since the last optimizer step that counted."""
+    return _stream.micro_batch
 
 
 def advance_step() -> None:

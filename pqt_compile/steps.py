@@ -70,7 +70,7 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
     # optimizer stepped with no backward since the last step is not training. Such steps exist:
     # torch.distributed.checkpoint's get_state_dict initialises a stateless optimizer by calling
     # step() with zero gradients and lr 0 (torch 2.13), at every save and load.
-    if optimizer_counts(optimizer) and seeds.seed_state()["micro_batch"] > 0:
+    if seeds.micro_batch() > 0 and optimizer_counts(optimizer):
         seeds.advance_step()
         guards.after_optimizer_step(optimizer)
 

@@ -142,6 +142,22 @@ def test_a_training_call_that_compiles_nothing_warns_through_pqt_compile():
         ok(torch.randn(2, 32))  # a model that does compile: no warning
 
 
+def test_the_nothing_sampled_hooks_go_after_the_first_training_call():
+    """A module with forward hooks takes Module.__call__'s slow path at every call: the check's
+    hooks stay through eval and no-grad calls and leave after the first training call."""
+    torch._dynamo.reset()
+    cm = pqt_compile.compile(MLP())
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        cm(x)
+    cm.eval()
+    cm(x)
+    assert len(cm._forward_pre_hooks) == 1 and len(cm._forward_hooks) == 1
+    cm.train()
+    cm(x)
+    assert len(cm._forward_pre_hooks) == 0 and len(cm._forward_hooks) == 0
+
+
 def test_a_root_whose_frame_compiles_but_whose_weights_run_eagerly_warns_through_torch_compile():
     """Through torch.compile, nothing-sampled is the extreme case of unseen weights: the backend
     registers the module it compiles, and its weights that no graph received are named."""

@@ -39,7 +39,7 @@ from torch.fx import Graph, Node
 from ..compat import mark_added_input
 from ..selection import samplable
 
-__all__ = ["SEED", "KEY", "DISABLED_KEY", "key_slots", "add_inputs", "example_inputs", "seed_tensor", "key_tensors",
+__all__ = ["SEED", "KEY", "DISABLED_KEY", "key_slots", "add_inputs", "example_inputs", "seed_tensor", "SeedTensors", "key_tensors",
            "find_inputs", "key_of_slot", "primal_positions"]
 
 SEED = "pqt_seed"
@@ -95,12 +95,30 @@ def seed_tensor(seed: int, device: torch.device) -> torch.Tensor:
     """The graph input `pqt_seed` holding `seed` on `device` (NOTE [seed on the device])."""
     # On a GPU the fill is ordered on the current stream: a graph run on another stream gets its own.
     where = (device, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else (device,)
+    return _seed_at(where, seed, device)
+
+
+def _seed_at(where: tuple, seed: int, device: torch.device) -> torch.Tensor:
     hit = _seeds.last.get(where)
     if hit is not None and hit[0] == seed:
         return hit[1]
     t = torch.full((), seed, dtype=torch.int64, device=device)
     _seeds.last[where] = (seed, t)
     return t
+
+
+class SeedTensors:
+    """`seed_tensor` for the graphs of one device, with what depends only on the device decided
+    once (a wrapper asks at every call; wrapper.py NOTE [host time per call])."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._where = None if device.type == "cuda" else (device,)  # CUDA: per stream, asked per call
+
+    def tensor(self, seed: int) -> torch.Tensor:
+        if self._where is None:
+            return seed_tensor(seed, self.device)
+        return _seed_at(self._where, seed, self.device)
 
 
 def key_tensors(keys: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:

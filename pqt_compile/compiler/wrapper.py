@@ -52,19 +52,41 @@ def _rank() -> Optional[int]:
 
 class _CallPlan:
     """What a call decides once per set of weights (a `ResolvedWeights`, itself cached by the
-    naming): which slots include/exclude admit, the graph that samples them, the owning modules
-    whose `training` flag switches each slot, and the keys tensor per switch pattern."""
+    naming): which slots include/exclude admit, the graph that samples them, and, per keyed slot
+    (the only ones a graph can sample: graph_abi.key_slots), whether it is admitted and the
+    owning module whose `training` flag switches it; the keys tensors per switch pattern."""
 
-    __slots__ = ("resolved", "admitted", "fn", "owners", "keys", "shown", "watched")
+    __slots__ = ("resolved", "admitted", "fn", "keyed_admitted", "keyed_owners", "keys", "shown", "watched")
 
-    def __init__(self, resolved: ResolvedWeights, admitted: tuple[bool, ...], fn: Callable) -> None:
+    def __init__(self, resolved: ResolvedWeights, admitted: tuple[bool, ...], fn: Callable,
+                 key_slots: tuple[int, ...]) -> None:
         self.resolved = weakref.ref(resolved)
         self.admitted = admitted
         self.fn = fn
-        self.owners = resolved.owner_refs
+        self.keyed_admitted = tuple(admitted[s] for s in key_slots)
+        # The owners of the admitted keyed slots, each module once (a weight and its bias, or a
+        # fused QKV's parts, share one), with the keyed slots it switches.
+        owners: dict[int, tuple[Optional[weakref.ref], list[int]]] = {}
+        for i, s in enumerate(key_slots):
+            if admitted[s]:
+                ref = resolved.owner_refs[s]
+                owners.setdefault(id(ref() if ref is not None else None), (ref, []))[1].append(i)
+        self.keyed_owners = tuple((ref, tuple(slots)) for ref, slots in owners.values())
         self.keys: dict[tuple[bool, ...], tuple[torch.Tensor, ...]] = {}
         self.shown = False  # the guards saw these weights
         self.watched = False  # ... after a sampling call
+
+    def enabled(self) -> tuple[bool, ...]:
+        """Per keyed slot, whether it is sampled in this call: admitted, and its module in
+        training mode (an unowned weight: the compiled module's mode decided at compile time)."""
+        if all(ref is None or (o := ref()) is None or o.training for ref, _ in self.keyed_owners):
+            return self.keyed_admitted  # the usual case: every owner training
+        on = [False] * len(self.keyed_admitted)
+        for ref, slots in self.keyed_owners:
+            if ref is None or (o := ref()) is None or o.training:
+                for i in slots:
+                    on[i] = True
+        return tuple(on)
 
 
 class PQTCompiled:
@@ -77,9 +99,12 @@ class PQTCompiled:
     NOTE [host time per call]: a call runs once per graph per step, and a GPU step is host-bound
     when its kernels are small; so everything that depends only on the set of weights is decided
     once (`_CallPlan`), the seed's tensor is made once per micro-batch and device
-    (graph_abi.seed_tensor) and the keys once per switch pattern. What remains per call: naming
-    lookup (a dict hit), the slots' training flags, the seed of the current step (seeds.current_seed,
-    memoised), and one autograd pre-hook to count the backward pass. No host-device synchronisation.
+    (graph_abi.SeedTensors) and the keys once per switch pattern. What remains per call: naming
+    lookup (a dict hit, its identity check iterating in C), the training flag of each module that
+    owns a keyed weight (once per module, not per Parameter: a bias is never keyed), the seed of
+    the current step (seeds.current_seed, memoised), and one autograd pre-hook to count the
+    backward pass. No host-device synchronisation. `pqt_compile.compile`'s nothing-sampled hooks
+    leave after the first training call (guards.warn_if_nothing_sampled).
     """
 
     def __init__(self, fn: Callable, compiler: GraphCompilerProtocol, weights: GraphWeights, first: ResolvedWeights,
@@ -95,6 +120,7 @@ class PQTCompiled:
         self._compiled_for = self._admitted(first)  # which slots the pass samples in `fn`
         self._variants: dict[tuple[bool, ...], Callable] = {}
         self._plans: dict[int, _CallPlan] = {}
+        self._seeds = graph_abi.SeedTensors(device)
 
     def _admitted(self, resolved: ResolvedWeights) -> tuple[bool, ...]:
         return tuple(admits(self.config, n, a) for n, a in zip(resolved.names, resolved.aliases))
@@ -115,16 +141,17 @@ class PQTCompiled:
         if len(self._plans) >= 256:  # bounded: names that change without end (rebuilt models)
             self._plans.clear()
         admitted = self._admitted(resolved)
-        plan = _CallPlan(resolved, admitted, self._graph_for(admitted, resolved, args))
+        plan = _CallPlan(resolved, admitted, self._graph_for(admitted, resolved, args), self._compiler.key_slots)
         self._plans[id(resolved)] = plan
         return plan
 
     def _keys_for(self, plan: _CallPlan, resolved: ResolvedWeights, enabled: tuple[bool, ...]) -> tuple[torch.Tensor, ...]:
+        """The key inputs for the keyed slots switched on in `enabled` (the others DISABLED_KEY)."""
         keys = plan.keys.get(enabled)
         if keys is None:
             names = resolved.names
             keys = graph_abi.key_tensors(
-                [key_for_name(names[s]) if enabled[s] else graph_abi.DISABLED_KEY for s in self._compiler.key_slots],
+                [key_for_name(names[s]) if on else graph_abi.DISABLED_KEY for s, on in zip(self._compiler.key_slots, enabled)],
                 self.device,
             )
             plan.keys[enabled] = keys
@@ -133,14 +160,12 @@ class PQTCompiled:
     def __call__(self, *args: Any) -> Any:
         resolved = self.weights.resolve(args)
         plan = self._plan_for(resolved, args)
-        if self.samples:
-            if self.config.sample_in_eval:
-                enabled = plan.admitted
-            else:  # each slot by its own module's training flag (eval mode: clean, same graph)
-                enabled = tuple(a and (r is None or (o := r()) is None or o.training)
-                                for a, r in zip(plan.admitted, plan.owners))
-        else:
-            enabled = (False,) * len(plan.admitted)
+        if not self.samples:
+            enabled = (False,) * len(plan.keyed_admitted)
+        elif self.config.sample_in_eval:
+            enabled = plan.keyed_admitted
+        else:  # each slot by its own module's training flag (eval mode: clean, same graph)
+            enabled = plan.enabled()
         guards.note_graph_call()
         sampling = True in enabled
         params = None
@@ -148,7 +173,6 @@ class PQTCompiled:
             plan.shown = True
             params = [args[pos] for pos in self.weights.positions]
             guards.mark_seen(params, resolved.names)
-        seed = 0
         if sampling:
             seed = current_seed()
             if self.config.per_rank_noise:
@@ -159,7 +183,7 @@ class PQTCompiled:
                 plan.watched = True
                 steps.install()
                 guards.watch(self.config, params or [args[pos] for pos in self.weights.positions])
-        out = plan.fn(*args, graph_abi.seed_tensor(seed, self.device), *self._keys_for(plan, resolved, enabled))
-        if sampling:
+            out = plan.fn(*args, self._seeds.tensor(seed), *self._keys_for(plan, resolved, enabled))
             steps.track_backward(out)
-        return out
+            return out
+        return plan.fn(*args, self._seeds.tensor(0), *self._keys_for(plan, resolved, enabled))

@@ -152,6 +152,26 @@ def test_eval_of_one_block_in_a_shared_graph_keeps_only_that_block_clean():
         assert not torch.equal(call(eye)[1], clean[1])
 
 
+def test_eval_of_one_module_in_a_graph_keeps_only_its_weights_clean():
+    """One graph, two owners: the flags are read per owning module, each weight by its own."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Probe()
+    call = _compiled("whole", model)
+    eye = torch.eye(40)
+    clean = [b[0].weight.detach().t() for b in model.blocks]
+    model.blocks[0].eval()
+    with pqt_compile.fixed_seed(4):
+        outs = call(eye)
+    assert torch.equal(outs[0], clean[0])
+    assert not torch.equal(outs[1], clean[1]) and not torch.equal(outs[2], clean[2])
+    model.blocks[0].train()
+    model.blocks[2].eval()
+    with pqt_compile.fixed_seed(4):
+        again = call(eye)
+    assert torch.equal(again[1], outs[1]) and torch.equal(again[2], clean[2]) and not torch.equal(again[0], clean[0])
+
+
 def test_eval_and_no_grad_calls_do_not_move_the_stream():
     torch._dynamo.reset()
     torch.manual_seed(0)
