@@ -161,15 +161,16 @@ def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
     The hooks remove themselves after that call: a module with forward hooks takes
     `Module.__call__`'s slow path at every call (host time, wrapper.py NOTE [host time per call]).
     """
-    state = {"before": 0}
+    state = {"before": 0, "done": False}  # "done": a deep copy of the module shares these hooks
     handles: list = []
 
     def pre(mod: torch.nn.Module, args: Any) -> None:
         state["before"] = _state.graph_calls
 
     def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
-        if not torch.is_grad_enabled() or not naming.unwrap(mod).training:
+        if state["done"] or not torch.is_grad_enabled() or not naming.unwrap(mod).training:
             return
+        state["done"] = True
         for handle in handles:  # checked on the first training call only
             handle.remove()
         if _state.graph_calls == state["before"]:

@@ -26,7 +26,7 @@ Parameters (biases, norms) are about half of its Parameter inputs. Which inputs 
 only on their dtype and number of dims, which Dynamo's guards fix per graph.
 
 Written by the backend (`add_inputs`, `example_inputs`), filled at run time by the wrapper
-(`key_tensors`, `seed_tensor`), found by the pass (`find_inputs`) and by the eager reference.
+(`key_tensors`, `SeedTensors`), found by the pass (`find_inputs`) and by the eager reference.
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ class _CallPlan:
     (the only ones a graph can sample: graph_abi.key_slots), whether it is admitted and the
     owning module whose `training` flag switches it; the keys tensors per switch pattern."""
 
-    __slots__ = ("resolved", "admitted", "fn", "keyed_admitted", "keyed_owners", "keys", "shown", "watched")
+    __slots__ = ("resolved", "admitted", "fn", "keyed_admitted", "keyed_owners", "unkeyed_owners", "keys", "shown",
+                 "watched")
 
     def __init__(self, resolved: ResolvedWeights, admitted: tuple[bool, ...], fn: Callable,
                  key_slots: tuple[int, ...]) -> None:
@@ -72,6 +73,16 @@ class _CallPlan:
                 ref = resolved.owner_refs[s]
                 owners.setdefault(id(ref() if ref is not None else None), (ref, []))[1].append(i)
         self.keyed_owners = tuple((ref, tuple(slots)) for ref, slots in owners.values())
+        # Admitted weights without a key (a norm's weight, a bias): never sampled, but a call with
+        # one of them switched on still counts as a sampling call (its backward pass, the guards),
+        # as it always has.
+        keyed = set(key_slots)
+        unkeyed: dict[int, Optional[weakref.ref]] = {}
+        for s, a in enumerate(admitted):
+            if a and s not in keyed:
+                ref = resolved.owner_refs[s]
+                unkeyed.setdefault(id(ref() if ref is not None else None), ref)
+        self.unkeyed_owners = tuple(unkeyed.values())
         self.keys: dict[tuple[bool, ...], tuple[torch.Tensor, ...]] = {}
         self.shown = False  # the guards saw these weights
         self.watched = False  # ... after a sampling call
@@ -87,6 +98,10 @@ class _CallPlan:
                 for i in slots:
                     on[i] = True
         return tuple(on)
+
+    def unkeyed_on(self) -> bool:
+        """Whether an admitted weight without a key is switched on (its module training)."""
+        return any(ref is None or (o := ref()) is None or o.training for ref in self.unkeyed_owners)
 
 
 class PQTCompiled:
@@ -167,7 +182,8 @@ class PQTCompiled:
         else:  # each slot by its own module's training flag (eval mode: clean, same graph)
             enabled = plan.enabled()
         guards.note_graph_call()
-        sampling = True in enabled
+        sampling = True in enabled or (self.samples and bool(plan.unkeyed_owners) and
+                                       (self.config.sample_in_eval or plan.unkeyed_on()))
         params = None
         if not plan.shown:
             plan.shown = True
