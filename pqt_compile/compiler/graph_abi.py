@@ -39,8 +39,8 @@ from torch.fx import Graph, Node
 from ..compat import mark_added_input
 from ..selection import samplable
 
-__all__ = ["SEED", "KEY", "DISABLED_KEY", "key_slots", "add_inputs", "example_inputs", "seed_tensor", "SeedTensors", "key_tensors",
-           "find_inputs", "key_of_slot", "primal_positions"]
+__all__ = ["SEED", "KEY", "DISABLED_KEY", "key_slots", "add_inputs", "example_inputs", "seed_tensor", "SeedTensors",
+           "key_tensors", "find_inputs", "key_of_slot", "primal_positions"]
 
 SEED = "pqt_seed"
 KEY = "pqt_key_{}"

@@ -50,58 +50,54 @@ def _rank() -> Optional[int]:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
 
 
+def _switched_on(owner: Optional[weakref.ref]) -> bool:
+    """Whether a weight owned by `owner` samples in a training-graph call: its module is in
+    training mode (an unowned weight, or one whose module is gone: the compiled module's mode,
+    decided at compile time)."""
+    return owner is None or (o := owner()) is None or o.training
+
+
 class _CallPlan:
     """What a call decides once per set of weights (a `ResolvedWeights`, itself cached by the
-    naming): which slots include/exclude admit, the graph that samples them, and, per keyed slot
-    (the only ones a graph can sample: graph_abi.key_slots), whether it is admitted and the
-    owning module whose `training` flag switches it; the keys tensors per switch pattern."""
+    naming): the graph that samples the slots include/exclude admit, the modules owning the
+    admitted slots (each once: a weight and its bias share one) with the keyed slots each
+    switches (graph_abi.key_slots: the only ones a graph can sample), and the keys tensors per
+    switch pattern."""
 
-    __slots__ = ("resolved", "admitted", "fn", "keyed_admitted", "keyed_owners", "unkeyed_owners", "keys", "shown",
-                 "watched")
+    __slots__ = ("resolved", "fn", "keyed_admitted", "any_admitted", "owners", "keys", "shown", "watched")
 
     def __init__(self, resolved: ResolvedWeights, admitted: tuple[bool, ...], fn: Callable,
                  key_slots: tuple[int, ...]) -> None:
         self.resolved = weakref.ref(resolved)
-        self.admitted = admitted
         self.fn = fn
         self.keyed_admitted = tuple(admitted[s] for s in key_slots)
-        # The owners of the admitted keyed slots, each module once (a weight and its bias, or a
-        # fused QKV's parts, share one), with the keyed slots it switches.
+        self.any_admitted = True in admitted
+        keyed_index = {s: i for i, s in enumerate(key_slots)}
         owners: dict[int, tuple[Optional[weakref.ref], list[int]]] = {}
-        for i, s in enumerate(key_slots):
-            if admitted[s]:
-                ref = resolved.owner_refs[s]
-                owners.setdefault(id(ref() if ref is not None else None), (ref, []))[1].append(i)
-        self.keyed_owners = tuple((ref, tuple(slots)) for ref, slots in owners.values())
-        # Admitted weights without a key (a norm's weight, a bias): never sampled, but a call with
-        # one of them switched on still counts as a sampling call (its backward pass, the guards),
-        # as it always has.
-        keyed = set(key_slots)
-        unkeyed: dict[int, Optional[weakref.ref]] = {}
         for s, a in enumerate(admitted):
-            if a and s not in keyed:
+            if a:
                 ref = resolved.owner_refs[s]
-                unkeyed.setdefault(id(ref() if ref is not None else None), ref)
-        self.unkeyed_owners = tuple(unkeyed.values())
+                slots = owners.setdefault(id(ref() if ref is not None else None), (ref, []))[1]
+                if s in keyed_index:
+                    slots.append(keyed_index[s])
+        self.owners = tuple((ref, tuple(slots)) for ref, slots in owners.values())
         self.keys: dict[tuple[bool, ...], tuple[torch.Tensor, ...]] = {}
         self.shown = False  # the guards saw these weights
         self.watched = False  # ... after a sampling call
 
-    def enabled(self) -> tuple[bool, ...]:
-        """Per keyed slot, whether it is sampled in this call: admitted, and its module in
-        training mode (an unowned weight: the compiled module's mode decided at compile time)."""
-        if all(ref is None or (o := ref()) is None or o.training for ref, _ in self.keyed_owners):
-            return self.keyed_admitted  # the usual case: every owner training
+    def switches(self) -> tuple[tuple[bool, ...], bool]:
+        """(per keyed slot, whether it is sampled in this call; whether any admitted weight is
+        switched on: a call with only an unkeyed one on, a norm's weight, still counts as sampling
+        for the backward pass and the guards). Each owner's `training` flag is read once."""
+        on_owners = [_switched_on(ref) for ref, _ in self.owners]
+        if all(on_owners):
+            return self.keyed_admitted, self.any_admitted  # the usual case: every owner training
         on = [False] * len(self.keyed_admitted)
-        for ref, slots in self.keyed_owners:
-            if ref is None or (o := ref()) is None or o.training:
+        for (_, slots), owner_on in zip(self.owners, on_owners):
+            if owner_on:
                 for i in slots:
                     on[i] = True
-        return tuple(on)
-
-    def unkeyed_on(self) -> bool:
-        """Whether an admitted weight without a key is switched on (its module training)."""
-        return any(ref is None or (o := ref()) is None or o.training for ref in self.unkeyed_owners)
+        return tuple(on), True in on_owners
 
 
 class PQTCompiled:
@@ -176,14 +172,12 @@ class PQTCompiled:
         resolved = self.weights.resolve(args)
         plan = self._plan_for(resolved, args)
         if not self.samples:
-            enabled = (False,) * len(plan.keyed_admitted)
+            enabled, sampling = (False,) * len(plan.keyed_admitted), False
         elif self.config.sample_in_eval:
-            enabled = plan.keyed_admitted
+            enabled, sampling = plan.keyed_admitted, plan.any_admitted
         else:  # each slot by its own module's training flag (eval mode: clean, same graph)
-            enabled = plan.enabled()
+            enabled, sampling = plan.switches()
         guards.note_graph_call()
-        sampling = True in enabled or (self.samples and bool(plan.unkeyed_owners) and
-                                       (self.config.sample_in_eval or plan.unkeyed_on()))
         params = None
         if not plan.shown:
             plan.shown = True

@@ -172,6 +172,19 @@ def test_eval_of_one_module_in_a_graph_keeps_only_its_weights_clean():
     assert torch.equal(again[1], outs[1]) and torch.equal(again[2], clean[2]) and not torch.equal(again[0], clean[0])
 
 
+def test_a_call_whose_only_training_weight_has_no_key_still_counts_its_backward_pass():
+    """A norm's weight is never sampled, but a call with it switched on is a training call of a
+    PQT graph: its backward pass counts (the micro-batch moves), as when the linear trains too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    cm = pqt_compile.compile(m)
+    m[0].eval()
+    before = pqt_compile.seed_state()
+    cm(torch.randn(4, 8)).sum().backward()
+    assert pqt_compile.seed_state() == {**before, "micro_batch": before["micro_batch"] + 1}
+
+
 def test_eval_and_no_grad_calls_do_not_move_the_stream():
     torch._dynamo.reset()
     torch.manual_seed(0)
