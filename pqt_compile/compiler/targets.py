@@ -79,6 +79,11 @@ class SamplePlan:
         buffer but the sample (Triton) or the amax and the sample (C++). Triton: whole blocks and no
         GEMM template that could take the sample as its prologue. C++: whole blocks of a small
         weight (CPP_ONE_KERNEL_MAX_NUMEL), where host time per call dominates.
+    fused_over_blocks: the one-kernel form iterates [block ranges, B], the amax Reduction's ranges
+        and its reduction range (Triton: a persistent reduction needs the two to match), and the
+        sample is a view of that buffer as w's shape. Otherwise (C++) it iterates w's own ranges,
+        which the C++ scheduler splits at B itself, and the sample buffer is w's shape: no view
+        per use in the wrapper.
     per_call_word_buffers: otherwise, in C++, the stream words once per call in a 2-word buffer
         (its vectorised loop cannot hoist them); in Triton they are computed from the seed and
         key in each program.
@@ -91,6 +96,7 @@ class SamplePlan:
     """
 
     fused_block_kernel: bool
+    fused_over_blocks: bool
     per_call_word_buffers: bool
     index_iota: bool
     indirect_ragged_block: bool
@@ -105,6 +111,7 @@ def sample_plan(device: torch.device, *, ragged: bool, transposed: bool, numel: 
     fused = not ragged and not transposed and ((triton and not gemm_templates(device)) or (cpp and small))
     return SamplePlan(
         fused_block_kernel=fused,
+        fused_over_blocks=triton,
         per_call_word_buffers=cpp and not fused,
         index_iota=cpp_vectorised(device) and not fused,
         indirect_ragged_block=cpp,

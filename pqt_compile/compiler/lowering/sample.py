@@ -159,26 +159,31 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
             index = ops.add(first, o.index_word(sum((i * s for i, s in zip(idx[:-1], strides[:-1])), offset)))
         return noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
 
-    if plan.fused_block_kernel:
+    def block_index(idx):
+        return geometry.block_of_element(idx, indirect=plan.indirect_ragged_block)
+
+    def one_kernel_value(idx, bidx):
+        """The sample of w's element `idx` in block `bidx`, in the one-kernel form: the block values
+        from the reduced amax, the stream words from the seed and key (scalar loads), the element
+        index an index expression."""
+        seed_v, key_v = seed_and_key()
+        w32 = ops.to_dtype(load_w(idx), torch.float32)
+        params = params_of(wo, load_amax(bidx), spec, live=live(wo, key_v))
+        if rtn:
+            value = rtn_from(wo, w32, params, spec)
+        else:
+            value = sample_from(wo, w32, params, draw(wo, idx, *stream_words(wo, seed_v, key_v)), spec)
+        return ops.to_dtype(value, out_dtype)
+
+    if plan.fused_block_kernel and plan.fused_over_blocks:
         # NOTE [one kernel per weight]: the sample iterates the block's elements innermost, the
         # ranges of the amax Reduction followed by its reduction range; it reads amax at the index
         # the Reduction writes, so Inductor's scheduler fuses the two into one persistent
         # reduction kernel (the read and write MemoryDeps match, as for softmax), and the two loads
-        # of w at one index become one. The per-block values are computed from the reduced amax
-        # (one value per block row of the kernel) and the stream words from the seed and key
-        # (scalar loads, once per program); the element index is an index expression. The output
-        # is stored in w's row-major order (a fill order over the fused ranges) and returned as
-        # w's shape: no copy, no other kernel.
+        # of w at one index become one. The output is stored in w's row-major order (a fill order
+        # over the fused ranges) and returned as w's shape: no copy, no other kernel.
         def fused_fn(fidx):
-            idx = geometry.element_of_fused(fidx)
-            seed_v, key_v = seed_and_key()
-            w32 = ops.to_dtype(load_w(idx), torch.float32)
-            params = params_of(wo, load_amax(geometry.block_of_fused(fidx)), spec, live=live(wo, key_v))
-            if rtn:
-                value = rtn_from(wo, w32, params, spec)
-            else:
-                value = sample_from(wo, w32, params, draw(wo, idx, *stream_words(wo, seed_v, key_v)), spec)
-            return ops.to_dtype(value, out_dtype)
+            return one_kernel_value(geometry.element_of_fused(fidx), geometry.block_of_fused(fidx))
 
         out = ir.Pointwise.create(device=device, dtype=out_dtype, inner_fn=fused_fn, ranges=geometry.fused_ranges)
         out.realize()
@@ -186,6 +191,16 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         buffer.freeze_layout_with_fill_order(geometry.fused_fill_order)
         return ir.TensorBox(ir.ReinterpretView(
             data=buffer, layout=ir.FixedLayout(device, out_dtype, size, row_major_strides(size))))
+    if plan.fused_block_kernel:
+        # NOTE [one kernel per weight in C++]: the same values over w's own ranges, reading amax at
+        # the element's block (x // B). The C++ scheduler splits that loop at B (its loop split)
+        # and fuses it with the Reduction into one kernel, and the buffer is w's shape: the
+        # wrapper passes it to the GEMM and reuses it without a view (reinterpret_tensor, about
+        # 0.8 us of host time each, several per weight per step over the fused ranges).
+        out = ir.Pointwise.create(device=device, dtype=out_dtype, ranges=size,
+                                  inner_fn=lambda idx: one_kernel_value(idx, block_index(idx)))
+        out.realize()
+        return out
 
     # NOTE [per-block step]: the block's values (formula.block_params) once per block, in one
     # buffer [number of values, *block ranges] (one allocation per call, not one per value: host
@@ -202,9 +217,6 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     params_buf.realize()
     load_params_buf = params_buf.make_loader()
     load_params = [lambda bidx, j=j: load_params_buf([j, *bidx]) for j in range(num_params)]
-
-    def block_index(idx):
-        return geometry.block_of_element(idx, indirect=plan.indirect_ragged_block)
 
     if rtn:
 

@@ -6,6 +6,7 @@ off (through the pqt backend the pass's uuid covers the lowering's source instea
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -207,3 +208,19 @@ def test_nvfp4_lowers_bit_exact():
     # the check can fail: a given amax moves the tensor scale, hence the sample
     moved = f(ws, [a / 3.0 for a in amaxes], seed, key)[2]
     assert not torch.equal(moved, got[2])
+
+
+@pytest.mark.parametrize("shape,axis", [((8, 8), 1), ((64, 64), 1), ((64, 32), 0), ((4, 16, 32), 2)])
+def test_a_small_cpu_sample_is_one_kernel_written_in_the_weights_shape(shape, axis):
+    """NOTE [one kernel per weight in C++]: a weight of at most CPP_ONE_KERNEL_MAX_NUMEL elements
+    with whole blocks is sampled by one C++ kernel (block amax and sample) into a buffer of w's own
+    shape, so the wrapper hands it on without a view (a reinterpret_tensor per use costs host
+    time), and the values are the eager op's bits."""
+    w = torch.randn(shape)
+    f, cf = _compiled(PQTConfig(), axis, torch.float32)
+    with inductor_config.patch(fx_graph_cache=False):
+        got, codes = run_and_get_code(cf, w, torch.tensor(5), torch.tensor(6))
+    assert torch.equal(got.view(torch.int32), f(w, torch.tensor(5), torch.tensor(6)).view(torch.int32))
+    call = codes[0][codes[0].index("def call("):]
+    assert len(re.findall(r"^\s+cpp_fused\w*\(", call, re.M)) == 1, call
+    assert "reinterpret_tensor" not in call, call
