@@ -72,7 +72,7 @@ from models import BlockLoop, Decorated  # noqa: E402
 def names_only(monkeypatch):
     from pqt_compile.compiler import backend
 
-    monkeypatch.setattr(backend, "compile_fx", lambda gm, example_inputs, patches: gm.forward)
+    monkeypatch.setattr(backend, "compile_fx", lambda gm, example_inputs, patches, **kwargs: gm.forward)
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()

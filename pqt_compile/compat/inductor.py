@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Optional
@@ -14,6 +15,7 @@ from .registry import CompatError, require
 __all__ = [
     "inductor_config_options",
     "compile_fx",
+    "no_scalar_index_input_asserts",
     "custom_graph_pass_base",
     "inductor_lowering_api",
     "cpu_vector_isa",
@@ -33,10 +35,78 @@ def inductor_config_options() -> set[str]:
     return set(require("torch._inductor.config", "_config", "telling Inductor options from unknown ones"))
 
 
-def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict]) -> Callable:
-    """Inductor's `compile_fx` (torch 2.13), with config patches applied to this compile only."""
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict],
+               scalar_index_asserts: bool = True) -> Callable:
+    """Inductor's `compile_fx` (torch 2.13), with config patches applied to this compile only.
+
+    scalar_index_asserts=False: the generated wrappers check no 0-d int64 input (NOTE [0-d input
+    asserts]), in the forward graph and in the backward graph, which AOTAutograd compiles at the
+    first backward pass (through the same inner compile function, as the config patches)."""
     fn = require("torch._inductor.compile_fx", "compile_fx", "the pqt backend")
-    return fn(gm, example_inputs, config_patches=config_patches or None)
+    if scalar_index_asserts:
+        return fn(gm, example_inputs, config_patches=config_patches or None)
+    inner = require("torch._inductor.compile_fx", "compile_fx_inner", "the pqt backend")
+
+    @functools.wraps(inner)
+    def inner_compile(*args: Any, **kwargs: Any) -> Any:
+        with no_scalar_index_input_asserts():
+            return inner(*args, **kwargs)
+
+    return fn(gm, example_inputs, inner_compile=inner_compile, config_patches=config_patches or None)
+
+
+@contextlib.contextmanager
+def no_scalar_index_input_asserts() -> Iterator[None]:
+    """Inside the block, Inductor's generated wrappers check no 0-d int64 input's size and stride.
+
+    NOTE [0-d input asserts]: Inductor (torch 2.13-2.15) checks each tensor input of a compiled
+    graph at every call with `assert_size_stride(x, (), ())` (`size_asserts`). For a 0-d tensor
+    that check holds for every 0-d tensor, and pqt adds one such input per keyed weight and one for
+    the seed (graph_abi.py), made by pqt itself, to the forward graph and again to the backward
+    graph (saved there). Each check costs host time at every call (about 0.5-1 us; wrapper.py NOTE
+    [host time per call]). Every other input keeps its check. Used through
+    `compile_fx(..., scalar_index_asserts=False)`, which holds the block around each of its inner
+    compiles (AOTAutograd compiles a backward graph at its first backward pass, outside any block
+    around the compile_fx call).
+
+    How: for the duration of the block, `PythonWrapperCodegen.codegen_input_size_asserts` (the
+    method that lists the checks) sees the graph's inputs without the 0-d int64 ones. Where this
+    torch has no such method the block changes nothing (the checks stay: slower, same values).
+    """
+    try:
+        codegen = require("torch._inductor.codegen.wrapper", "PythonWrapperCodegen", "fewer input checks per call")
+    except CompatError:
+        yield
+        return
+    original = codegen.__dict__.get("codegen_input_size_asserts")
+    if original is None or "get_graph_inputs" not in dir(codegen):
+        yield
+        return
+
+    def codegen_input_size_asserts(self) -> None:
+        inputs = self.get_graph_inputs
+
+        def checked_inputs() -> dict:
+            return {name: buf for name, buf in inputs().items() if not _is_0d_int64(buf)}
+
+        self.get_graph_inputs = checked_inputs  # this call only: the instance attribute goes below
+        try:
+            original(self)
+        finally:
+            del self.get_graph_inputs
+
+    codegen.codegen_input_size_asserts = codegen_input_size_asserts
+    try:
+        yield
+    finally:
+        codegen.codegen_input_size_asserts = original
+
+
+def _is_0d_int64(buf: Any) -> bool:
+    try:
+        return buf.get_dtype() == torch.int64 and len(buf.get_size()) == 0
+    except (AttributeError, NotImplementedError):  # a symbol, an opaque object: not a tensor input
+        return False
 
 
 def custom_graph_pass_base() -> type:

@@ -23,6 +23,8 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._dynamo.symbolic_convert", "InstructionTranslator", "naming weights after the compiled module"),
     ("torch._inductor.config", "_config", "telling Inductor options from unknown ones"),
     ("torch._inductor.compile_fx", "compile_fx", "the pqt backend (Inductor's entry point)"),
+    ("torch._inductor.compile_fx", "compile_fx_inner", "the pqt backend (its inner compile, without 0-d input checks)"),
+    ("torch._inductor.codegen.wrapper", "PythonWrapperCodegen", "fewer input checks per call"),
     ("torch._inductor.custom_graph_pass", "CustomGraphPass", "the cache-safe joint-graph pass"),
     ("torch._inductor.lowering", "register_lowering", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "Reduction", "the Inductor lowering of pqt.sample"),

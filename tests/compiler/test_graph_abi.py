@@ -1,5 +1,7 @@
 """graph_abi.py: the seed and key inputs, in one place."""
 
+import re
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -94,3 +96,52 @@ def test_a_compiled_graph_has_one_key_input_per_matrix():
     (fn,) = compiled
     assert isinstance(fn, PQTCompiled) and fn._compiler.key_slots == (0, 4)
     assert {e.name for r in rec.records if r.sampled for e in r.edges} == {"0.weight", "2.weight"}
+
+
+def _step_code(model, compile_fn, *args) -> list[str]:
+    """The generated wrappers (forward, then backward) of one training step, compiled afresh."""
+    import torch._inductor.config as inductor_config
+
+    from pqt_compile import compat
+
+    torch._dynamo.reset()
+    with inductor_config.patch(fx_graph_cache=False), compat.capture_output_code() as codes:
+        compile_fn(model)(*args).float().sum().backward()  # the backward graph compiles here, lazily
+    return [c[c.index("def call("):] for c in codes]
+
+
+def _zero_d_inputs(code: str) -> set[str]:
+    """The names of a generated module's 0-d tensor inputs (from its get_args)."""
+    return set(re.findall(r"^\s*(\w+) = rand_strided\(\(\), \(\)", code, re.M))
+
+
+def _checked(code: str) -> set[str]:
+    """The names that the input checks of a generated `call` name (`assert_size_stride`, or torch
+    2.15's `assert_size_stride_grouped`)."""
+    call = code[:code.index("def get_args(")]
+    lines = [line for line in call.splitlines() if "assert_size_stride" in line]
+    return {name for line in lines for name in re.findall(r"\w+", line)}
+
+
+def test_the_seed_and_keys_are_not_checked_per_call_and_every_other_input_is():
+    """compat NOTE [0-d input asserts]: a 0-d tensor's size and stride check always holds, so the
+    wrappers of a PQT step check none of the seed and key inputs (forward, and the backward that
+    reads the saved ones), and still check the weights and activations; a plain compile in the same
+    process keeps the check of its own 0-d input (the switch lasts one pqt compile)."""
+    import pqt_compile
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    fwd, bwd = _step_code(m, lambda mod: pqt_compile.compile(mod, pqt_compile.PQTConfig()), torch.randn(4, 8))
+    assert len(_zero_d_inputs(fwd)) == 3 and len(_zero_d_inputs(bwd)) == 2  # the seed and two keys; those saved
+    for code in (fwd, bwd):
+        assert _checked(code) and not _checked(code) & _zero_d_inputs(code)
+    assert "primals_1" in _checked(fwd) and "tangents_1" in _checked(bwd)  # the first weight, the gradient
+    assert "cpp_fused_sample" in bwd  # the backward reads the seed and a key (it regenerates a sample)
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x, s):
+            return x * s
+
+    (plain,) = _step_code(Scaled(), torch.compile, torch.randn(4, requires_grad=True), torch.tensor(3))[:1]
+    assert len(_zero_d_inputs(plain)) == 1 and _zero_d_inputs(plain) <= _checked(plain)
