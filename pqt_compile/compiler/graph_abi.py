@@ -122,15 +122,15 @@ class SeedTensors:
 
 
 def key_tensors(keys: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The graph inputs `pqt_key_i` on `device` (NOTE [one input per key]); on a GPU copied from
-    pinned memory without waiting (made once per set of weights: the wrapper caches them)."""
-    host = torch.tensor(list(keys), dtype=torch.int64)
-    if device.type == "cuda":
-        host = host.pin_memory().to(device, non_blocking=True)
-    elif host.device != device:
-        host = host.to(device)
-    # Views of one buffer: one allocation and copy; each is a 0-d input of its own to the graph.
-    return tuple(host[i] for i in range(len(keys)))
+    """The graph inputs `pqt_key_i` on `device` (NOTE [one input per key]), each a tensor of its
+    own, made without a host-device copy (`torch.full`, as the seed: NOTE [seed on the device]).
+    Made once per set of weights and switch pattern: the wrapper caches them.
+
+    NOTE [keys are not views]: AOTAutograd (torch 2.13) detaches every tensor it saves for the
+    backward that is a view (`x.detach() if x._is_view()`), at every call; a recomputed sample's
+    key is saved, so keys cut as views of one buffer cost a detach per keyed weight per step
+    (about 1 us of host time each). torch 2.15 leaves saved graph inputs as they are."""
+    return tuple(torch.full((), k, dtype=torch.int64, device=device) for k in keys)
 
 
 def primal_positions(inputs: Sequence[object]) -> tuple[list[int], int]:

@@ -53,6 +53,8 @@ def test_example_and_runtime_values():
     assert len(ex) == 5 and all(t.dtype == torch.int64 and t.dim() == 0 for t in ex[1:])
     keys = graph_abi.key_tensors([5, graph_abi.DISABLED_KEY], torch.device("cpu"))
     assert [int(k) for k in keys] == [5, -1] and all(k.dim() == 0 for k in keys)
+    # NOTE [keys are not views]: AOTAutograd would detach a saved view at every step.
+    assert not any(k._is_view() for k in keys) and not graph_abi.seed_tensor(3, torch.device("cpu"))._is_view()
 
 
 def test_the_seed_tensor_is_made_once_per_seed_and_never_written():
