@@ -115,7 +115,9 @@ class PQTCompiled:
     owns a keyed weight (once per module, not per Parameter: a bias is never keyed), the seed of
     the current step (seeds.current_seed, memoised), and one autograd pre-hook to count the
     backward pass. No host-device synchronisation. `pqt_compile.compile`'s nothing-sampled hooks
-    leave after the first training call (guards.warn_if_nothing_sampled).
+    leave after the first training call (guards.warn_if_nothing_sampled). Past the wrapper, the
+    added inputs cost no size check in the generated code (compat NOTE [0-d input asserts]) and
+    no detach where AOTAutograd saves them (graph_abi NOTE [keys are not views]).
     """
 
     def __init__(self, fn: Callable, compiler: GraphCompilerProtocol, weights: GraphWeights, first: ResolvedWeights,
