@@ -31,6 +31,50 @@ def test_capture_output_code_restores_inductor_hook():
     assert GraphLowering.__dict__.get("save_output_code", "absent") == before
 
 
+def test_the_0d_assert_filter_nests_overlaps_across_threads_and_restores_inductor():
+    """NOTE [0-d input asserts]: blocks nest, and overlap in two threads that leave in the other
+    order; the filter applies only in a thread inside a block, and Inductor's method is its own
+    again once the last block is left (also after an error inside one)."""
+    import threading
+
+    from torch._inductor.codegen.wrapper import PythonWrapperCodegen
+
+    def method():
+        return PythonWrapperCodegen.__dict__["codegen_input_size_asserts"]
+
+    original = method()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with compat.no_scalar_index_input_asserts():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with compat.no_scalar_index_input_asserts():
+            second_in.set()
+            first_out.wait(10)
+            seen["wrapped while the first thread is out"] = method() is not original
+        seen["restored"] = method() is original
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    first_in.wait(10)
+    seen["this thread skips"] = compat.inductor._skip_scalar_index_asserts.get()  # not in a block here
+    for t in threads:
+        t.join(10)
+    assert seen == {"wrapped while the first thread is out": True, "restored": True, "this thread skips": False}
+    with pytest.raises(ValueError), compat.no_scalar_index_input_asserts():
+        with compat.no_scalar_index_input_asserts():
+            assert method() is not original and compat.inductor._skip_scalar_index_asserts.get()
+            raise ValueError
+    assert method() is original and not compat.inductor._skip_scalar_index_asserts.get()
+
+
 def test_compiled_module_is_read_from_torch_compiles_wrapper():
     """compat.compiled_module names the module each entry point compiles, from inside a
     backend (NOTE [the compiled module]); outside a compile there is none. If a torch release

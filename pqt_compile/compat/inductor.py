@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
+import threading
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Optional
 
@@ -57,55 +59,100 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: O
 
 @contextlib.contextmanager
 def no_scalar_index_input_asserts() -> Iterator[None]:
-    """Inside the block, Inductor's generated wrappers check no 0-d int64 input's size and stride.
+    """Inside the block (this thread only), Inductor's generated wrappers check no 0-d int64
+    input's size and stride.
 
     NOTE [0-d input asserts]: Inductor (torch 2.13-2.15) checks each tensor input of a compiled
     graph at every call with `assert_size_stride(x, (), ())` (`size_asserts`). For a 0-d tensor
     that check holds for every 0-d tensor, and pqt adds one such input per keyed weight and one for
     the seed (graph_abi.py), made by pqt itself, to the forward graph and again to the backward
     graph (saved there). Each check costs host time at every call (about 0.5-1 us; wrapper.py NOTE
-    [host time per call]). Every other input keeps its check. Used through
-    `compile_fx(..., scalar_index_asserts=False)`, which holds the block around each of its inner
-    compiles (AOTAutograd compiles a backward graph at its first backward pass, outside any block
-    around the compile_fx call).
+    [host time per call]). A user's own 0-d int64 input of a pqt graph loses the check too; Dynamo's
+    guards check it before the call. Every other input keeps its check, and a compile in another
+    thread keeps all of its own. Used through `compile_fx(..., scalar_index_asserts=False)`, which
+    holds the block around each of its inner compiles (AOTAutograd compiles a backward graph at
+    its first backward pass, outside any block around the compile_fx call, maybe in another thread).
 
-    How: for the duration of the block, `PythonWrapperCodegen.codegen_input_size_asserts` (the
-    method that lists the checks) sees the graph's inputs without the 0-d int64 ones. Where this
-    torch has no such method the block changes nothing (the checks stay: slower, same values).
+    How: while any thread is inside such a block, `PythonWrapperCodegen.codegen_input_size_asserts`
+    (which queues the checks in `_pending_input_asserts`, torch 2.13-2.15) is wrapped; the wrapper
+    runs the original, then, in a thread inside the block, drops the queued checks of the 0-d int64
+    inputs. Blocks nest and overlap across threads: the first entry installs the wrapper, the last
+    exit restores the original. Where this torch has neither the method nor the queue the block
+    changes nothing (the checks stay: slower, same values).
     """
+    token = _skip_scalar_index_asserts.set(True)
     try:
-        codegen = require("torch._inductor.codegen.wrapper", "PythonWrapperCodegen", "fewer input checks per call")
-    except CompatError:
-        yield
-        return
-    original = codegen.__dict__.get("codegen_input_size_asserts")
-    if original is None or "get_graph_inputs" not in dir(codegen):
-        yield
-        return
-
-    def codegen_input_size_asserts(self) -> None:
-        inputs = self.get_graph_inputs
-
-        def checked_inputs() -> dict:
-            return {name: buf for name, buf in inputs().items() if not _is_0d_int64(buf)}
-
-        self.get_graph_inputs = checked_inputs  # this call only: the instance attribute goes below
+        installed = _scalar_assert_filter.acquire()
         try:
-            original(self)
+            yield
         finally:
-            del self.get_graph_inputs
-
-    codegen.codegen_input_size_asserts = codegen_input_size_asserts
-    try:
-        yield
+            if installed:
+                _scalar_assert_filter.release()
     finally:
-        codegen.codegen_input_size_asserts = original
+        _skip_scalar_index_asserts.reset(token)
+
+
+_skip_scalar_index_asserts: contextvars.ContextVar[bool] = contextvars.ContextVar("pqt_skip_scalar_index_asserts",
+                                                                                  default=False)
+
+
+class _ScalarAssertFilter:
+    """The wrapper of `codegen_input_size_asserts`, installed while at least one block is open."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._original: Optional[Callable[[Any], None]] = None
+
+    def acquire(self) -> bool:
+        """Count one more open block, installing the wrapper for the first; False where this torch
+        has nothing to wrap (nothing is counted then)."""
+        with self._lock:
+            if self._users == 0:
+                try:
+                    codegen = require("torch._inductor.codegen.wrapper", "PythonWrapperCodegen",
+                                      "fewer input checks per call (NOTE [0-d input asserts])")
+                except CompatError:
+                    return False
+                original = codegen.__dict__.get("codegen_input_size_asserts")
+                if original is None:
+                    return False
+                self._original = original
+                codegen.codegen_input_size_asserts = _filtered_input_size_asserts(original)
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                codegen = require("torch._inductor.codegen.wrapper", "PythonWrapperCodegen",
+                                  "fewer input checks per call (NOTE [0-d input asserts])")
+                codegen.codegen_input_size_asserts = self._original
+                self._original = None
+
+
+_scalar_assert_filter = _ScalarAssertFilter()
+
+
+def _filtered_input_size_asserts(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    def codegen_input_size_asserts(self: Any) -> None:
+        original(self)
+        pending = getattr(self, "_pending_input_asserts", None)
+        if not _skip_scalar_index_asserts.get() or not isinstance(pending, dict):
+            return
+        for name, buf in self.get_graph_inputs().items():
+            if name in pending and _is_0d_int64(buf):
+                del pending[name]
+
+    return codegen_input_size_asserts
 
 
 def _is_0d_int64(buf: Any) -> bool:
+    """Whether an Inductor graph input is a 0-d int64 tensor (a symbol or an opaque object is not)."""
     try:
         return buf.get_dtype() == torch.int64 and len(buf.get_size()) == 0
-    except (AttributeError, NotImplementedError):  # a symbol, an opaque object: not a tensor input
+    except (AttributeError, NotImplementedError):
         return False
 
 

@@ -23,8 +23,9 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._dynamo.symbolic_convert", "InstructionTranslator", "naming weights after the compiled module"),
     ("torch._inductor.config", "_config", "telling Inductor options from unknown ones"),
     ("torch._inductor.compile_fx", "compile_fx", "the pqt backend (Inductor's entry point)"),
-    ("torch._inductor.compile_fx", "compile_fx_inner", "the pqt backend (its inner compile, without 0-d input checks)"),
-    ("torch._inductor.codegen.wrapper", "PythonWrapperCodegen", "fewer input checks per call"),
+    ("torch._inductor.compile_fx", "compile_fx_inner", "the pqt backend"),
+    ("torch._inductor.codegen.wrapper", "PythonWrapperCodegen",
+     "fewer input checks per call (NOTE [0-d input asserts])"),
     ("torch._inductor.custom_graph_pass", "CustomGraphPass", "the cache-safe joint-graph pass"),
     ("torch._inductor.lowering", "register_lowering", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "Reduction", "the Inductor lowering of pqt.sample"),
@@ -43,9 +44,9 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor.graph", "GraphLowering", "explain (the output code)"),
     ("torch.distributed.tensor._utils", "compute_local_shape_and_global_offset",
      "tensor-parallel weights (a shard's place in the full weight)"),
-    ("torch._inductor.ir", "ReinterpretView", "the one-kernel sample (its output viewed as the weight's shape)"),
-    ("torch._inductor.ir", "FixedLayout", "the one-kernel sample (its output viewed as the weight's shape)"),
-    ("torch._inductor.ir", "TensorBox", "the one-kernel sample (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "ReinterpretView", "the one-kernel sample on Triton (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "FixedLayout", "the one-kernel sample on Triton (its output viewed as the weight's shape)"),
+    ("torch._inductor.ir", "TensorBox", "the one-kernel sample on Triton (its output viewed as the weight's shape)"),
 )
 
 

@@ -105,7 +105,8 @@ class GraphCompiler:
                            shards=shards,
                            key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)})
         passes = PassManager([pass_, TemplateLayoutPass()])
-        # The seed and keys are 0-d int64 inputs: no size check per call (compat NOTE [0-d input asserts]).
+        # The seed and keys are 0-d int64 inputs: no size check per call (compat NOTE [0-d input
+        # asserts]). Fixed here, so not in the pass's cache_key: put it there if it ever varies.
         return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": passes},
                           scalar_index_asserts=False)
 

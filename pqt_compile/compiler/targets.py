@@ -82,8 +82,8 @@ class SamplePlan:
     fused_over_blocks: the one-kernel form iterates [block ranges, B], the amax Reduction's ranges
         and its reduction range (Triton: a persistent reduction needs the two to match), and the
         sample is a view of that buffer as w's shape. Otherwise (C++) it iterates w's own ranges,
-        which the C++ scheduler splits at B itself, and the sample buffer is w's shape: no view
-        per use in the wrapper.
+        which the C++ scheduler splits at B itself (one C++ kernel; a second loop nest where a row
+        has several blocks), and the sample buffer is w's shape: no view per use in the wrapper.
     per_call_word_buffers: otherwise, in C++, the stream words once per call in a 2-word buffer
         (its vectorised loop cannot hoist them); in Triton they are computed from the seed and
         key in each program.

@@ -194,9 +194,11 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
     if plan.fused_block_kernel:
         # NOTE [one kernel per weight in C++]: the same values over w's own ranges, reading amax at
         # the element's block (x // B). The C++ scheduler splits that loop at B (its loop split)
-        # and fuses it with the Reduction into one kernel, and the buffer is w's shape: the
-        # wrapper passes it to the GEMM and reuses it without a view (reinterpret_tensor, about
-        # 0.8 us of host time each, several per weight per step over the fused ranges).
+        # and writes it with the Reduction into one C++ kernel: one loop nest where a row is one
+        # block, two where it has more (the amax, then the sample; w is read by each, as in the
+        # block-major form's two inner loops). The buffer is w's shape: the wrapper passes it to
+        # the GEMM and reuses it without a view (reinterpret_tensor, about 0.8 us of host time
+        # each, several per weight per step over the fused ranges).
         out = ir.Pointwise.create(device=device, dtype=out_dtype, ranges=size,
                                   inner_fn=lambda idx: one_kernel_value(idx, block_index(idx)))
         out.realize()

@@ -210,14 +210,18 @@ def test_nvfp4_lowers_bit_exact():
     assert not torch.equal(moved, got[2])
 
 
-@pytest.mark.parametrize("shape,axis", [((8, 8), 1), ((64, 64), 1), ((64, 32), 0), ((4, 16, 32), 2)])
-def test_a_small_cpu_sample_is_one_kernel_written_in_the_weights_shape(shape, axis):
+@pytest.mark.parametrize("shape,axis,cfg", [
+    ((8, 8), 1, PQTConfig()), ((64, 64), 1, PQTConfig()), ((64, 32), 0, PQTConfig()), ((4, 16, 32), 2, PQTConfig()),
+    ((32, 64), 1, PQTConfig(format="fp4_e2m1", mode="ste")),  # round to nearest, whole blocks
+    ((32, 32), 1, PQTConfig(format="nvfp4")),  # its tensor amax reduced in the op's own kernel
+])
+def test_a_small_cpu_sample_is_one_kernel_written_in_the_weights_shape(shape, axis, cfg):
     """NOTE [one kernel per weight in C++]: a weight of at most CPP_ONE_KERNEL_MAX_NUMEL elements
     with whole blocks is sampled by one C++ kernel (block amax and sample) into a buffer of w's own
     shape, so the wrapper hands it on without a view (a reinterpret_tensor per use costs host
     time), and the values are the eager op's bits."""
     w = torch.randn(shape)
-    f, cf = _compiled(PQTConfig(), axis, torch.float32)
+    f, cf = _compiled(cfg, axis, torch.float32)
     with inductor_config.patch(fx_graph_cache=False):
         got, codes = run_and_get_code(cf, w, torch.tensor(5), torch.tensor(6))
     assert torch.equal(got.view(torch.int32), f(w, torch.tensor(5), torch.tensor(6)).view(torch.int32))
