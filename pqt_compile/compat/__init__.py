@@ -11,9 +11,9 @@ returns a neutral value.
 
 One module per part of torch, each symbol with the release it was read on: registry.py (`SYMBOLS`,
 `require`, `CompatError`), dynamo.py (the compiled module, frames, placeholders, counters),
-inductor.py (compile_fx, config, the lowering API, the prologue mark, output code),
-distributed.py (FSDP2, DTensor, the max all-reduce) and autograd.py (backward passes, pytree,
-nested traces). Import from the package: `from pqt_compile.compat import require`.
+inductor.py (compile_fx, config, the lowering API, the prologue mark, output code, the 0-d input
+checks), distributed.py (FSDP2, DTensor, the max all-reduce) and autograd.py (backward passes,
+pytree, nested traces). Import from the package: `from pqt_compile.compat import require`.
 
 Checked on: torch 2.13.0 (CPU build) with triton 3.9.0, torch 2.14.1 with triton 3.8.0 and
 torch 2.15.0 with triton 3.9.0 (the registry's CUDA builds, run on the CPU). `TORCH_CHECKED`
