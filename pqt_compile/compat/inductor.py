@@ -102,6 +102,7 @@ class _ScalarAssertFilter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
+        self._codegen: Optional[type] = None  # PythonWrapperCodegen, while wrapped
         self._original: Optional[Callable[[Any], None]] = None
 
     def acquire(self) -> bool:
@@ -117,7 +118,7 @@ class _ScalarAssertFilter:
                 original = codegen.__dict__.get("codegen_input_size_asserts")
                 if original is None:
                     return False
-                self._original = original
+                self._codegen, self._original = codegen, original
                 codegen.codegen_input_size_asserts = _filtered_input_size_asserts(original)
             self._users += 1
             return True
@@ -126,10 +127,8 @@ class _ScalarAssertFilter:
         with self._lock:
             self._users -= 1
             if self._users == 0:
-                codegen = require("torch._inductor.codegen.wrapper", "PythonWrapperCodegen",
-                                  "fewer input checks per call (NOTE [0-d input asserts])")
-                codegen.codegen_input_size_asserts = self._original
-                self._original = None
+                self._codegen.codegen_input_size_asserts = self._original
+                self._codegen = self._original = None
 
 
 _scalar_assert_filter = _ScalarAssertFilter()
@@ -138,8 +137,10 @@ _scalar_assert_filter = _ScalarAssertFilter()
 def _filtered_input_size_asserts(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def codegen_input_size_asserts(self: Any) -> None:
         original(self)
+        if not _skip_scalar_index_asserts.get():  # a thread outside every block: Inductor's own checks
+            return
         pending = getattr(self, "_pending_input_asserts", None)
-        if not _skip_scalar_index_asserts.get() or not isinstance(pending, dict):
+        if not isinstance(pending, dict):
             return
         for name, buf in self.get_graph_inputs().items():
             if name in pending and _is_0d_int64(buf):
