@@ -183,6 +183,8 @@ def inductor_lowering_api() -> SimpleNamespace:
 def cpu_vector_isa() -> bool:
     """Whether Inductor's C++ backend has a vector ISA on this machine (pick_vec_isa, torch 2.13)."""
     return bool(require("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises")())
+
+
 def mark_prologue_candidate(value: Any) -> bool:
     """Realise an Inductor IR value and list its operation as Inductor's own `invoke_quant`
     lowering does for its outputs (torch 2.13: lowering.py `invoke_quant_tracer` adds to
