@@ -34,6 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import naming
 from .compat import fsdp2_unsharded_params
 from .config import PQTConfig
+from .memo import ObjectMemo
 from .selection import could_be_sampled
 
 __all__ = ["mark_seen", "keyed_name", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
@@ -44,7 +45,7 @@ class _State:
         self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> name it was keyed by
         self.seen_version = 0  # bumped when a new Parameter is seen
         self.checked_roots: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.checked_optimizers: dict[int, tuple[weakref.ref, int]] = {}  # id(optimizer) -> (it, seen_version)
+        self.checked_optimizers: ObjectMemo[bool] = ObjectMemo()  # per optimizer: checked at this seen_version
         self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
         self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
 
@@ -81,13 +82,8 @@ def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     while _state.pending:  # O(1) when nothing is pending: the usual case after the first step
         config, refs = _state.pending.pop()
         _check_unseen([p for p in (r() for r in refs) if p is not None], config)
-    # A plain dict keyed by id, checked against a weak reference: read at every optimizer step,
-    # where a WeakIdKeyDictionary lookup builds a weak reference per call.
-    checked = _state.checked_optimizers.get(id(optimizer))
-    if checked is None or checked[0]() is not optimizer or checked[1] != _state.seen_version:
-        for key in [k for k, (ref, _) in _state.checked_optimizers.items() if ref() is None]:
-            del _state.checked_optimizers[key]  # optimizers that are gone (their ids may be reused)
-        _state.checked_optimizers[id(optimizer)] = (weakref.ref(optimizer), _state.seen_version)
+    if _state.checked_optimizers.get(optimizer, _state.seen_version) is None:
+        _state.checked_optimizers.put(optimizer, _state.seen_version, True)
         _check_shared_keys(optimizer)
 
 

@@ -20,13 +20,13 @@ counters (each sees every other step). Pin seeds with `fixed_seed` where that ma
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Optional
 
 import torch
 
 from . import guards, naming, seeds
 from .compat import current_graph_task_id, queue_backward_callback
+from .memo import ObjectMemo
 
 __all__ = ["install", "track_backward", "optimizer_counts"]
 
@@ -35,9 +35,7 @@ class _Hooks:
     def __init__(self) -> None:
         self.optimizer_hook: Optional[Any] = None
         self.queued_for: int = -1  # the backward pass whose end is already awaited
-        # id(optimizer) -> (a weak reference to it, naming version, counts): a plain dict, read in
-        # every optimizer step (a WeakIdKeyDictionary lookup builds a weak reference per call).
-        self.counts: dict[int, tuple[weakref.ref, int, bool]] = {}
+        self.counts: ObjectMemo[bool] = ObjectMemo()  # per optimizer and naming version: whether it counts
 
 
 _hooks = _Hooks()
@@ -54,14 +52,12 @@ def install() -> None:
 def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
     """Whether `optimizer` updates a weight of a registered (PQT-compiled) model."""
     version = naming.version()
-    cached = _hooks.counts.get(id(optimizer))
-    if cached is not None and cached[0]() is optimizer and cached[1] == version:
-        return cached[2]
+    cached = _hooks.counts.get(optimizer, version)
+    if cached is not None:
+        return cached
     held = {id(q) for root, _ in naming.roots() for q in root.parameters()}
     counts = any(id(p) in held for group in optimizer.param_groups for p in group["params"])
-    for key in [k for k, (ref, _, _) in _hooks.counts.items() if ref() is None]:
-        del _hooks.counts[key]  # optimizers that are gone (their ids may be reused)
-    _hooks.counts[id(optimizer)] = (weakref.ref(optimizer), version, counts)
+    _hooks.counts.put(optimizer, version, counts)
     return counts
 
 
@@ -105,4 +101,4 @@ def track_backward(outputs: Any) -> None:
 def reset() -> None:
     """Forget the per-optimizer decisions and a pending callback (for tests); the hook stays."""
     _hooks.queued_for = -1
-    _hooks.counts = {}
+    _hooks.counts = ObjectMemo()
