@@ -15,7 +15,11 @@ import torch
 from .registry import CompatError, require
 
 __all__ = [
+    "inductor_config",
     "inductor_config_options",
+    "ieee_division",
+    "ieee_division_patches",
+    "triton_divides_exactly",
     "compile_fx",
     "no_scalar_index_input_asserts",
     "custom_graph_pass_base",
@@ -32,9 +36,48 @@ __all__ = [
 
 # ---- Inductor -------------------------------------------------------------------------------
 
+def inductor_config() -> Any:
+    """Inductor's config module (torch._inductor.config, torch 2.13-2.15): read, never set, here;
+    a compile's settings are patched per compile (compat.compile_fx's config_patches)."""
+    return importlib.import_module("torch._inductor.config")
+
+
 def inductor_config_options() -> set[str]:
     """The names of Inductor's config options (to refuse an unknown torch.compile option)."""
     return set(require("torch._inductor.config", "_config", "telling Inductor options from unknown ones"))
+
+
+# NOTE [division on torch 2.11]: NVFP4's block scale and its round-to-nearest units divide two fp32
+# values, and the sample's bits need that division correctly rounded (IEEE; formula_nvfp4.py).
+# torch 2.13-2.15 give every Inductor ops handler `div_rn` for it. torch 2.11 (the torch the GPU
+# machine had, gpu-first-run.md) has none: there the division lowers to `truediv`, which is exact in
+# C++, and in Triton is `div_rn` only under `eager_numerics.division_rounding` (otherwise the
+# approximate div.full.f32, which would change sampled bits silently). So on such a torch the
+# backend patches that option on for a compile whose format divides (`ieee_division_patches`), and
+# the lowering refuses Triton code that would divide approximately (`triton_divides_exactly`).
+
+def _has_div_rn() -> bool:
+    """Whether Inductor's ops handlers have `div_rn` (torch 2.13-2.15; not torch 2.11)."""
+    handler = require("torch._inductor.ops_handler", "OpsHandler", "IEEE division in the NVFP4 lowering")
+    return hasattr(handler, "div_rn")
+
+
+def ieee_division(a: Any, b: Any) -> Any:
+    """a / b for fp32 values of Inductor's `ops`, correctly rounded (NOTE [division on torch 2.11])."""
+    ops = require("torch._inductor.virtualized", "ops", "IEEE division in the NVFP4 lowering")
+    return ops.div_rn(a, b) if _has_div_rn() else ops.truediv(a, b)
+
+
+def ieee_division_patches() -> dict:
+    """Inductor config patches under which `ieee_division` is IEEE in Triton code too: none where
+    the handlers have `div_rn`, else `eager_numerics.division_rounding` on (NOTE [division on torch
+    2.11])."""
+    return {} if _has_div_rn() else {"eager_numerics.division_rounding": True}
+
+
+def triton_divides_exactly() -> bool:
+    """Whether `ieee_division` in Triton code generated now is correctly rounded."""
+    return _has_div_rn() or bool(inductor_config().eager_numerics.division_rounding)
 
 
 def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict],

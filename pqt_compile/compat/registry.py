@@ -32,6 +32,7 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor.ir", "Pointwise", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.virtualized", "ops", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "ComputedBuffer", "the Inductor lowering of pqt.sample (a realized index buffer)"),
+    ("torch._inductor.ops_handler", "OpsHandler", "IEEE division in the NVFP4 lowering (div_rn; truediv on 2.11)"),
     ("torch._inductor.cpu_vec_isa", "pick_vec_isa", "int32 words where the C++ backend vectorises"),
     ("torch._inductor.virtualized", "V", "the sample as a GEMM-template prologue (V.graph.invoke_quant_ops)"),
     ("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering"),

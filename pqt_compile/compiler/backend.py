@@ -19,8 +19,9 @@ import torch
 
 from .. import guards, naming
 from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
-                      inductor_config_options, mode_options)
+                      ieee_division_patches, inductor_config_options, mode_options)
 from ..config import PQTConfig
+from ..formats import parse_format
 from ..moe import check_experts
 from ..naming import GraphWeights, ResolvedWeights
 from ..selection import admits_fn
@@ -105,9 +106,12 @@ class GraphCompiler:
                            shards=shards,
                            key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)})
         passes = PassManager([pass_, TemplateLayoutPass()])
+        # NVFP4 divides: on a torch without ops.div_rn, Triton must divide as IEEE does (compat NOTE
+        # [division on torch 2.11]); a patch the user gave explicitly wins (the lowering then refuses).
+        division = ieee_division_patches() if parse_format(self.config.format).two_level else {}
         # The seed and keys are 0-d int64 inputs: no size check per call (compat NOTE [0-d input
         # asserts]). Fixed here, so not in the pass's cache_key: put it there if it ever varies.
-        return compile_fx(self.gm, example_inputs, {**self.patches, "joint_custom_pre_pass": passes},
+        return compile_fx(self.gm, example_inputs, {**division, **self.patches, "joint_custom_pre_pass": passes},
                           scalar_index_asserts=False)
 
 

@@ -29,9 +29,9 @@ __all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen", "gemm_templates", 
 
 
 def _config():
-    import torch._inductor.config as inductor_config  # not on bare `import pqt_compile`
+    from ..compat import inductor_config  # not on bare `import pqt_compile`
 
-    return inductor_config
+    return inductor_config()
 
 
 def cpp_backend(device: torch.device) -> bool:
@@ -54,6 +54,8 @@ def cpp_vectorised(device: torch.device) -> bool:
     from ..compat import cpu_vector_isa
 
     return cpp_backend(device) and _config().cpp.simdlen != 1 and cpu_vector_isa()
+
+
 def gemm_templates(device: torch.device) -> bool:
     """Whether Inductor may compile a matmul on `device` to a Triton GEMM template, whose
     prologue can compute the sample: Triton code, max-autotune for GEMMs, and TRITON among the

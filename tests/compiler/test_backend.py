@@ -292,3 +292,30 @@ def test_compiled_submodule_keeps_the_plain_models_keys():
     assert max_rel_err(y, reference.run(root, x, seed=6)) < FP32_REL_TOL
     assert max_rel_err(y, reference.run(plain, x, seed=6)) < FP32_REL_TOL
     assert max_rel_err(y, reference.run(plain, x, seed=7)) > 1e-3  # a wrong draw cannot pass
+
+
+class _Recorded(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fmt,patched", [("nvfp4", True), ("fp4_e2m1", False)])
+def test_a_format_that_divides_gets_ieee_division_on_a_torch_without_div_rn(monkeypatch, fmt, patched):
+    """torch 2.11 has no ops.div_rn (compat NOTE [division on torch 2.11], emulated here): the
+    backend patches eager_numerics.division_rounding on for an NVFP4 compile only."""
+    import pqt_compile.compat.inductor as compat_inductor
+    import pqt_compile.compiler.backend as backend
+
+    monkeypatch.setattr(compat_inductor, "_has_div_rn", lambda: False)
+    seen = []
+
+    def recording_compile_fx(gm, example_inputs, config_patches, **kwargs):
+        seen.append(dict(config_patches))
+        raise _Recorded  # the patches are what is tested: Inductor need not run
+
+    monkeypatch.setattr(backend, "compile_fx", recording_compile_fx)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="_Recorded"):  # Dynamo wraps the backend's exception
+        pqt_compile.compile(nn.Linear(32, 8), PQTConfig(format=fmt))(torch.randn(2, 32))
+    assert len(seen) == 1
+    assert (seen[0].get("eager_numerics.division_rounding") is True) is patched
+    torch._dynamo.reset()

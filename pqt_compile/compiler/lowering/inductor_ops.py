@@ -25,7 +25,7 @@ from typing import Any
 import sympy
 import torch
 
-from ...compat import inductor_lowering_api
+from ...compat import ieee_division, inductor_lowering_api
 from ...formula import Int64Words
 
 ops = inductor_lowering_api().ops
@@ -59,8 +59,9 @@ class InductorOps(Int64Words):
 
     def div(self, a: Any, b: Any) -> Any:
         # IEEE division, correctly rounded (NVFP4's block scale): Triton's `/` is an approximation
-        # (div.full.f32), its div_rn is not; C++ divides exactly either way.
-        return ops.div_rn(a, b)
+        # (div.full.f32), its div_rn is not; C++ divides exactly either way. torch 2.11 has no
+        # ops.div_rn: compat NOTE [division on torch 2.11].
+        return ieee_division(a, b)
 
     def band(self, a: Any, b: Any) -> Any:
         return ops.bitwise_and(a, b)

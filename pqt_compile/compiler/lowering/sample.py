@@ -44,7 +44,7 @@ import sympy
 import torch
 
 from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_blocks, row_major_strides
-from ...compat import inductor_lowering_api, mark_prologue_candidate
+from ...compat import inductor_lowering_api, mark_prologue_candidate, triton_divides_exactly
 from ...formats import parse_format
 from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
 from ...formula_nvfp4 import block_params as nvfp4_block_params
@@ -128,6 +128,13 @@ def _lower(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, 
         word_dtype = torch.int64
 
     rtn = noise == RTN  # PQTConfig(mode="ste"): round to nearest (rounding.py), no draw
+    if spec.two_level and triton_codegen(device) and not triton_divides_exactly():
+        raise RuntimeError(
+            f"pqt.sample lowering: format {format!r} divides, and this torch ({torch.__version__}) has no "
+            "ops.div_rn, so Inductor's Triton code would divide approximately and change the sample's bits. "
+            "Compile through backend='pqt' (it sets the option), or set Inductor's "
+            "eager_numerics.division_rounding=True (TORCHINDUCTOR_EMULATE_DIVISION_ROUNDING=1)."
+        )
     if spec.two_level:
         # NVFP4 (formula_nvfp4.py): the block's one value S = s_b s_t, from its amax and the tensor
         # scale; the tensor's amax is the op's input (the pass computes it once per step, NOTE

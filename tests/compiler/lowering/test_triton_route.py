@@ -131,6 +131,32 @@ def test_nvfp4_is_bit_exact(compiled):
         assert torch.equal(out.view(torch.int16), want.view(torch.int16)), noise
 
 
+def test_nvfp4_on_a_torch_without_div_rn_divides_exactly_or_is_refused(monkeypatch):
+    """torch 2.11 (the GPU machine's) has no ops.div_rn (compat NOTE [division on torch 2.11]),
+    emulated here: the lowering refuses Triton code that would divide approximately, and under the
+    patch the backend applies the kernel divides with div_rn and gives the eager op's bits."""
+    import pqt_compile.compat.inductor as compat_inductor
+
+    monkeypatch.setattr(compat_inductor, "_has_div_rn", lambda: False)
+    assert compat_inductor.ieee_division_patches() == {"eager_numerics.division_rounding": True}
+    w = torch.randn(8, 32) * torch.logspace(-3, 1, 32)
+    amax = w.abs().amax().reshape(1)
+
+    def f(w, seed, key, amax):
+        return torch.ops.pqt.sample.default(w, seed, key, 1, NVFP4.format, NVFP4.block_code, "gaussian",
+                                            NVFP4.op_noise_std, torch.float32, None, 0, amax)
+
+    torch._dynamo.reset()
+    with inductor_triton_on_cpu(), torch._inductor.config.patch({"eager_numerics.division_rounding": False}):
+        with pytest.raises(Exception, match="div_rn.*division_rounding"):
+            torch.compile(f, dynamic=False)(w, SEED, KEY, amax)
+    torch._dynamo.reset()
+    with inductor_triton_on_cpu(), torch._inductor.config.patch(compat_inductor.ieee_division_patches()):
+        out, codes = run_and_get_code(torch.compile(f, dynamic=False), w, SEED, KEY, amax)
+    assert "div_rn" in "\n".join(kernel_sources("\n".join(codes)).values())
+    assert torch.equal(out.view(torch.int32), f(w, SEED, KEY, amax).view(torch.int32))
+
+
 def test_the_code_is_the_gpu_code(compiled):
     _, code, _ = compiled
     kernels = kernel_sources(code)
