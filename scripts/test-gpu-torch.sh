@@ -8,9 +8,10 @@
 # torch 2.11 is a CUDA build of about 4.5 GB from the registry; it runs on the CPU.
 #
 # Exit status: the checks' status. If the install itself fails (no registry, no disk), the job
-# says so loudly and exits 0 unless PQT_REQUIRE_GPU_TORCH=1, as scripts/test-newest.sh does.
+# says so loudly and exits 0 unless PQT_REQUIRE_GPU_TORCH=1 (scripts/optional-job.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/optional-job.sh
 PY=${PYTHON:-python3}
 export PIP_CONSTRAINT=/dev/null
 install() {
@@ -20,11 +21,7 @@ install() {
 }
 start=$(date +%s)
 if ! install; then
-    echo "=================================================================="
-    echo "GPU-TORCH JOB NOT RUN: installing $(grep -v '^#' ci/torch-gpu-machine.txt | tr '\n' ' ')failed (see pip's error above)."
-    echo "=================================================================="
-    [ "${PQT_REQUIRE_GPU_TORCH:-0}" = 1 ] && exit 1
-    exit 0
+    install_failed "GPU-TORCH JOB NOT RUN: installing $(grep -v '^#' ci/torch-gpu-machine.txt | tr '\n' ' ')failed (see pip's error above)." PQT_REQUIRE_GPU_TORCH
 fi
 echo "GPU machine's versions installed in $(( $(date +%s) - start )) s: $(.venv-gpu-torch/bin/python -c '
 import importlib.metadata as m

@@ -16,6 +16,7 @@
 # suite's result, but a test that fails on the newest releases fails CI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/optional-job.sh
 PY=${PYTHON:-python3}
 export PIP_CONSTRAINT=/dev/null
 NEWEST_LIBS="transformers compressed-tensors huggingface-hub"
@@ -28,11 +29,7 @@ install() {
 }
 start=$(date +%s)
 if ! install; then
-    echo "=================================================================="
-    echo "NEWEST JOB NOT RUN: installing $(grep -v '^#' ci/torch-newest.txt | tr '\n' ' ')and $NEWEST_LIBS failed (see pip's error above)."
-    echo "=================================================================="
-    [ "${PQT_REQUIRE_NEWEST:-0}" = 1 ] && exit 1
-    exit 0
+    install_failed "NEWEST JOB NOT RUN: installing $(grep -v '^#' ci/torch-newest.txt | tr '\n' ' ')and $NEWEST_LIBS failed (see pip's error above)." PQT_REQUIRE_NEWEST
 fi
 echo "newest releases installed in $(( $(date +%s) - start )) s: $(.venv-newest/bin/python -c '
 import importlib.metadata as m
