@@ -16,8 +16,7 @@ PY=${PYTHON:-python3}
 export PIP_CONSTRAINT=/dev/null
 install() {
     [ -x .venv-gpu-torch/bin/python ] || "$PY" -m venv .venv-gpu-torch || return 1
-    .venv-gpu-torch/bin/pip install -q -r ci/torch-gpu-machine.txt 2>&1 | grep -v "^WARNING: Location" || true
-    .venv-gpu-torch/bin/python -c "import torch, triton, transformers" || return 1
+    .venv-gpu-torch/bin/pip install -q -r ci/torch-gpu-machine.txt || return 1
 }
 start=$(date +%s)
 if ! install; then

@@ -24,25 +24,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compat import inductor_config
+
 __all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen", "gemm_templates", "SamplePlan", "sample_plan",
            "CPP_ONE_KERNEL_MAX_NUMEL"]
 
 
-def _config():
-    from ..compat import inductor_config  # not on bare `import pqt_compile`
-
-    return inductor_config()
-
-
 def cpp_backend(device: torch.device) -> bool:
     """Whether Inductor generates C++ for tensors on `device` (CPU with cpu_backend "cpp", the default)."""
-    return device.type == "cpu" and _config().cpu_backend == "cpp"
+    return device.type == "cpu" and inductor_config().cpu_backend == "cpp"
 
 
 def triton_codegen(device: torch.device) -> bool:
     """Whether Inductor generates Triton for tensors on `device`: a GPU with the default
     cuda_backend, or CPU with cpu_backend="triton" (what the tests' interpreter route uses)."""
-    c = _config()
+    c = inductor_config()
     if device.type == "cpu":
         return c.cpu_backend == "triton"
     return device.type in ("cuda", "xpu") and getattr(c, f"{device.type}_backend", "triton") == "triton"
@@ -53,7 +49,7 @@ def cpp_vectorised(device: torch.device) -> bool:
     this machine, and vectorisation not switched off (cpp.simdlen = 1)."""
     from ..compat import cpu_vector_isa
 
-    return cpp_backend(device) and _config().cpp.simdlen != 1 and cpu_vector_isa()
+    return cpp_backend(device) and inductor_config().cpp.simdlen != 1 and cpu_vector_isa()
 
 
 def gemm_templates(device: torch.device) -> bool:
@@ -61,7 +57,7 @@ def gemm_templates(device: torch.device) -> bool:
     prologue can compute the sample: Triton code, max-autotune for GEMMs, and TRITON among the
     GEMM backends (torch 2.13, torch._inductor.utils.use_triton_template; the device-size test
     there, a GPU with >= 68 SMs, is left to Inductor)."""
-    c = _config()
+    c = inductor_config()
     backends = [b.strip().upper() for b in str(c.max_autotune_gemm_backends).split(",")]
     return triton_codegen(device) and bool(c.max_autotune or c.max_autotune_gemm) and "TRITON" in backends
 
