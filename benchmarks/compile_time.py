@@ -7,6 +7,11 @@ times each; the report gives each arm's median first-step time and the ratio of 
 
     python benchmarks/compile_time.py                              # 4 x 128 GPT-2, CPU, 3 repeats
     python benchmarks/compile_time.py --layers 12 --d-model 768 --device cuda   # GPT-2 124M on a GPU
+    python benchmarks/compile_time.py --arms inductor,pqt,pqt-shared          # split pqt's extra
+
+`pqt-shared` is pqt with `share_sample=True`: the backward reads the forward's samples and
+regenerates none, so pqt-shared's extra over inductor is what the forward's samples cost to
+compile, and pqt's extra over pqt-shared what the backward's regeneration costs.
 
 One first step (the child mode, `--child ARM`) builds the model, then times one forward, backward
 and optimizer step from the first call of the compiled model.
@@ -37,7 +42,10 @@ def child(a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=a.seq, n_embd=a.d_model, n_layer=a.layers,
                                        n_head=max(1, a.d_model // 64), bos_token_id=0, eos_token_id=0)).to(dev)
-    compiled = torch.compile(model) if a.child == "inductor" else pqt_compile.compile(model, pqt_compile.PQTConfig())
+    if a.child == "inductor":
+        compiled = torch.compile(model)
+    else:
+        compiled = pqt_compile.compile(model, pqt_compile.PQTConfig(share_sample=a.child == "pqt-shared"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     idx = torch.randint(0, 256, (a.batch, a.seq), device=dev)
     cuda = dev.type == "cuda"
@@ -59,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--child", choices=["inductor", "pqt"], help=argparse.SUPPRESS)
+    p.add_argument("--arms", default="inductor,pqt", help="comma-separated: inductor, pqt, pqt-shared")
+    p.add_argument("--child", choices=["inductor", "pqt", "pqt-shared"], help=argparse.SUPPRESS)
     p.add_argument("--json", help="write the numbers here")
     a = p.parse_args(argv)
     if a.child:
@@ -67,9 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     shape = ["--layers", str(a.layers), "--d-model", str(a.d_model), "--seq", str(a.seq), "--batch", str(a.batch),
              "--device", a.device]
-    times: dict[str, list[float]] = {"inductor": [], "pqt": []}
+    arms = a.arms.split(",")
+    unknown = sorted(set(arms) - {"inductor", "pqt", "pqt-shared"})
+    if unknown or "inductor" not in arms or len(set(arms)) != len(arms):
+        p.error(f"--arms {a.arms!r}: give each of inductor, pqt, pqt-shared at most once, inductor included "
+                f"(the ratios are against it){'; unknown: ' + ', '.join(unknown) if unknown else ''}")
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
     for rep in range(a.repeats):
-        for arm in (("inductor", "pqt") if rep % 2 == 0 else ("pqt", "inductor")):
+        for arm in (arms if rep % 2 == 0 else arms[::-1]):
             with tempfile.TemporaryDirectory() as cache:
                 env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
                 r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", arm, *shape], env=env,
@@ -79,12 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
                 times[arm].append(json.loads(r.stdout.strip().splitlines()[-1])["first_step_s"])
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"args": {k: v for k, v in vars(a).items() if k != "child"}, "first_step_s": times, "median_s": med,
-           "ratio": med["pqt"] / med["inductor"]}
+           "ratio": {k: med[k] / med["inductor"] for k in med if k != "inductor"}}
     print(f"GPT-2 {a.layers} x {a.d_model}, {a.batch} x {a.seq} tokens, {a.device}, cold Inductor cache, "
           f"{a.repeats} repeats per arm (alternating)")
     for k, v in times.items():
         print(f"  {k:9s} first step: median {med[k]:.1f} s  ({', '.join(f'{x:.1f}' for x in v)})")
-    print(f"  pqt / inductor: {out['ratio']:.2f}")
+    for k, r in out["ratio"].items():
+        print(f"  {k} / inductor: {r:.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
