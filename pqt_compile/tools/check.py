@@ -32,6 +32,7 @@ from tabulate import tabulate
 
 from ..compat import pytree
 from ..config import PQTConfig
+from .restore import model_state_restored
 
 __all__ = ["check", "CheckReport", "Comparison", "CheckError", "BOUNDS", "GRAD_FLOOR", "MARGIN"]
 
@@ -170,7 +171,7 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
     Raises CheckError (one line) for a model that samples nothing or that the reference cannot
     trace.
     """
-    from .. import guards, reference, seeds
+    from .. import guards, reference
     from ..compiler.backend import pqt_backend
     from ..naming import named_parameters, unwrap
 
@@ -186,10 +187,8 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
     bound = BOUNDS[dtype]
     amp = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext
 
-    was_training, stream = model.training, seeds.seed_state()
-    saved_grads = {name: p.grad for name, p in params.items()}
-    model.eval()
-    try:
+    with model_state_restored(model):
+        model.eval()
         with torch.enable_grad():
             try:
                 with amp():
@@ -214,11 +213,6 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
                                      params, seed, amp)
         with torch.no_grad(), amp():
             clean = _leaves(model(*args, **kwargs))
-    finally:
-        model.train(was_training)
-        seeds.set_seed_state(stream)
-        for name, p in params.items():
-            p.grad = saved_grads[name]
 
     for (name, a), (_, b), (_, c) in zip(got, want, clean):
         if _floating(a) and _floating(b):

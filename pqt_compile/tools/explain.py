@@ -8,8 +8,8 @@ the compiler.
 
 It leaves the rest of the process as it found it: other compiled models keep their compiled
 code (Dynamo keys its cache by backend, so explain's compile is an extra entry, not a
-replacement; no `torch._dynamo.reset()`), the seed stream is restored afterwards, and the
-model's gradients are cleared. Its compile bypasses Inductor's caches (a cache hit would not
+replacement; no `torch._dynamo.reset()`), the seed stream, the model's mode and its
+gradients (tools/restore.py) are restored afterwards. Its compile bypasses Inductor's caches (a cache hit would not
 run the passes it reports on).
 """
 
@@ -28,6 +28,7 @@ from tabulate import tabulate
 from ..compat import capture_output_code, custom_graph_pass_base, dynamo_counters, pytree
 from ..config import PQTConfig
 from ..op import SAMPLE_OPS
+from .restore import model_state_restored
 
 __all__ = ["explain", "ExplainReport", "SampledWeight", "UnsampledWeight"]
 
@@ -147,7 +148,7 @@ def _landings(code: str, weight_inputs: dict[str, str]) -> tuple[dict[str, str],
 def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConfig] = None, **example_kwargs: Any) -> ExplainReport:
     """Compile `model` with PQT, run one training step, and report what happened (see the
     module docstring for what it leaves untouched)."""
-    from .. import naming, seeds
+    from .. import naming
     from ..compiler import backend as pqt_backend_mod
     from ..compiler.passes.base import recording
 
@@ -178,22 +179,18 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
         return fn
 
     cm = torch.compile(model, backend=backend)
-    was_training = model.training
-    stream = seeds.seed_state()
-    model.train()
 
     def step() -> None:
         out = cm(*example_args, **example_kwargs)
         first = out if isinstance(out, torch.Tensor) else next(t for t in pytree().tree_leaves(out) if isinstance(t, torch.Tensor))
         first.float().square().mean().backward()
 
-    try:
+    with model_state_restored(model) as params:
+        model.train()
+        for p in params.values():
+            p.grad = None  # the step's own gradients; the caller's come back after it
         with recording() as rec, capture_output_code() as codes:
             step()
-    finally:
-        model.train(was_training)
-        model.zero_grad(set_to_none=True)
-        seeds.set_seed_state(stream)
 
     report = ExplainReport(config=config)
     report.graphs = len(dynamo_graphs)

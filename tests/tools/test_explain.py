@@ -83,7 +83,8 @@ def test_buffer_feeding_a_matmul_is_reported_not_sampled():
 
 def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
     """No torch._dynamo.reset(): a model compiled before explain keeps its compiled code (no
-    recompile after explain), keeps sampling, and the seed stream is where it was."""
+    recompile after explain), keeps sampling, and the seed stream is where it was; the gradients
+    accumulated before explain (a micro-batch's) and the model's mode are as they were."""
     from torch._dynamo.utils import counters
 
     from models import MLP
@@ -98,14 +99,22 @@ def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
         before = cm(x)
     state = pqt_compile.seed_state()
     graphs = counters["stats"]["unique_graphs"]
+    accumulated = {n: torch.full_like(p, 0.5) for n, p in m.named_parameters()}
+    for n, p in m.named_parameters():
+        p.grad = accumulated[n]
+    m.eval()
     r = pqt_compile.explain(m, x)  # the same model: its code object gets a second cache entry
     assert {s.name for s in r.sampled} == {"fc1.weight", "fc2.weight"}
     assert pqt_compile.seed_state() == state
+    assert not m.training
+    for n, p in m.named_parameters():
+        assert p.grad is accumulated[n] and bool((p.grad == 0.5).all()), n
+    m.train()
+    m.zero_grad(set_to_none=True)
     graphs_after_explain = counters["stats"]["unique_graphs"]
     with pqt_compile.fixed_seed(3):
         again = cm(x)
     assert counters["stats"]["unique_graphs"] == graphs_after_explain > graphs  # cm did not recompile
     assert torch.equal(before, again)
-    assert all(p.grad is None for p in m.parameters())
 
 
