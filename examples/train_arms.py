@@ -40,8 +40,7 @@ def stage_plan(name: str, cfg: PQTConfig, steps: int, ste_fraction: float = 0.25
     """An arm's stages for `steps` steps: [(first step, key)], where the key is what the stage
     compiles: None (plain torch.compile), "torchao" (torch.compile of torchao's prepared model),
     or the PQTConfig it trains with (equal keys compile the same graph)."""
-    # STE draws no noise: the PQT arms' noise settings do not carry over to it.
-    ste = cfg.replace(mode="ste", noise="gaussian", noise_std=None)
+    ste = cfg.replace(mode="ste")  # STE draws no noise: the PQT arms' noise settings are dropped
     if name == "baseline":
         return [(0, None)]
     if name == "pqt":

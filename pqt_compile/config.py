@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Union
 from .blocks import block_code
 from .formats import NVFP4, NVFP4_BLOCK, FormatSpec, parse_format
 
-__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size"]
+__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size", "config_or_default"]
 
 BlockSize = Union[int, str]
 
@@ -187,7 +187,12 @@ class PQTConfig:
     def replace(self, **changes: Any) -> "PQTConfig":
         """A copy with some fields changed (validated again). A noise_std that was the old noise's
         default follows a change of noise or mode, and a block_size that was the old format's
-        default a change of format (neither is carried over as if chosen)."""
+        default a change of format (neither is carried over as if chosen). `mode="ste"` draws no
+        noise, so switching to it drops the noise and noise_std of a PQT config unless they are
+        given (`cfg.replace(mode="ste")` is the PQT-then-STE recipe's second phase)."""
+        if changes.get("mode") == "ste" and self.mode != "ste":
+            changes.setdefault("noise", "gaussian")
+            changes.setdefault("noise_std", None)
         if "format" in changes and "block_size" not in changes and self.block_size == default_block_size(self.format):
             changes["block_size"] = None
         if ("noise" in changes or "mode" in changes) and "noise_std" not in changes:
@@ -195,3 +200,14 @@ class PQTConfig:
                 changes["noise_std"] = None
         return dataclasses.replace(self, **changes)
 
+
+
+def config_or_default(config: Any, where: str, default: Optional[PQTConfig] = None) -> PQTConfig:
+    """`config`, or `default` (PQTConfig()) for None; anything else is refused by name, with the
+    fix for the usual slip of passing a format name where the config goes."""
+    if config is None:
+        return default if default is not None else PQTConfig()
+    if isinstance(config, PQTConfig):
+        return config
+    hint = f"; for a format write config=PQTConfig(format={config!r})" if isinstance(config, str) else ""
+    raise TypeError(f"{where}: config must be a PQTConfig, got {type(config).__name__}{hint}")

@@ -31,7 +31,7 @@ import torch
 
 from .blocks import block_amax, check_sample_args
 from .compat import has_triton
-from .config import PQTConfig
+from .config import PQTConfig, config_or_default
 from .formats import FormatSpec, parse_format
 from .formula import TorchOps, element_hash, noise_from_hash, sample_value, stream_words
 from .formula_nvfp4 import block_params as nvfp4_block_params
@@ -286,7 +286,7 @@ def sample(
         config: format, block size and noise (default `PQTConfig()`).
         out_dtype: dtype of the result (default: w's dtype).
     """
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.sample")
     return torch.ops.pqt.sample(
         w,
         _as_int64_tensor(seed, "seed", w.device, -(2**63), 2**63),

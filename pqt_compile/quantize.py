@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .blocks import block_amax, block_code, block_starts, check_sample_args, expand_blocks
-from .config import PQTConfig
+from .config import PQTConfig, config_or_default
 from .formats import FormatSpec, parse_format
 from .formula import TorchOps, floor_log2, pow2, step_log2
 from .formula_nvfp4 import block_scale, tensor_exponent, tensor_params
@@ -51,7 +51,7 @@ def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = N
     Blocks whose amax is 0 stay 0; blocks holding NaN or Inf are returned unchanged (there
     is no scale to quantize them with). Values beyond the format's range saturate.
     """
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.quantize")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
     amax = block_amax(w, axis, config.block_code)
     o = TorchOps(w.device)
@@ -85,7 +85,7 @@ class PackedTensor:
 
 def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None) -> PackedTensor:
     """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible)."""
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.pack")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
     if config.spec.two_level:
         return _pack_nvfp4(w, axis, config)

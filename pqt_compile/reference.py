@@ -34,7 +34,7 @@ from .compat import allow_nested_fx_trace, pytree
 from .compiler import graph_abi
 from .compiler.passes import SkippedWeight, WeightEdge, emit_template_layouts, find_weight_edges, insert_sample
 from .compiler.targets import gemm_templates
-from .config import PQTConfig
+from .config import PQTConfig, config_or_default
 from .moe import check_experts, traced_as_compiled
 from .naming import named_parameters
 from .op import sample
@@ -130,7 +130,7 @@ def trace_weight_edges(
     model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None, **kwargs: Any
 ) -> tuple[list[WeightEdge], list[SkippedWeight]]:
     """Trace one forward and return the compiler's view: (sampled edges, skipped weights)."""
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.reference.trace_weight_edges")
     t = _Traced(model, args, kwargs)
     return find_weight_edges(t.gm.graph, t.weights, admits_fn(config, model))
 
@@ -161,7 +161,7 @@ def sampled_weights(
     `selection.module_rule_axes` are used. Samples are in the weight's dtype (for the dtype a matmul
     reads under autocast, call `run`, which samples in that dtype).
     """
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.reference.sampled_weights")
     params = named_parameters(model)
     axes = sampled_axes(model, config, example_args, example_kwargs)
     with torch.no_grad():
@@ -178,7 +178,7 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     same dtypes (an autocast cast is absorbed into the sample), same keys. Outputs that are not
     tensors (an HF KV-cache object) come back as None: pass use_cache=False to such models.
     """
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.reference.run")
     check_experts(model, admits_fn(config, model))  # the compiler's refusal, here too
     t = _Traced(model, args, kwargs)
     graph = t.gm.graph

@@ -64,3 +64,24 @@ def test_per_rank_noise_and_rank_seed_validate():
         rank_seed(3, -1)
     seeds = {rank_seed(3, r) for r in range(64)} | {rank_seed(4, 0), 3}
     assert len(seeds) == 66 and all(0 <= s < 2**63 for s in seeds)  # distinct, and fit the int64 input
+
+
+def test_a_format_name_in_place_of_the_config_is_refused_with_the_fix():
+    """One rule (config.config_or_default) for every entry point that takes a config."""
+    import torch
+
+    import pqt_compile
+
+    w, lin = torch.randn(8, 32), torch.nn.Linear(32, 8)
+    calls = {
+        "pqt_compile.sample": lambda: pqt_compile.sample(w, seed=1, config="int4"),
+        "pqt_compile.quantize": lambda: pqt_compile.quantize(w, config="int4"),
+        "pqt_compile.quantize_model": lambda: pqt_compile.quantize_model(lin, "int4"),
+        "pqt_compile.compile": lambda: pqt_compile.compile(lin, "int4"),
+    }
+    for where, call in calls.items():
+        with pytest.raises(TypeError, match=rf"{where}: config must be a PQTConfig, got str; .*PQTConfig\(format='int4'\)"):
+            call()
+    with pytest.raises(TypeError, match="got int$"):
+        pqt_compile.quantize(w, config=4)
+    assert torch.equal(pqt_compile.quantize(w, config=None), pqt_compile.quantize(w, config=PQTConfig()))

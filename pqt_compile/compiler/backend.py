@@ -20,7 +20,7 @@ import torch
 from .. import guards, naming
 from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
                       ieee_division_patches, inductor_config_options, mode_options)
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
 from ..naming import GraphWeights, ResolvedWeights
@@ -212,9 +212,7 @@ def compile(
     `inplace=True` the module itself is compiled (`nn.Module.compile`) and returned: for
     frameworks that expect the original class, such as transformers' Trainer.
     """
-    cfg = config or PQTConfig()
-    if not isinstance(cfg, PQTConfig):
-        raise TypeError(f"pqt_compile.compile: config must be a PQTConfig, got {type(cfg).__name__}")
+    cfg = config_or_default(config, "pqt_compile.compile")
     split_options({"config": cfg, **(options or {})})  # refuse bad options now, not at first call
     naming.register(model)
     check_experts(model, admits_fn(cfg, model))

@@ -40,7 +40,7 @@ from typing import Any, Optional
 import torch
 
 from ..blocks import ROW, TENSOR
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import quantize
 from ..reference import sampled_axes
@@ -178,7 +178,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     """
     from safetensors.torch import save_file
 
-    config = config or PQTConfig()
+    config = config_or_default(config, "write_compressed_tensors")
     fmt, weights_args = scheme_for(config)
     check_destination(out_dir, force=force)
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):

@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import quantize
 from ..reference import sampled_axes
@@ -136,7 +136,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     """
     import gguf
 
-    config = config or PQTConfig()
+    config = config_or_default(config, "write_gguf")
     qtype = gguf_type_for(config, gguf_type)
     check_destination(path, force=force)
     model = unwrap(model)

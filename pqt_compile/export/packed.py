@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters
 from ..quantize import PackedTensor, pack, quantize, unpack
 from ..reference import sampled_axes
@@ -32,7 +32,7 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 def quantize_model(model: torch.nn.Module, config: Optional[PQTConfig] = None, example_args: Optional[tuple] = None) -> torch.nn.Module:
     """Replace every sampled weight of `model` by its round-to-nearest value, in place."""
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.quantize_model")
     params = named_parameters(model)
     with torch.no_grad():
         for name, axis in sampled_axes(model, config, example_args).items():
@@ -53,7 +53,7 @@ def _digest(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
 
 def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, example_args: Optional[tuple] = None) -> None:
     """Write `model` as it would be deployed in the config's format (see the module docstring)."""
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.export.save")
     axes = sampled_axes(model, config, example_args)
     state = {canonical_name(k): v for k, v in model.state_dict().items()}  # names as the keys' (naming.py)
     params = named_parameters(model)

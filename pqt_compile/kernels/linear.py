@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..blocks import block_amax, block_length, check_sample_args
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from ..formula import TorchOps, noise_scale
 from ..formula_nvfp4 import block_params as nvfp4_block_params
 from ..formula_nvfp4 import tensor_params as nvfp4_tensor_params
@@ -143,7 +143,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     Where Triton cannot run (a CPU tensor without TRITON_INTERPRET=1), it computes
     F.linear(x, pqt_compile.sample(weight, ...), bias): the same values by another route.
     """
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.kernels.linear")
     seed_t = torch.as_tensor(seed, dtype=torch.int64)
     key_t = torch.as_tensor(key, dtype=torch.int64)
     if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":

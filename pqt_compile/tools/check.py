@@ -31,7 +31,7 @@ import torch
 from tabulate import tabulate
 
 from ..compat import pytree
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from .restore import model_state_restored
 
 __all__ = ["check", "CheckReport", "Comparison", "CheckError", "BOUNDS", "GRAD_FLOOR", "MARGIN"]
@@ -178,7 +178,7 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
     if not isinstance(model, torch.nn.Module):
         raise CheckError(f"pqt check: expected an nn.Module, got {type(model).__name__}")
     model = unwrap(model)  # a torch.compile / DDP wrapper: check the model inside
-    config = (config or PQTConfig()).replace(sample_in_eval=True)
+    config = config_or_default(config, "pqt_compile.check").replace(sample_in_eval=True)
     params = named_parameters(model)
     device = next(iter(params.values())).device if params else torch.device("cpu")
     dtype = autocast or next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)

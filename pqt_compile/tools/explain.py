@@ -26,7 +26,7 @@ import torch
 from tabulate import tabulate
 
 from ..compat import capture_output_code, custom_graph_pass_base, dynamo_counters, pytree
-from ..config import PQTConfig
+from ..config import PQTConfig, config_or_default
 from ..op import SAMPLE_OPS
 from .restore import model_state_restored
 
@@ -152,7 +152,7 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
     from ..compiler import backend as pqt_backend_mod
     from ..compiler.passes.base import recording
 
-    config = config or PQTConfig()
+    config = config_or_default(config, "pqt_compile.explain")
     counters = dynamo_counters()
     breaks_before = dict(counters["graph_break"])
     naming.register(model)

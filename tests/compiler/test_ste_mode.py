@@ -67,6 +67,12 @@ def test_ste_config_refuses_noise_settings():
     with pytest.raises(ValueError, match="mode must be one of"):
         PQTConfig(mode="fake_quant")
     assert PQTConfig().replace(mode="ste").noise_std is None  # a default noise_std does not block the switch
+    # The PQT-then-STE recipe from any PQT config: its noise choice is dropped, the rest kept.
+    pqt = PQTConfig(format="fp4_e2m1", noise="uniform", noise_std=0.4, exclude=("head",))
+    assert pqt.replace(mode="ste") == PQTConfig(format="fp4_e2m1", mode="ste", exclude=("head",))
+    assert PQTConfig(noise_std=0.5).replace(mode="ste").noise_std is None
+    with pytest.raises(ValueError, match="mode='ste'.*noise_std"):  # an explicit one still is refused
+        pqt.replace(mode="ste", noise_std=0.5)
     assert PQTConfig(mode="ste").replace(mode="sample").noise_std == PQTConfig().noise_std
     assert PQTConfig(noise="rounded_gaussian").noise_std == 0.5
     assert PQTConfig().replace(noise="rounded_gaussian").noise_std == 0.5
