@@ -21,6 +21,7 @@ __all__ = [
     "ieee_division_patches",
     "triton_divides_exactly",
     "compile_fx",
+    "decompositions_keeping_matmuls",
     "no_scalar_index_input_asserts",
     "custom_graph_pass_base",
     "inductor_lowering_api",
@@ -81,15 +82,16 @@ def triton_divides_exactly() -> bool:
 
 
 def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict],
-               scalar_index_asserts: bool = True) -> Callable:
+               scalar_index_asserts: bool = True, decompositions: Optional[dict] = None) -> Callable:
     """Inductor's `compile_fx` (torch 2.13), with config patches applied to this compile only.
 
     scalar_index_asserts=False: the generated wrappers check no 0-d int64 input (NOTE [0-d input
     asserts]), in the forward graph and in the backward graph, which AOTAutograd compiles at the
-    first backward pass (through the same inner compile function, as the config patches)."""
+    first backward pass (through the same inner compile function, as the config patches).
+    decompositions: the table AOTAutograd traces with (None: Inductor's own)."""
     fn = require("torch._inductor.compile_fx", "compile_fx", "the pqt backend")
     if scalar_index_asserts:
-        return fn(gm, example_inputs, config_patches=config_patches or None)
+        return fn(gm, example_inputs, config_patches=config_patches or None, decompositions=decompositions)
     inner = require("torch._inductor.compile_fx", "compile_fx_inner", "the pqt backend")
 
     @functools.wraps(inner)
@@ -97,7 +99,32 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: O
         with no_scalar_index_input_asserts():
             return inner(*args, **kwargs)
 
-    return fn(gm, example_inputs, inner_compile=inner_compile, config_patches=config_patches or None)
+    return fn(gm, example_inputs, inner_compile=inner_compile, config_patches=config_patches or None,
+              decompositions=decompositions)
+
+
+def decompositions_keeping_matmuls() -> dict:
+    """Inductor's decomposition table (`select_decomp_table`, torch 2.11-2.15) without its own
+    rewrites of aten.mm, addmm and bmm into multiplies and sums (for one-row or one-column shapes,
+    tiny ones on the CPU, K = 1; on a GPU under coordinate-descent tuning every one-row or
+    one-column matmul): compiler/backend.py NOTE [matmuls stay matmuls]. Computed per compile
+    (the table follows Inductor's config)."""
+    table = _MatmulKeepingTable(require("torch._inductor.decomposition", "select_decomp_table",
+                                        "keeping small matmuls sampled")())
+    aten = torch.ops.aten
+    for op in (aten.mm.default, aten.addmm.default, aten.bmm.default):
+        table.pop(op, None)
+    return table
+
+
+class _MatmulKeepingTable(dict):
+    """The table of `decompositions_keeping_matmuls`, pickled as a call of that function: Inductor's
+    cache keys pickle the table a compile is given, and the table's C++ functions do not pickle
+    (the FX graph cache would be bypassed at every pqt compile). The table is a pure function of
+    the torch release and Inductor's config, both in those keys already."""
+
+    def __reduce__(self) -> tuple:
+        return decompositions_keeping_matmuls, ()
 
 
 @contextlib.contextmanager

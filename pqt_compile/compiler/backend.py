@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .. import guards, naming
-from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
-                      ieee_division_patches, inductor_config_options, mode_options)
+from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, decompositions_keeping_matmuls,
+                      frame_modules, frame_root_module, ieee_division_patches, inductor_config_options, mode_options)
 from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
@@ -90,6 +90,14 @@ class GraphCompiler:
         self.patches = patches
         self.weights = weights
         self.key_slots = key_slots
+        # NOTE [training graphs]: a graph compiled with grad enabled is a training graph, and its
+        # weights are sampled, whether or not an input requires grad: AOTAutograd then builds an
+        # inference graph (a frozen block in a graph of its own, after a graph break or compiled
+        # per block), which must sample as the same frozen weights do inside a joint graph (the
+        # noise must not depend on where Dynamo splits the model). Dynamo guards on grad mode, so
+        # a no_grad call never reaches this graph; the wrapper's per-module training flags still
+        # switch weights off in eval mode.
+        self.training = torch.is_grad_enabled()
 
     def compile(self, resolved: ResolvedWeights, example_inputs: list) -> Callable:
         """Compile with the pass deciding include/exclude from `resolved`'s names.
@@ -103,7 +111,7 @@ class GraphCompiler:
                   if (layout := shard_layout(name, example_inputs[pos])) is not None}
         pass_ = SamplePass(self.config, {primal[pos]: n for pos, n in zip(self.weights.positions, resolved.names)},
                            num_primals, aliases, {primal[pos]: n for pos, n in self.weights.buffers.items()},
-                           shards=shards,
+                           shards=shards, sample_inference=self.training,
                            key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)})
         passes = PassManager([pass_, TemplateLayoutPass()])
         # NVFP4 divides: on a torch without ops.div_rn, Triton must divide as IEEE does (compat NOTE
@@ -111,8 +119,16 @@ class GraphCompiler:
         division = ieee_division_patches() if parse_format(self.config.format).two_level else {}
         # The seed and keys are 0-d int64 inputs: no size check per call (compat NOTE [0-d input
         # asserts]). Fixed here, so not in the pass's cache_key: put it there if it ever varies.
+        # NOTE [matmuls stay matmuls]: Inductor's decomposition table rewrites some matmuls into
+        # multiplies and sums while AOTAutograd traces, before the joint-graph pass runs: on the
+        # CPU one row times one column, tiny ones and K = 1; on a GPU K = 1 and, under
+        # coordinate-descent tuning (max-autotune), every one-row or one-column matmul, such as a
+        # Linear(d, 1) value head. The pass would then find no matmul and the weight would train
+        # clean, where the reference samples it. A pqt compile keeps them matmuls (an extern GEMM
+        # call for a tiny product, where Inductor would have fused a reduction). Fixed here, like
+        # the asserts: not in the pass's cache_key.
         return compile_fx(self.gm, example_inputs, {**division, **self.patches, "joint_custom_pre_pass": passes},
-                          scalar_index_asserts=False)
+                          scalar_index_asserts=False, decompositions=decompositions_keeping_matmuls())
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:
@@ -138,10 +154,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     first = weights.resolve(example_inputs)
     fn = compiler.compile(first, graph_abi.example_inputs(example_inputs, len(key_slots), device))
     # Whether this graph samples, decided here and not from the pass: on a cache hit (FX graph or
-    # AOTAutograd cache) the pass does not run again, but the cached graph samples. AOTAutograd
-    # builds a joint (training) graph when grad is on and an input requires grad.
-    training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
-    return PQTCompiled(fn, compiler, weights, first, config, device, samples=training or config.sample_in_eval)
+    # AOTAutograd cache) the pass does not run again, but the cached graph samples (NOTE [training
+    # graphs]).
+    return PQTCompiled(fn, compiler, weights, first, config, device, samples=compiler.training or config.sample_in_eval)
 
 
 def register_roots(example_inputs: Sequence[Any]) -> list[torch.nn.Module]:

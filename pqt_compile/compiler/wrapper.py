@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 
 from .. import guards, steps
+from ..compat import in_reentrant_checkpoint_forward
 from ..config import PQTConfig
 from ..naming import GraphWeights, ResolvedWeights
 from ..seeds import current_seed, key_for_name, rank_seed
@@ -98,6 +99,20 @@ class _CallPlan:
                 for i in slots:
                     on[i] = True
         return tuple(on), True in on_owners
+
+
+#: NOTE [reentrant checkpoint]: torch.utils.checkpoint(use_reentrant=True) runs its function's
+#: forward under no_grad and again, with grad, in the backward. A PQT-compiled module inside it
+#: (compiled per block under an eager checkpoint) would train on clean weights in the forward and
+#: on sampled ones in the recompute, and its backward pass would never be counted (the seed would
+#: stay put): refused. The non-reentrant checkpoint, and a model compiled whole (Dynamo traces the
+#: checkpoint), sample the forward and recompute it with the same draw.
+_REENTRANT_CHECKPOINT = (
+    "pqt: a PQT-compiled module in training mode was called inside torch.utils.checkpoint(use_reentrant=True), "
+    "whose forward runs under no_grad: its forward would see clean weights and its recompute sampled ones. Use "
+    "use_reentrant=False (transformers: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+    "{'use_reentrant': False})), or compile the whole model (pqt_compile.compile(model))"
+)
 
 
 class PQTCompiled:
@@ -175,6 +190,8 @@ class PQTCompiled:
         plan = self._plan_for(resolved, args)
         if not self.samples:
             enabled, sampling = (False,) * len(plan.keyed_admitted), False
+            if not torch.is_grad_enabled() and plan.switches()[1] and in_reentrant_checkpoint_forward():
+                raise RuntimeError(_REENTRANT_CHECKPOINT)
         elif self.config.sample_in_eval:
             enabled, sampling = plan.keyed_admitted, plan.any_admitted
         else:  # each slot by its own module's training flag (eval mode: clean, same graph)

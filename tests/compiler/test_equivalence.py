@@ -144,6 +144,43 @@ def test_ten_training_steps_match_the_reference():
     assert max_rel_err(model.qkv.weight, other.qkv.weight) > 100 * 1e-4
 
 
+class _FrozenStem(torch.nn.Module):
+    """fc1 frozen (the fine-tuning pattern), an optional graph break after it."""
+
+    def __init__(self, broken: bool) -> None:
+        super().__init__()
+        self.broken = broken
+        self.fc1, self.fc2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)
+        self.fc1.requires_grad_(False)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if self.broken:
+            torch._dynamo.graph_break()  # fc1's graph has no input that requires grad
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["one_graph", "frozen_graph_of_its_own"])
+def test_a_frozen_weight_is_sampled_wherever_dynamo_splits(broken):
+    """compiler/backend.py NOTE [training graphs]: a frozen weight is sampled in training, as the
+    reference samples it, also when its graph is one where no input requires grad (AOTAutograd's
+    inference graph: before, it ran clean there and no warning said so); eval mode stays clean."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = _FrozenStem(broken), torch.randn(4, 32)
+    cm = pqt_compile.compile(m, pqt_compile.PQTConfig(format="int4"))
+    with pqt_compile.fixed_seed(7):
+        y = cm(x)
+    cfg = pqt_compile.PQTConfig(format="int4")
+    want = reference.run(m, x, seed=7, config=cfg)
+    fc1_clean = reference.run(m, x, seed=7, config=cfg.replace(exclude=("fc1",)))
+    assert max_rel_err(y, want) < FP32_REL_TOL
+    assert max_rel_err(y, fc1_clean) > 100 * FP32_REL_TOL  # fc1's noise is visible
+    m.eval()
+    with pqt_compile.fixed_seed(7):
+        assert torch.equal(cm(x), m(x))
+
+
 def test_a_graph_break_in_a_block_loop_trains_as_the_unbroken_model():
     """torch.compile(model, backend="pqt") of a loop over blocks with a graph break after block 1:
     Dynamo skips the forward and compiles each block's frame (one graph for all blocks). Each

@@ -99,6 +99,71 @@ def test_activation_checkpointing_sees_the_same_sample():
     assert all(torch.allclose(grads[0][n], grads[1][n], rtol=0, atol=0) for n in grads[0])
 
 
+def test_a_block_compiled_alone_inside_a_reentrant_checkpoint_is_refused():
+    """NOTE [reentrant checkpoint] (wrapper.py): per-block compilation under an eager
+    checkpoint(use_reentrant=True) would train on clean weights in the forward (run under no_grad)
+    and sampled ones in the recompute; refused with the fix. use_reentrant=False, the fix, samples
+    the forward and its recompute alike: the same gradients as no checkpoint at all."""
+    torch._dynamo.reset()
+
+    class Outer(nn.Module):
+        def __init__(self, reentrant) -> None:
+            super().__init__()
+            self.block, self.head, self.reentrant = MLP(), nn.Linear(32, 4), reentrant
+
+        def forward(self, x):
+            if self.reentrant is None:
+                return self.head(self.block(x))
+            return self.head(checkpoint(self.block, x, use_reentrant=self.reentrant))
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 32, requires_grad=True)
+    grads = {}
+    for reentrant in (True, False, None):
+        torch.manual_seed(0)
+        model = Outer(reentrant)
+        pqt_compile.register(model)
+        model.block = pqt_compile.compile(model.block)
+        with pqt_compile.fixed_seed(5):
+            if reentrant:
+                with pytest.raises(RuntimeError, match="use_reentrant=False"):
+                    model(x)
+                continue
+            model(x).square().sum().backward()
+        grads[reentrant] = {n: p.grad for n, p in model.named_parameters()}
+    assert grads[False].keys() == grads[None].keys()
+    assert all(torch.equal(grads[False][n], grads[None][n]) for n in grads[None])
+
+
+class _Bmm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 32, 1) * 0.3)
+
+    def forward(self, x):
+        return torch.bmm(x, self.w)
+
+
+@pytest.mark.parametrize("make,x_shape", [
+    (lambda: nn.Linear(32, 1), (1, 32)),             # addmm, one row times one column
+    (lambda: nn.Linear(16, 16), (1, 16)),            # addmm, one row, tiny
+    (lambda: nn.Linear(1, 16, bias=False), (5, 1)),  # mm, K = 1
+    (_Bmm, (4, 1, 32)),                              # bmm, one row times one column
+], ids=["addmm_1x1", "addmm_one_row", "mm_k1", "bmm_1x1"])
+def test_small_matmuls_are_sampled_as_the_reference_samples_them(make, x_shape):
+    """backend.py NOTE [matmuls stay matmuls]: Inductor decomposes these products into multiplies
+    and sums while tracing; the pass saw no matmul and the weight trained clean (no warning)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = make(), torch.randn(x_shape)
+    with pqt_compile.fixed_seed(21):
+        out = pqt_compile.compile(m)(x)
+    out.sum().backward()
+    want = reference.run(m, x, seed=21)
+    assert max_rel_err(out, want) < FP32_REL_TOL
+    assert max_rel_err(out, m(x)) > 100 * FP32_REL_TOL  # sampled, not clean
+
+
 class RaggedK(nn.Module):
     """fc1 reduces over K (the case under test), fc2 over 24: both shorter than or not a
     multiple of the block. Returns fc1's output too: for an identity batch it is W1_hat^T."""

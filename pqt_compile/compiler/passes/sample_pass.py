@@ -9,7 +9,8 @@ inputs of compiler/graph_abi.py (`pqt_seed`, then one `pqt_key_i` per keyed weig
 `key_inputs` which of them has which key (graph_abi NOTE [keyed inputs only]).
 
 Before / after: see insert_sample.py. In an inference graph (no tangents) it does nothing
-unless the config asks for sampling in eval (`sample_in_eval`).
+unless the config asks for sampling in eval (`sample_in_eval`) or the graph was compiled with
+grad enabled, its inputs frozen (`sample_inference`: compiler/backend.py NOTE [training graphs]).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class SamplePass(PQTPass):
     def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
                  aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
                  dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None, *,
-                 key_inputs: dict[int, int]) -> None:
+                 key_inputs: dict[int, int], sample_inference: bool = False) -> None:
         """
         Args:
             config: the PQT settings.
@@ -77,6 +78,8 @@ class SamplePass(PQTPass):
                 a matmul are reported as skipped ("not a Parameter").
             shards: {input position: layout} of the weights that are this rank's shard of a DTensor
                 (sharding.py NOTE [global index]): sampled as the slice of the full weight's sample.
+            sample_inference: sample in an inference graph too: one compiled with grad enabled,
+                where no input requires grad (compiler/backend.py NOTE [training graphs]).
         """
         super().__init__(dump_dir)
         self.config = config
@@ -86,11 +89,12 @@ class SamplePass(PQTPass):
         self.num_inputs = num_inputs
         self.shards = dict(shards or {})
         self.key_inputs = dict(key_inputs)
+        self.sample_inference = sample_inference
 
     def cache_key(self) -> tuple:
         return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()),
                 self.num_inputs, sorted(self.shards.items()),  # a shard's offset differs per rank
-                sorted(self.key_inputs.items()))
+                sorted(self.key_inputs.items()), self.sample_inference)
 
     def run(self, graph: Graph) -> None:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -116,7 +120,7 @@ class SamplePass(PQTPass):
         buffers = {primals[pos]: name for pos, name in self.buffer_inputs.items()}
         buffer_edges, _ = find_weight_edges(graph, buffers)
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
-        sampled = is_joint or self.config.sample_in_eval
+        sampled = is_joint or self.config.sample_in_eval or self.sample_inference
         recorder = active_recording()
         if recorder is not None:
             recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
