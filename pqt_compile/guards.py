@@ -48,6 +48,7 @@ class _State:
         self.checked_optimizers: ObjectMemo[bool] = ObjectMemo()  # per optimizer: checked at this seen_version
         self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
         self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
+        self.sampling_calls = 0  # ... of which at least one keyed weight was switched on
 
 
 _state = _State()
@@ -72,9 +73,10 @@ def watch(config: PQTConfig, params: Sequence[Any]) -> None:
     _state.pending.append((config, [weakref.ref(p) for p in params]))
 
 
-def note_graph_call() -> None:
-    """A PQT graph that holds weights ran (sampling or not)."""
+def note_graph_call(sampled: bool) -> None:
+    """A PQT graph that holds weights ran; `sampled`: with at least one weight switched on."""
     _state.graph_calls += 1
+    _state.sampling_calls += sampled
 
 
 def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
@@ -150,6 +152,12 @@ def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
         )
 
 
+def _example_names(module: torch.nn.Module) -> str:
+    """A few matrix weights' qualified names of `module` (for a message)."""
+    names = [n for n, p in naming.named_parameters(naming.unwrap(module)).items() if p.dim() >= 2][:3]
+    return ", ".join(repr(n) for n in names) or "none: it has no matrix weight"
+
+
 def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
     """Warn if the first training call of `module` ran no PQT graph holding weights.
 
@@ -157,11 +165,11 @@ def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
     The hooks remove themselves after that call: a module with forward hooks takes
     `Module.__call__`'s slow path at every call (host time, wrapper.py NOTE [host time per call]).
     """
-    state = {"before": 0, "done": False}  # "done": a deep copy of the module shares these hooks
+    state = {"before": 0, "sampling_before": 0, "done": False}  # "done": a deep copy shares these hooks
     handles: list = []
 
     def pre(mod: torch.nn.Module, args: Any) -> None:
-        state["before"] = _state.graph_calls
+        state["before"], state["sampling_before"] = _state.graph_calls, _state.sampling_calls
 
     def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
         if state["done"] or not torch.is_grad_enabled() or not naming.unwrap(mod).training:
@@ -177,6 +185,14 @@ def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
                 "compiled copies or configs of one model's forward exhaust). Compile the module that holds the weights, "
                 "e.g. DDP(pqt_compile.compile(model)) instead of pqt_compile.compile(DDP(model)) "
                 "for a torch.nn container; pqt-dump shows what was compiled.",
+                stacklevel=2,
+            )
+        elif _state.sampling_calls == state["sampling_before"]:
+            warnings.warn(
+                "pqt: this training call ran PQT-compiled graphs but sampled no weight: the config's include/exclude "
+                "patterns admit none of the weights its matmuls read (they match qualified names such as "
+                f"{_example_names(mod)}), so the model trains without noise. Fix the patterns; pqt-dump or "
+                "pqt_compile.explain(model, ...) lists each weight and why it is or is not sampled.",
                 stacklevel=2,
             )
 

@@ -142,6 +142,24 @@ def test_a_training_call_that_compiles_nothing_warns_through_pqt_compile():
         ok(torch.randn(2, 32))  # a model that does compile: no warning
 
 
+def test_include_patterns_that_admit_no_weight_warn_through_pqt_compile():
+    """A graph ran but no weight was switched on (include matches no name): the model would train
+    without noise; the warning names the patterns' target, qualified names. A pattern that admits
+    one weight does not warn."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    seq, x = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(2, 8)
+    cm = pqt_compile.compile(seq, PQTConfig(include=[r"mlp\.", "proj"]))
+    with pytest.warns(UserWarning, match=r"sampled no weight.*'0\.weight'"):
+        cm(x)
+    assert torch.equal(cm(x), seq(x))  # what the warning is about: no noise
+    torch._dynamo.reset()
+    ok = pqt_compile.compile(seq, PQTConfig(include=[r"^2\."]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ok(x)
+
+
 def test_the_nothing_sampled_hooks_go_after_the_first_training_call():
     """A module with forward hooks takes Module.__call__'s slow path at every call: the check's
     hooks stay through eval and no-grad calls and leave after the first training call."""

@@ -196,7 +196,7 @@ class PQTCompiled:
             enabled, sampling = plan.keyed_admitted, plan.any_admitted
         else:  # each slot by its own module's training flag (eval mode: clean, same graph)
             enabled, sampling = plan.switches()
-        guards.note_graph_call()
+        guards.note_graph_call(True in enabled)
         params = None
         if not plan.shown:
             plan.shown = True
