@@ -36,6 +36,7 @@ class Reason:
 
     DTYPE = "unsupported dtype {dtype}"
     NOT_MATMUL = "not a matmul operand"
+    NOT_FOLLOWED = "reaches a matmul through {op}, which pqt does not follow: it trains without noise"
     NOT_MATRIX = "not a matrix (fewer than 2 dims)"
     MIXED_AXES = "the contracted dim spans several weight axes"
     EXCLUDED = "excluded by the config's include/exclude patterns"

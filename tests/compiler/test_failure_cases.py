@@ -1,6 +1,8 @@
 """Failure cases of the compiled path: each has a clear outcome, none a silently wrong result."""
 
 import copy
+import re
+import warnings
 
 import pytest
 import torch
@@ -162,6 +164,57 @@ def test_small_matmuls_are_sampled_as_the_reference_samples_them(make, x_shape):
     want = reference.run(m, x, seed=21)
     assert max_rel_err(out, want) < FP32_REL_TOL
     assert max_rel_err(out, m(x)) > 100 * FP32_REL_TOL  # sampled, not clean
+
+
+class _SplitQKV(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(16, 48, bias=False)
+
+    def forward(self, x):
+        q, k, v = self.qkv.weight.split(16)
+        return torch.nn.functional.linear(x, q) * torch.nn.functional.linear(x, k) + torch.nn.functional.linear(x, v)
+
+
+class _CrossAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        memory = x.flip(1)
+        return self.attn(x, memory, memory, need_weights=False)[0]
+
+
+class _EmbedThenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(10, 16), nn.Linear(16, 4)
+
+    def forward(self, idx):
+        return self.fc(self.emb(idx))
+
+
+@pytest.mark.parametrize("make,weight,op", [
+    (_SplitQKV, "qkv.weight", "aten::split"),
+    (_CrossAttention, "attn.in_proj_weight", "aten::split_with_sizes"),
+], ids=["fused_qkv_split", "cross_attention"])
+def test_a_weight_reaching_a_matmul_through_an_op_not_followed_warns(make, weight, op):
+    """weight_edges.py NOTE [ops not followed]: such a weight trains without noise (compiled and
+    in the reference alike); before, nothing said so. An embedding, whose lookup feeds matmuls
+    as activations, is not such a path: no warning."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = make(), torch.randn(2, 5, 16)
+    with pytest.warns(UserWarning, match=rf"weight '{re.escape(weight)}' reaches a matmul through {op}"):
+        with pqt_compile.fixed_seed(3):
+            out = pqt_compile.compile(m)(x)
+    assert max_rel_err(out, reference.run(m, x, seed=3)) < FP32_REL_TOL
+    torch._dynamo.reset()
+    emb = _EmbedThenLinear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pqt_compile.compile(emb)(torch.randint(0, 10, (2, 5))).sum().backward()
 
 
 class RaggedK(nn.Module):

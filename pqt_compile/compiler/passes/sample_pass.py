@@ -15,6 +15,7 @@ grad enabled, its inputs frozen (`sample_inference`: compiler/backend.py NOTE [t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -121,6 +122,8 @@ class SamplePass(PQTPass):
         buffer_edges, _ = find_weight_edges(graph, buffers)
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
         sampled = is_joint or self.config.sample_in_eval or self.sample_inference
+        if sampled:
+            _warn_not_followed(skipped)
         recorder = active_recording()
         if recorder is not None:
             recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
@@ -150,3 +153,19 @@ class SamplePass(PQTPass):
 
         insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint, index_args=index_args,
                       reduce_amax=reduce_amax)
+
+
+def _warn_not_followed(skipped: list[SkippedWeight]) -> None:
+    """Warn about the admitted weights that reach a matmul by a path the pass does not follow
+    (weight_edges.py NOTE [ops not followed]): they train without noise. Python's warning filter
+    shows each message once."""
+    for s in skipped:
+        if s.reason.startswith(Reason.NOT_FOLLOWED.split("{")[0]):
+            warnings.warn(
+                f"pqt: weight {s.name!r} {s.reason}. pqt samples a weight that a matmul reads directly or through "
+                "views, transposes and casts; a split, slice or concatenation of weights (e.g. nn.MultiheadAttention "
+                "with key/value other than the query, a fused weight split in the forward) or a parametrization "
+                "computes another tensor. Read the weight directly (separate Parameters), or exclude it in the "
+                "PQTConfig to silence this; pqt_compile.explain(model, ...) lists every weight.",
+                stacklevel=2,
+            )

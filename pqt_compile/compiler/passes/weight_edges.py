@@ -40,7 +40,7 @@ from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ...blocks import SUPPORTED_DTYPES
-from ...selection import skip_reason
+from ...selection import Reason, skip_reason
 from .matmul_ops import group_dims, matmul_operands, op_name
 
 __all__ = ["MatmulUse", "WeightEdge", "SkippedWeight", "find_weight_edges", "backward_nodes"]
@@ -252,9 +252,10 @@ def backward_nodes(graph: Graph) -> set[Node]:
     return seen
 
 
-def _walk(weight: Node, bwd: set[Node], opaque: list[str]) -> list[MatmulUse]:
+def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: Optional[list[Node]] = None) -> list[MatmulUse]:
     """Every path from `weight` through transparent ops to a matmul operand; appends to `opaque`
-    the custom ops outside aten/prims/pqt that read it in the forward (NOTE [opaque consumers])."""
+    the custom ops outside aten/prims/pqt that read it in the forward (NOTE [opaque consumers]),
+    and to `blocked` the other forward ops that read it and are not followed."""
     nd = len(_val(weight).shape)
     uses: list[MatmulUse] = []
     stack: list[tuple[Node, list[Node], Optional[list], tuple]] = [(weight, [], list(range(nd)), ())]
@@ -281,7 +282,40 @@ def _walk(weight: Node, bwd: set[Node], opaque: list[str]) -> list[MatmulUse]:
                 stack.append((user, path + [user], nxt, (*experts, *more)))
             elif user not in bwd and (name := op_name(user.target)) and name.split("::")[0] not in _KNOWN_NAMESPACES:
                 opaque.append(name)
+            elif user not in bwd and blocked is not None:
+                blocked.append(user)
     return uses
+
+
+def _weights_only(graph: Graph, weights: dict[Node, str]) -> set[Node]:
+    """The nodes computed from weights and constants alone: no graph input other than a weight
+    (data, seeds, tangents, buffers) reaches them."""
+    data: set[Node] = set()
+    for n in graph.nodes:
+        if (n.op == "placeholder" and n not in weights) or any(a in data for a in n.all_input_nodes):
+            data.add(n)
+    return {n for n in graph.nodes if n not in data and n.op != "output"}
+
+
+def _matmul_behind(blocked: list[Node], weights_only: set[Node]) -> Optional[str]:
+    """NOTE [ops not followed]: the first op of `blocked` from which a computation on weights alone
+    (a split or slice of a fused weight, a concatenation, a weight-norm parametrization) reaches a
+    matmul operand, by name; None if none does. The walk stops at data: an embedding's lookup
+    feeds matmuls as activations, which is not a weight path."""
+    for start in blocked:
+        stack, seen = [start], {start}
+        while stack:
+            node = stack.pop()
+            if node not in weights_only:
+                continue
+            for user in node.users:
+                operands = matmul_operands(user.target)
+                if operands is not None and any(len(user.args) > p and user.args[p] is node for p in operands):
+                    return op_name(start.target) or str(start.target)
+                if user not in seen and len(seen) < 10000:
+                    seen.add(user)
+                    stack.append(user)
+    return None
 
 
 def find_weight_edges(
@@ -302,10 +336,12 @@ def find_weight_edges(
     bwd = backward_nodes(graph)
     edges: list[WeightEdge] = []
     skipped: list[SkippedWeight] = []
+    weights_only: Optional[set[Node]] = None  # computed for the first weight that needs it
     for node, name in weights.items():
         val = _val(node)
         opaque: list[str] = []
-        uses = _walk(node, bwd, opaque) if val is not None and val.dtype in SUPPORTED_DTYPES else []
+        blocked: list[Node] = []
+        uses = _walk(node, bwd, opaque, blocked) if val is not None and val.dtype in SUPPORTED_DTYPES else []
         fwd = [u for u in uses if not u.is_backward]
         if not fwd and opaque and val.dim() >= 2 and admits(name):  # NOTE [opaque consumers]
             raise ValueError(
@@ -319,6 +355,10 @@ def find_weight_edges(
             dtype=getattr(val, "dtype", None), ndim=val.dim() if val is not None else 0, forward_matmul=bool(fwd),
             single_axis=bool(axes), admitted=admits(name),
         )
+        if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admits(name):
+            weights_only = _weights_only(graph, weights) if weights_only is None else weights_only
+            via = _matmul_behind(blocked, weights_only)
+            reason = Reason.NOT_FOLLOWED.format(op=via) if via is not None else reason
         if reason is not None:
             skipped.append(SkippedWeight(name, reason))
             continue
