@@ -46,6 +46,7 @@ __all__ = [
     "stream_words",
     "element_hash",
     "noise_from_hash",
+    "check_noise",
     "noise_scale",
     "rounded_thresholds",
     "floor_log2",
@@ -198,6 +199,17 @@ def stream_words(o: SampleOps, seed: Any, key: Any) -> tuple[Any, Any]:
 def element_hash(o: SampleOps, index: Any, s1: Any, s2: Any) -> Any:
     """The 32-bit draw of element `index`: its logical row-major index (< 2^32), as a word."""
     return mix32(o, o.xor(mix32(o, o.xor(index, s1)), s2))
+
+
+def check_noise(noise: str, noise_std: float) -> None:
+    """Refuse a noise the formula does not know, or a noise_std that is not a finite number > 0
+    (the raw op's inputs; PQTConfig validates its own). "rtn" draws nothing and takes any std."""
+    if noise == "rtn":
+        return
+    if noise not in ("gaussian", "uniform", "rounded_gaussian"):
+        raise ValueError(f"pqt: noise must be 'gaussian', 'uniform', 'rounded_gaussian' or 'rtn', got {noise!r}")
+    if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0):
+        raise ValueError(f"pqt: noise_std must be a finite number > 0 (units of the step), got {noise_std!r}")
 
 
 def noise_scale(noise: str, noise_std: float) -> float:

@@ -33,7 +33,7 @@ from .blocks import block_amax, check_sample_args
 from .compat import has_triton
 from .config import PQTConfig, config_or_default
 from .formats import FormatSpec, parse_format
-from .formula import TorchOps, element_hash, noise_from_hash, sample_value, stream_words
+from .formula import TorchOps, check_noise, element_hash, noise_from_hash, sample_value, stream_words
 from .formula_nvfp4 import block_params as nvfp4_block_params
 from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
 from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
@@ -65,6 +65,7 @@ def sample_eager(
     """The formula in eager torch, on any device; chunked to bound the int64 temporaries."""
     spec = parse_format(format)
     axis = check_sample_args(w, axis, spec, block_size, out_dtype, index_strides, index_offset)
+    check_noise(noise, noise_std)
     o = TorchOps(w.device)
     seed_v = seed.reshape(()).to(device=w.device, dtype=torch.int64)
     key_v = key.reshape(()).to(device=w.device, dtype=torch.int64)
@@ -149,6 +150,7 @@ def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optio
 
 def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0, tensor_amax=None) -> torch.Tensor:
+    check_noise(noise, noise_std)  # before the Triton kernel too (sample_eager checks its own callers')
     whole = index_strides is None and index_offset == 0  # the Triton kernel knows only whole weights
     if whole and w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
@@ -180,9 +182,11 @@ def _sample_op(
                         index_offset, tensor_amax)
 
 
-def _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_offset, tensor_amax) -> FormatSpec:
+def _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+                tensor_amax) -> FormatSpec:
     spec = parse_format(format)
     check_sample_args(w, axis, spec, block_size, out_dtype, index_strides, index_offset)
+    check_noise(noise, noise_std)
     if tensor_amax is not None and (tensor_amax.numel() != 1 or not tensor_amax.is_floating_point()):
         raise ValueError(f"pqt: tensor_amax must be a floating tensor with one element, got shape "
                          f"{tuple(tensor_amax.shape)} and dtype {tensor_amax.dtype}")
@@ -192,7 +196,7 @@ def _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_off
 @_sample_op.register_fake
 def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0, tensor_amax=None):
-    _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_offset, tensor_amax)
+    _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
 
 
@@ -224,7 +228,7 @@ def _check_2d(w: torch.Tensor) -> None:
 @_sample_t_op.register_fake
 def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                    index_offset=0, tensor_amax=None):
-    _check_fake(w, axis, format, block_size, out_dtype, index_strides, index_offset, tensor_amax)
+    _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
     _check_2d(w)
     return torch.empty((w.shape[1], w.shape[0]), dtype=out_dtype, device=w.device)
 

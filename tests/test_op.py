@@ -112,3 +112,23 @@ def test_sample_t_is_the_transposed_sample_laid_out_for_a_gemm():
         assert torch.ops.pqt.sample_t.default(*_args(torch.empty(5, 7))).shape == (7, 5)
         with pytest.raises(ValueError, match="2-D"):
             torch.ops.pqt.sample_t.default(*_args(torch.empty(2, 5, 7)))
+
+
+@pytest.mark.parametrize("noise,noise_std,match", [
+    ("rounded_gaussian", -0.5, "noise_std must be a finite number > 0"),  # hung: its thresholds never grow
+    ("rounded_gaussian", 0.0, "noise_std must be a finite number > 0"),   # ZeroDivisionError
+    ("gaussian", float("nan"), "noise_std must be a finite number > 0"),  # every element NaN, silently
+    ("gaussian", -1.0, "noise_std must be a finite number > 0"),
+    ("laplace", 0.3, "noise must be"),
+])
+def test_the_raw_op_refuses_a_noise_the_formula_does_not_define(noise, noise_std, match):
+    """PQTConfig validates its noise; the op (torch.ops.pqt.sample) does too, eager and at trace time."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    w, seed, key = torch.randn(8, 32), torch.tensor(1), torch.tensor(2)
+    # The trace-time check first: without the checks this fails here instead of hanging below.
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
+        fw, fs, fk = (mode.from_tensor(t) for t in (w, seed, key))
+        torch.ops.pqt.sample(fw, fs, fk, 1, "fp6_e3m2", 32, noise, noise_std, torch.float32)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.pqt.sample(w, seed, key, 1, "fp6_e3m2", 32, noise, noise_std, torch.float32)
