@@ -64,9 +64,14 @@ def _mix64(x: int) -> int:
     return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
+_INT64 = (-(2**63), 2**63)  # a seed is the op's int64 input
+
+
 def _check_int(value: object, what: str, minimum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
+    """`value` if it is an int within int64 (and >= minimum); a ValueError naming `what` otherwise."""
+    low = _INT64[0] if minimum is None else minimum
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < _INT64[1]:
+        bound = f" in [{low}, 2**63)" if minimum is not None else " within int64, [-2**63, 2**63)"
         raise ValueError(f"pqt: {what} must be an int{bound}, got {value!r}")
     return value
 
@@ -181,10 +186,12 @@ def set_seed_state(state: dict[str, int]) -> None:
         )
     try:
         values = {k: int(state[k]) for k in _STATE_KEYS}
+        exact = all(values[k] == state[k] for k in _STATE_KEYS)  # 1.7 is not a step (int() would make it 1)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"pqt: not a seed state (expected the keys {list(_STATE_KEYS)}): {state!r}") from e
-    if values["step"] < 0 or values["micro_batch"] < 0:
-        raise ValueError(f"pqt: not a seed state (negative step or micro_batch): {state!r}")
+    if not exact or values["step"] < 0 or values["micro_batch"] < 0 or not _INT64[0] <= values["base"] < _INT64[1]:
+        raise ValueError(f"pqt: not a seed state (integers expected: step and micro_batch >= 0, base within "
+                         f"int64): {state!r}")
     for k, v in values.items():
         setattr(_stream, k, v)
 

@@ -39,7 +39,24 @@ def test_fixed_seed_pins_and_nests():
 
 @pytest.mark.parametrize("call", [lambda: pqt_compile.manual_seed(1.5), lambda: seeds.step_seed(-1),
                                   lambda: seeds.step_seed(0, -2), lambda: pqt_compile.fixed_seed(True).__enter__(),
-                                  lambda: pqt_compile.set_seed_state({"base": 1}), lambda: pqt_compile.rank_seed(3, -1)])
+                                  lambda: pqt_compile.set_seed_state({"base": 1}), lambda: pqt_compile.rank_seed(3, -1),
+                                  # outside int64 (the op's seed): 2**64 aliased seed 0; fixed_seed failed at the call
+                                  lambda: pqt_compile.manual_seed(2**64), lambda: pqt_compile.fixed_seed(2**63).__enter__(),
+                                  lambda: pqt_compile.fixed_seed(-(2**63) - 1).__enter__(),
+                                  lambda: pqt_compile.set_seed_state({"base": 0, "step": 1.7, "micro_batch": 0}),
+                                  lambda: pqt_compile.set_seed_state({"base": 2**63, "step": 1, "micro_batch": 0})])
 def test_bad_values_are_refused(call):
+    state = pqt_compile.seed_state()
     with pytest.raises(ValueError):
         call()
+    assert pqt_compile.seed_state() == state  # nothing half-set
+
+
+def test_int64_extremes_are_seeds():
+    for seed in (-(2**63), 2**63 - 1):
+        with pqt_compile.fixed_seed(seed):
+            assert pqt_compile.current_seed() == seed
+    state = pqt_compile.seed_state()
+    pqt_compile.set_seed_state({"base": -(2**63), "step": 3, "micro_batch": 1})
+    assert pqt_compile.seed_state() == {"base": -(2**63), "step": 3, "micro_batch": 1}
+    pqt_compile.set_seed_state(state)
