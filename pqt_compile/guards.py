@@ -138,7 +138,7 @@ def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
     by_name: dict[str, set[int]] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            name = _seen_name(p, stand_ins)
+            name = _seen_name(p, stand_ins) if p.dim() >= 2 else None  # a vector (bias, norm) is never sampled
             if name is not None:
                 by_name.setdefault(name, set()).add(id(p))
     shared = sorted(n for n, ids in by_name.items() if len(ids) > 1)
