@@ -24,6 +24,7 @@ of the eager model with each sampled weight replaced by its sample. `trace` retu
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -39,7 +40,7 @@ from .moe import check_experts, traced_as_compiled
 from .naming import named_parameters
 from .op import sample
 from .seeds import key_for_name
-from .selection import admits_fn, module_rule_axes
+from .selection import admits_fn, module_rule_axes, module_rules_miss
 
 __all__ = ["sampled_weights", "run", "trace", "trace_weight_edges", "sampled_axes", "ReferenceTraceError"]
 
@@ -143,7 +144,18 @@ def sampled_axes(model: torch.nn.Module, config: PQTConfig, example_args: Option
     if example_args is not None or example_kwargs is not None:
         edges, _ = trace_weight_edges(model, *(example_args or ()), config=config, **(example_kwargs or {}))
         return {e.name: e.axis for e in edges}
-    return module_rule_axes(model, config)
+    axes = module_rule_axes(model, config)
+    missed = module_rules_miss(model, config, axes)
+    if missed:
+        warnings.warn(
+            f"pqt: without example inputs, the module-type rules cannot tell whether a matmul reads {len(missed)} matrix "
+            f"weight(s) of {type(model).__name__}: {', '.join(missed[:8])}{', ...' if len(missed) > 8 else ''}. They are "
+            "treated as not sampled (an export keeps them as they are), though training samples any that a matmul "
+            "reads (x @ W with a bare Parameter, nn.MultiheadAttention's in_proj_weight). Pass example_args=(...) "
+            "to trace the forward and apply the compiler's own rules.",
+            stacklevel=3,
+        )
+    return axes
 
 
 def sampled_weights(

@@ -28,7 +28,8 @@ from .config import PQTConfig
 from .moe import expert_axes, experts_modules
 from .naming import named_parameters, parameter_aliases
 
-__all__ = ["admits", "admits_fn", "skip_reason", "samplable", "could_be_sampled", "module_rule_axes", "Reason"]
+__all__ = ["admits", "admits_fn", "skip_reason", "samplable", "could_be_sampled", "module_rule_axes", "module_rules_miss",
+           "Reason"]
 
 
 class Reason:
@@ -119,3 +120,20 @@ def module_rule_axes(model: torch.nn.Module, config: PQTConfig) -> dict[str, int
         elif type(module).__name__ == "Conv1D" and w.dim() == 2 and w.shape == (getattr(module, "nx", -1), getattr(module, "nf", -1)):
             axes.setdefault(name, 0)
     return axes
+
+
+#: Modules whose own weight no matmul reads (a lookup, a convolution): never sampled.
+_NOT_MATMUL_MODULES = (torch.nn.Embedding, torch.nn.EmbeddingBag, torch.nn.modules.conv._ConvNd)
+
+
+def module_rules_miss(model: torch.nn.Module, config: PQTConfig, axes: dict[str, int]) -> list[str]:
+    """The admitted matrix Parameters that `module_rule_axes` (its result: `axes`) cannot place:
+    neither a module rule's weight nor an embedding's or a convolution's. A matmul may read them
+    (x @ W with a bare Parameter, nn.MultiheadAttention's in_proj_weight), and only tracing the
+    forward tells."""
+    params = named_parameters(model)
+    aliases = parameter_aliases(model)
+    owned_elsewhere = {id(p) for m in model.modules() if isinstance(m, _NOT_MATMUL_MODULES)
+                       for p in m.parameters(recurse=False)}
+    return [n for n, p in params.items() if n not in axes and id(p) not in owned_elsewhere and p.dim() >= 2
+            and could_be_sampled(p, config, n, aliases.get(n, ()))]

@@ -7,7 +7,8 @@ all. `load` checks the digest and the format, and restores weights equal to what
 
 Which weights: those the compiler samples (`reference.sampled_axes`). Without example inputs
 the module-type rules of `selection.module_rule_axes` decide (nn.Linear, HF Conv1D, tied
-embeddings); pass `example_args` to trace the forward and apply the compiler's own rules.
+embeddings), with a warning naming the matrix weights they cannot place (a bare Parameter used
+as x @ W); pass `example_args` to trace the forward and apply the compiler's own rules.
 """
 
 from __future__ import annotations

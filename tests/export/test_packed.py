@@ -1,6 +1,7 @@
 """quantize_model and the packed file: export.save / export.load."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -31,7 +32,13 @@ def test_quantize_model_with_example_args_follows_the_compiler_rules():
     torch.manual_seed(0)
     m = TinyGPT()
     idx = torch.randint(0, 64, (2, 16))
-    q = quantize_model(copy.deepcopy(m), PQTConfig(format="fp4_e2m1"), example_args=(idx,))
+    # Without example inputs the module rules cannot place the bare x @ W Parameters: said, not silent.
+    with pytest.warns(UserWarning, match=r"cannot tell whether a matmul reads 2 matrix weight\(s\) of TinyGPT: w_in, w_out\."):
+        unsure = quantize_model(copy.deepcopy(m), PQTConfig(format="fp4_e2m1"))
+    assert torch.equal(unsure.w_in, m.w_in)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # traced: nothing left to guess
+        q = quantize_model(copy.deepcopy(m), PQTConfig(format="fp4_e2m1"), example_args=(idx,))
     assert torch.equal(q.w_in, quantize(m.w_in, axis=0, config=PQTConfig(format="fp4_e2m1")))  # x @ W, axis 0
     assert q.lm_head.weight is q.wte.weight  # still tied
 
