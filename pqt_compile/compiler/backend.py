@@ -229,6 +229,8 @@ def compile(
     """
     cfg = config_or_default(config, "pqt_compile.compile")
     split_options({"config": cfg, **(options or {})})  # refuse bad options now, not at first call
+    if mode and mode != "default":
+        mode_options(mode)  # ... and a bad mode (Inductor's own message names the modes)
     naming.register(model)
     check_experts(model, admits_fn(cfg, model))
 

@@ -48,6 +48,8 @@ def test_pqt_compile_refuses_unknown_options_when_called():
         pqt_compile.compile(nn.Linear(8, 8), options={"formt": "int8"})
     with pytest.raises(TypeError, match="PQTConfig"):
         pqt_compile.compile(nn.Linear(8, 8), config={"format": "int8"})
+    with pytest.raises(RuntimeError, match="max_autotune.*max-autotune"):  # a bad mode too, not at the first call
+        pqt_compile.compile(nn.Linear(8, 8), mode="max_autotune")
 
 
 def test_options_reach_the_sample():
