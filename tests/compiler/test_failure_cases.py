@@ -217,6 +217,33 @@ def test_a_weight_reaching_a_matmul_through_an_op_not_followed_warns(make, weigh
         pqt_compile.compile(emb)(torch.randint(0, 10, (2, 5))).sum().backward()
 
 
+class _ExpertsIterated(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.W = how, nn.Parameter(torch.randn(3, 16, 32) * 0.1)
+
+    def forward(self, x):
+        ws = self.W if self.how == "iterate" else self.W.unbind(0)
+        return sum(torch.nn.functional.linear(x, w) for w in ws)
+
+
+@pytest.mark.parametrize("how", ["iterate", "unbind"])
+def test_experts_read_one_by_one_are_sampled_alike_compiled_and_in_the_reference(how):
+    """`for w in W` (Dynamo: select per expert; make_fx: unbind) and W.unbind(0): each item is an
+    expert of one sampled weight, blocks along its K. Before, the reference (and pqt-check) did not
+    see through unbind, and W.unbind(0) trained clean in both."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = _ExpertsIterated(how), torch.randn(5, 32)
+    with pqt_compile.fixed_seed(21):
+        out = pqt_compile.compile(m)(x)
+    with torch.no_grad():
+        ws = sample(m.W, seed=21, key=key_for_name("W"), axis=2)
+        oracle = sum(torch.nn.functional.linear(x, w) for w in ws)
+    assert max_rel_err(out, oracle) < FP32_REL_TOL
+    assert max_rel_err(reference.run(m, x, seed=21), oracle) < FP32_REL_TOL
+
+
 class RaggedK(nn.Module):
     """fc1 reduces over K (the case under test), fc2 over 24: both shorter than or not a
     multiple of the block. Returns fc1's output too: for an identity batch it is W1_hat^T."""

@@ -122,6 +122,7 @@ def insert_sample(
     samples: dict[tuple[str, torch.dtype], Node] = {}
     # Keys and samples go right after the placeholders, before the first computation.
     anchor = next(n for n in graph.nodes if n.op != "placeholder")
+    position = {n: i for i, n in enumerate(graph.nodes)}
     for edge in edges:
         if edge.expert_axes and config.block_size == "tensor":
             raise ValueError(
@@ -162,7 +163,9 @@ def insert_sample(
                 samples[(edge.name, dtype)] = s
             return samples[(edge.name, dtype)]
 
-        for use in edge.uses:
+        # Earliest matmul first: a path node made for one use is shared by the later ones (memo),
+        # so it must come before all of them (an unbind's items feed matmuls in any order).
+        for use in sorted(edge.uses, key=lambda u: position[u.matmul]):
             # A backward path reuses the forward sample whose dtype it reads (NOTE [forward decides]).
             dtype = use.dtype if (not use.is_backward or use.dtype in fwd_dtypes) else None
             if dtype is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import logging
+import operator
 from typing import Callable, Optional
 
 import torch
@@ -236,6 +237,14 @@ def _picks_experts(n: Node, dims: Optional[list]) -> bool:
     return n.args[1] % len(dims) == 0
 
 
+def _unbinds_experts(n: Node, weight: Node, dims: Optional[list]) -> bool:
+    """Whether `n` unbinds a weight of 3 or more dims along its axis 0 (experts), which Dynamo
+    records for `for w in W` and make_fx as aten.unbind: the items are W[0], W[1], ..."""
+    if n.target is not aten.unbind.int or not n.args or n.args[0] is not weight or dims is None or len(dims) < 3:
+        return False
+    return (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % len(dims) == 0 and dims[0] == 0
+
+
 def _expert_axis(n: Node) -> tuple[int, ...]:
     """The weight axis an indexing node picks experts from (axis 0; not for a slice)."""
     return () if n.target is aten.slice.Tensor else (0,)
@@ -273,6 +282,11 @@ def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: Optional[lis
                         if g is not None and dims is not None and len(dims) == 3 and isinstance(dims[g], int) and dims[g] >= 0:
                             grouped = (*experts, dims[g])
                         uses.append(MatmulUse(path, user, pos, axis, _val(node).dtype, user in bwd, grouped))
+            elif _unbinds_experts(user, node, dims):
+                # `for w in W` / W.unbind(0) over experts: each item is W[e] (NOTE [expert paths])
+                for item in user.users:
+                    if item.target is operator.getitem:
+                        stack.append((item, path + [user, item], dims[1:], (*experts, 0)))
             elif user.args and user.args[0] is node and (
                 user.target in _VIEWS or user.target in _IDENTITY or user.target in _OTHER or _is_dtype_cast(user)
                 or _picks_experts(user, dims)
