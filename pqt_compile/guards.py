@@ -152,13 +152,23 @@ def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def _example_names(module: torch.nn.Module) -> str:
-    """A few matrix weights' qualified names of `module` (for a message)."""
-    names = [n for n, p in naming.named_parameters(naming.unwrap(module)).items() if p.dim() >= 2][:3]
-    return ", ".join(repr(n) for n in names) or "none: it has no matrix weight"
+def _admitted_nowhere(module: torch.nn.Module, config: PQTConfig) -> Optional[str]:
+    """If include/exclude admit no matrix weight of the registered model that holds `module` (or of
+    `module` itself, if none is registered), a few of its qualified names for a message; None if
+    they admit one (a block compiled alone and excluded on purpose: its model is sampled)."""
+    module = naming.unwrap(module)
+    held = naming.roots_holding(list(module.parameters())) or [(module, "")]
+    names: list[str] = []
+    for root, prefix in held:
+        for p, entry in naming.weight_names(root, prefix).values():
+            if p.dim() >= 2:
+                if could_be_sampled(p, config, entry.name, entry.aliases):
+                    return None
+                names.append(entry.name)
+    return ", ".join(repr(n) for n in names[:3]) or "none: it has no matrix weight"
 
 
-def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
+def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
     """Warn if the first training call of `module` ran no PQT graph holding weights.
 
     `module` is torch.compile's wrapper, whose hooks run eagerly around the compiled forward.
@@ -187,11 +197,11 @@ def warn_if_nothing_sampled(module: torch.nn.Module) -> None:
                 "for a torch.nn container; pqt-dump shows what was compiled.",
                 stacklevel=2,
             )
-        elif _state.sampling_calls == state["sampling_before"]:
+        elif _state.sampling_calls == state["sampling_before"] and (names := _admitted_nowhere(mod, config)):
             warnings.warn(
                 "pqt: this training call ran PQT-compiled graphs but sampled no weight: the config's include/exclude "
-                "patterns admit none of the weights its matmuls read (they match qualified names such as "
-                f"{_example_names(mod)}), so the model trains without noise. Fix the patterns; pqt-dump or "
+                "patterns admit none of the model's matrix weights (they match qualified names such as "
+                f"{names}), so the model trains without noise. Fix the patterns; pqt-dump or "
                 "pqt_compile.explain(model, ...) lists each weight and why it is or is not sampled.",
                 stacklevel=2,
             )

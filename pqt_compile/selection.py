@@ -133,7 +133,11 @@ def module_rules_miss(model: torch.nn.Module, config: PQTConfig, axes: dict[str,
     forward tells."""
     params = named_parameters(model)
     aliases = parameter_aliases(model)
-    owned_elsewhere = {id(p) for m in model.modules() if isinstance(m, _NOT_MATMUL_MODULES)
+    # A MoE router (transformers' *TopKRouter: a bare [E, H] weight read by F.linear) is sampled in
+    # training but kept in full precision by the engines (llama.cpp's ffn_gate_inp, gpt-oss's and
+    # vLLM's unconverted gates), and by the exports: placed, not missed.
+    owned_elsewhere = {id(p) for m in model.modules()
+                       if isinstance(m, _NOT_MATMUL_MODULES) or type(m).__name__.lower().endswith("router")
                        for p in m.parameters(recurse=False)}
     return [n for n, p in params.items() if n not in axes and id(p) not in owned_elsewhere and p.dim() >= 2
             and could_be_sampled(p, config, n, aliases.get(n, ()))]

@@ -13,6 +13,10 @@ rule] in seeds.py), observed with hooks.
   process (a baseline) moves nothing, nor does a step with no backward before it (an
   initialisation, as torch.distributed.checkpoint does).
 
+* An optimizer step after a sampling call through which no backward pass runs (a graph whose
+  inputs are all frozen), when no backward pass ran through a sampling graph since the last step:
+  a new step too (NOTE [frozen graphs]). Its micro-batches share a draw (no backward counts them).
+
 Limits, written down in docs/design.md: a pipeline schedule that runs several forwards before
 their backwards gives them one draw; two PQT models trained interleaved in one process share the
 counters (each sees every other step). Pin seeds with `fixed_seed` where that matters.
@@ -36,6 +40,7 @@ class _Hooks:
         self.optimizer_hook: Optional[Any] = None
         self.queued_for: int = -1  # the backward pass whose end is already awaited
         self.counts: ObjectMemo[bool] = ObjectMemo()  # per optimizer and naming version: whether it counts
+        self.frozen_sampled = False  # a sampling call with no backward through it since the last step
 
 
 _hooks = _Hooks()
@@ -67,8 +72,16 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
     # torch.distributed.checkpoint's get_state_dict initialises a stateless optimizer by calling
     # step() with zero gradients and lr 0 (torch 2.13), at every save and load.
     if seeds.micro_batch() > 0 and optimizer_counts(optimizer):
+        _hooks.frozen_sampled = False
         seeds.advance_step()
         guards.after_optimizer_step(optimizer)
+    elif _hooks.frozen_sampled and seeds.micro_batch() == 0:
+        # NOTE [frozen graphs]: a PQT graph whose inputs are all frozen (backend.py NOTE [training
+        # graphs]) samples, but no backward pass runs through it; if none ran through any PQT
+        # graph either (a frozen backbone compiled with pqt, its head trained without), an
+        # optimizer step after its forward still ends the step, so each step draws afresh.
+        _hooks.frozen_sampled = False
+        seeds.advance_step()
 
 
 def _end_of_backward() -> None:
@@ -96,9 +109,12 @@ def track_backward(outputs: Any) -> None:
         if node is not None and node is not hooked:
             node.register_prehook(_on_backward_through)
             hooked = node
+    if hooked is None:
+        _hooks.frozen_sampled = True  # no backward will run through it (NOTE [frozen graphs])
 
 
 def reset() -> None:
     """Forget the per-optimizer decisions and a pending callback (for tests); the hook stays."""
     _hooks.queued_for = -1
     _hooks.counts = ObjectMemo()
+    _hooks.frozen_sampled = False

@@ -159,6 +159,17 @@ def test_include_patterns_that_admit_no_weight_warn_through_pqt_compile():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         ok(x)
+    # Blocks compiled one by one, one excluded on purpose: its model is sampled, no warning.
+    torch._dynamo.reset()
+    root = nn.Sequential(MLP(), MLP())
+    pqt_compile.register(root)
+    cfg = PQTConfig(exclude=[r"^0\."])
+    for i in range(2):
+        root[i] = pqt_compile.compile(root[i], cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        root(torch.randn(2, 32))
+    assert not [w for w in caught if str(w.message).startswith("pqt:")]
 
 
 def test_the_nothing_sampled_hooks_go_after_the_first_training_call():

@@ -42,15 +42,21 @@ def queue_backward_callback(fn: Callable[[], None]) -> None:
 
 
 def in_reentrant_checkpoint_forward() -> bool:
-    """Whether the caller runs inside the forward of torch.utils.checkpoint(use_reentrant=True):
-    `CheckpointFunction.forward`, which runs the function under no_grad and runs it again, with
-    grad, in the backward pass. Found by its code object on the call stack (torch 2.11-2.15); a
-    few microseconds, so for calls off the training path only."""
-    code = require("torch.utils.checkpoint", "CheckpointFunction", "spotting a reentrant checkpoint").forward.__code__
+    """Whether the caller runs inside the forward of torch.utils.checkpoint(use_reentrant=True)
+    that its backward will run again: `CheckpointFunction.forward` runs the function under
+    no_grad, and the backward recomputes it, with grad, when an input of the checkpoint requires
+    grad (called under an outer no_grad, none does, and nothing is recomputed). Found by its code
+    object on the call stack and its `args` (torch 2.13-2.15; if those are not found, True); a few
+    microseconds, so for calls off the training path only."""
+    code = require("torch.utils.checkpoint", "CheckpointFunction",
+                   "refusing a PQT graph called in a reentrant checkpoint's no_grad forward").forward.__code__
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code is code:
-            return True
+            args = frame.f_locals.get("args")
+            if not isinstance(args, tuple):
+                return True
+            return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         frame = frame.f_back
     return False
 

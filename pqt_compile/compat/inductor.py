@@ -82,14 +82,19 @@ def triton_divides_exactly() -> bool:
 
 
 def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict],
-               scalar_index_asserts: bool = True, decompositions: Optional[dict] = None) -> Callable:
+               scalar_index_asserts: bool = True, keep_matmuls: bool = False) -> Callable:
     """Inductor's `compile_fx` (torch 2.13), with config patches applied to this compile only.
 
     scalar_index_asserts=False: the generated wrappers check no 0-d int64 input (NOTE [0-d input
     asserts]), in the forward graph and in the backward graph, which AOTAutograd compiles at the
     first backward pass (through the same inner compile function, as the config patches).
-    decompositions: the table AOTAutograd traces with (None: Inductor's own)."""
+    keep_matmuls=True: AOTAutograd traces with `decompositions_keeping_matmuls()`, built under the
+    config patches (Inductor's table depends on its config, e.g. fallback_random)."""
     fn = require("torch._inductor.compile_fx", "compile_fx", "the pqt backend")
+    decompositions = None
+    if keep_matmuls:
+        with inductor_config().patch(config_patches or {}):
+            decompositions = decompositions_keeping_matmuls()
     if scalar_index_asserts:
         return fn(gm, example_inputs, config_patches=config_patches or None, decompositions=decompositions)
     inner = require("torch._inductor.compile_fx", "compile_fx_inner", "the pqt backend")
@@ -104,17 +109,30 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: O
 
 
 def decompositions_keeping_matmuls() -> dict:
-    """Inductor's decomposition table (`select_decomp_table`, torch 2.11-2.15) without its own
-    rewrites of aten.mm, addmm and bmm into multiplies and sums (for one-row or one-column shapes,
-    tiny ones on the CPU, K = 1; on a GPU under coordinate-descent tuning every one-row or
-    one-column matmul): compiler/backend.py NOTE [matmuls stay matmuls]. Computed per compile
-    (the table follows Inductor's config)."""
+    """Inductor's decomposition table (`select_decomp_table`, torch 2.13-2.15) without its own
+    rewrites of aten.mm and addmm into multiplies and sums (one-row or one-column shapes, tiny
+    ones on the CPU, K = 1; on a GPU under coordinate-descent tuning every one-row or one-column
+    matmul), and with bmm's kept for the outer product only ([B, M, 1] x [B, 1, N]: a rotary
+    position table; no weight is contracted over one element): compiler/backend.py NOTE [matmuls
+    stay matmuls]. Reads Inductor's config: call it under the compile's patches."""
     table = _MatmulKeepingTable(require("torch._inductor.decomposition", "select_decomp_table",
                                         "keeping small matmuls sampled")())
     aten = torch.ops.aten
-    for op in (aten.mm.default, aten.addmm.default, aten.bmm.default):
+    for op in (aten.mm.default, aten.addmm.default):
         table.pop(op, None)
+    bmm = table.pop(aten.bmm.default, None)
+    if bmm is not None:
+        table[aten.bmm.default] = functools.partial(_bmm_outer_product_only, bmm)
     return table
+
+
+def _bmm_outer_product_only(decomposition: Callable, a: torch.Tensor, b: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """Inductor's bmm decomposition where the product is an outer product (K = 1), else none."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    if statically_known_true(a.shape[2] == 1) and statically_known_true(b.shape[1] == 1):
+        return decomposition(a, b, *args, **kwargs)
+    return NotImplemented
 
 
 class _MatmulKeepingTable(dict):

@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .. import guards, naming
-from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, decompositions_keeping_matmuls,
-                      frame_modules, frame_root_module, ieee_division_patches, inductor_config_options, mode_options)
+from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
+                      ieee_division_patches, inductor_config_options, mode_options)
 from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
@@ -94,9 +94,11 @@ class GraphCompiler:
         # weights are sampled, whether or not an input requires grad: AOTAutograd then builds an
         # inference graph (a frozen block in a graph of its own, after a graph break or compiled
         # per block), which must sample as the same frozen weights do inside a joint graph (the
-        # noise must not depend on where Dynamo splits the model). Dynamo guards on grad mode, so
-        # a no_grad call never reaches this graph; the wrapper's per-module training flags still
-        # switch weights off in eval mode.
+        # noise must not depend on where Dynamo splits the model). Dynamo guards on grad mode at a
+        # frame's entry, so a call under no_grad gets a graph of its own (clean); a no_grad block
+        # inside a frame entered with grad is part of this graph, as it is of a joint one. The
+        # wrapper's per-module training flags still switch weights off in eval mode, and steps.py
+        # NOTE [frozen graphs] keeps the seed moving when no backward runs through the graph.
         self.training = torch.is_grad_enabled()
 
     def compile(self, resolved: ResolvedWeights, example_inputs: list) -> Callable:
@@ -125,10 +127,11 @@ class GraphCompiler:
         # coordinate-descent tuning (max-autotune), every one-row or one-column matmul, such as a
         # Linear(d, 1) value head. The pass would then find no matmul and the weight would train
         # clean, where the reference samples it. A pqt compile keeps them matmuls (an extern GEMM
-        # call for a tiny product, where Inductor would have fused a reduction). Fixed here, like
-        # the asserts: not in the pass's cache_key.
+        # call for a tiny product, where Inductor would have fused a reduction), bar bmm's outer
+        # products (K = 1: rotary tables, no weight). Fixed here, like the asserts: not in the
+        # pass's cache_key.
         return compile_fx(self.gm, example_inputs, {**division, **self.patches, "joint_custom_pre_pass": passes},
-                          scalar_index_asserts=False, decompositions=decompositions_keeping_matmuls())
+                          scalar_index_asserts=False, keep_matmuls=True)
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:
@@ -242,5 +245,5 @@ def compile(
         model.compile(backend=pqt, **kwargs)
         return model
     compiled = torch.compile(model, backend=pqt, **kwargs)
-    guards.warn_if_nothing_sampled(compiled)
+    guards.warn_if_nothing_sampled(compiled, cfg)
     return compiled

@@ -178,7 +178,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     """
     from safetensors.torch import save_file
 
-    config = config_or_default(config, "write_compressed_tensors")
+    config = config_or_default(config, "pqt_compile.export.write_compressed_tensors")
     fmt, weights_args = scheme_for(config)
     check_destination(out_dir, force=force)
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):

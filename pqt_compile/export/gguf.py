@@ -136,7 +136,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     """
     import gguf
 
-    config = config_or_default(config, "write_gguf")
+    config = config_or_default(config, "pqt_compile.export.write_gguf")
     qtype = gguf_type_for(config, gguf_type)
     check_destination(path, force=force)
     model = unwrap(model)

@@ -53,7 +53,7 @@ def write_gpt_oss_mxfp4(model: torch.nn.Module, out_dir: str, config: Optional[P
     not a multiple of 32, or an existing `out_dir` without `force`."""
     from safetensors.torch import save_file
 
-    config = config_or_default(config, "write_gpt_oss_mxfp4", PQTConfig(format="fp4_e2m1", block_size=32))
+    config = config_or_default(config, "pqt_compile.export.write_gpt_oss_mxfp4", PQTConfig(format="fp4_e2m1", block_size=32))
     if config.format != "fp4_e2m1" or config.block_size != MX_BLOCK:
         raise ExportError(f"gpt-oss's MXFP4 checkpoint holds fp4_e2m1 in blocks of 32; this model was trained for "
                           f"{config.format} / block {config.block_size}: train with PQTConfig(format='fp4_e2m1', "

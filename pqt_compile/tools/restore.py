@@ -14,19 +14,21 @@ __all__ = ["model_state_restored"]
 @contextmanager
 def model_state_restored(model: torch.nn.Module) -> Iterator[dict[str, torch.nn.Parameter]]:
     """Within: the tool may switch `model`'s mode, draw from the seed stream and write `.grad`.
-    After (also on an error): the mode, the seed position and every parameter's `.grad` (the same
+    After (also on an error): every module's mode, the seed position and every parameter's `.grad` (the same
     tensor object, or None) are restored, so gradients accumulated before the call are not lost.
     Yields the model's parameters by name (naming.named_parameters)."""
     from .. import seeds
     from ..naming import named_parameters
 
     params = named_parameters(model)
-    was_training, stream = model.training, seeds.seed_state()
+    modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen backbone kept in eval)
+    stream = seeds.seed_state()
     saved_grads = {name: p.grad for name, p in params.items()}
     try:
         yield params
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         seeds.set_seed_state(stream)
         for name, p in params.items():
             p.grad = saved_grads[name]

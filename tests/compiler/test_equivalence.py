@@ -181,6 +181,31 @@ def test_a_frozen_weight_is_sampled_wherever_dynamo_splits(broken):
         assert torch.equal(cm(x), m(x))
 
 
+def test_a_frozen_backbone_compiled_alone_draws_afresh_at_each_step():
+    """steps.py NOTE [frozen graphs]: no backward pass runs through a frozen backbone's graph, and
+    the head trains without pqt; each optimizer step still starts a new step of the seed rule
+    (before the fix for frozen graphs the backbone ran clean; a sampled one must not keep one draw)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    backbone, head = MLP(), torch.nn.Linear(32, 4)
+    backbone.requires_grad_(False)
+    cfg = pqt_compile.PQTConfig(format="int4")
+    compiled = pqt_compile.compile(backbone, cfg)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    pqt_compile.manual_seed(0)
+    x = torch.randn(4, 32)
+    features = []
+    for step in range(3):
+        h = compiled(x)
+        assert max_rel_err(h, reference.run(backbone, x, seed=pqt_compile.step_seed(step, 0), config=cfg)) < FP32_REL_TOL
+        features.append(h)
+        head(h).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert pqt_compile.seed_state()["step"] == 3
+    assert not torch.equal(features[0], features[1]) and not torch.equal(features[1], features[2])
+
+
 def test_a_graph_break_in_a_block_loop_trains_as_the_unbroken_model():
     """torch.compile(model, backend="pqt") of a loop over blocks with a graph break after block 1:
     Dynamo skips the forward and compiles each block's frame (one graph for all blocks). Each

@@ -103,10 +103,11 @@ def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
     for n, p in m.named_parameters():
         p.grad = accumulated[n]
     m.eval()
+    m.norm.train()  # a mixed mode, as a frozen part kept in eval inside a training model
     r = pqt_compile.explain(m, x)  # the same model: its code object gets a second cache entry
     assert {s.name for s in r.sampled} == {"fc1.weight", "fc2.weight"}
     assert pqt_compile.seed_state() == state
-    assert not m.training
+    assert not m.training and not m.fc1.training and m.norm.training
     for n, p in m.named_parameters():
         assert p.grad is accumulated[n] and bool((p.grad == 0.5).all()), n
     m.train()

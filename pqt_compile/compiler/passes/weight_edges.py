@@ -311,11 +311,12 @@ def _weights_only(graph: Graph, weights: dict[Node, str]) -> set[Node]:
     return {n for n in graph.nodes if n not in data and n.op != "output"}
 
 
-def _matmul_behind(blocked: list[Node], weights_only: set[Node]) -> Optional[str]:
+def _matmul_behind(blocked: list[Node], weights_only: set[Node], bwd: set[Node]) -> Optional[str]:
     """NOTE [ops not followed]: the first op of `blocked` from which a computation on weights alone
     (a split or slice of a fused weight, a concatenation, a weight-norm parametrization) reaches a
-    matmul operand, by name; None if none does. The walk stops at data: an embedding's lookup
-    feeds matmuls as activations, which is not a weight path."""
+    forward matmul as the weight operand of a product with data, by name; None if none does. The walk stops
+    at data (an embedding's lookup feeds matmuls as activations) and at a product of weights alone
+    (a learned query or latent through its own projection is an activation there, not a weight)."""
     for start in blocked:
         stack, seen = [start], {start}
         while stack:
@@ -323,9 +324,15 @@ def _matmul_behind(blocked: list[Node], weights_only: set[Node]) -> Optional[str
             if node not in weights_only:
                 continue
             for user in node.users:
+                if user in bwd:  # the backward's matmuls read the weight against gradients
+                    continue
                 operands = matmul_operands(user.target)
-                if operands is not None and any(len(user.args) > p and user.args[p] is node for p in operands):
-                    return op_name(start.target) or str(start.target)
+                mine = [p for p in operands or () if len(user.args) > p and user.args[p] is node]
+                if mine:
+                    others = [user.args[p] for p in operands if p not in mine and len(user.args) > p]
+                    if any(isinstance(o, Node) and o not in weights_only for o in others):
+                        return op_name(start.target) or str(start.target)
+                    continue  # weights times weights: not followed further
                 if user not in seen and len(seen) < 10000:
                     seen.add(user)
                     stack.append(user)
@@ -371,7 +378,7 @@ def find_weight_edges(
         )
         if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admits(name):
             weights_only = _weights_only(graph, weights) if weights_only is None else weights_only
-            via = _matmul_behind(blocked, weights_only)
+            via = _matmul_behind(blocked, weights_only, bwd)
             reason = Reason.NOT_FOLLOWED.format(op=via) if via is not None else reason
         if reason is not None:
             skipped.append(SkippedWeight(name, reason))
