@@ -35,7 +35,7 @@ from . import naming
 from .compat import fsdp2_unsharded_params
 from .config import PQTConfig
 from .memo import ObjectMemo
-from .selection import could_be_sampled
+from .selection import could_be_sampled, not_matmul_weights
 
 __all__ = ["mark_seen", "keyed_name", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
 
@@ -48,7 +48,6 @@ class _State:
         self.checked_optimizers: ObjectMemo[bool] = ObjectMemo()  # per optimizer: checked at this seen_version
         self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
         self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
-        self.sampling_calls = 0  # ... of which at least one keyed weight was switched on
 
 
 _state = _State()
@@ -73,10 +72,9 @@ def watch(config: PQTConfig, params: Sequence[Any]) -> None:
     _state.pending.append((config, [weakref.ref(p) for p in params]))
 
 
-def note_graph_call(sampled: bool) -> None:
-    """A PQT graph that holds weights ran; `sampled`: with at least one weight switched on."""
+def note_graph_call() -> None:
+    """A PQT graph that holds weights ran (sampling or not)."""
     _state.graph_calls += 1
-    _state.sampling_calls += sampled
 
 
 def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
@@ -153,18 +151,26 @@ def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _admitted_nowhere(module: torch.nn.Module, config: PQTConfig) -> Optional[str]:
-    """If include/exclude admit no matrix weight of the registered model that holds `module` (or of
-    `module` itself, if none is registered), a few of its qualified names for a message; None if
-    they admit one (a block compiled alone and excluded on purpose: its model is sampled)."""
+    """If include/exclude admit no matrix weight that a matmul could read (embeddings and
+    convolutions left out) of the registered models that hold `module` (or of `module` itself, if
+    none is registered), a few of their names for a message; None if they admit one (a block
+    compiled alone and excluded on purpose: its model is sampled). Names as the keys' (naming.lookup)."""
     module = naming.unwrap(module)
-    held = naming.roots_holding(list(module.parameters())) or [(module, "")]
+    held = [root for root, _ in naming.roots_holding(list(module.parameters()))] or [module]
+    seen: set[int] = set()
     names: list[str] = []
-    for root, prefix in held:
-        for p, entry in naming.weight_names(root, prefix).values():
-            if p.dim() >= 2:
-                if could_be_sampled(p, config, entry.name, entry.aliases):
-                    return None
-                names.append(entry.name)
+    for root in held:
+        skip = not_matmul_weights(root)
+        for p in root.parameters():
+            if id(p) in seen or id(p) in skip or p.dim() < 2:
+                continue
+            seen.add(id(p))
+            entry = naming.lookup(p)
+            if entry is None:
+                continue
+            if could_be_sampled(p, config, entry.name, entry.aliases):
+                return None
+            names.append(entry.name)
     return ", ".join(repr(n) for n in names[:3]) or "none: it has no matrix weight"
 
 
@@ -175,11 +181,11 @@ def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
     The hooks remove themselves after that call: a module with forward hooks takes
     `Module.__call__`'s slow path at every call (host time, wrapper.py NOTE [host time per call]).
     """
-    state = {"before": 0, "sampling_before": 0, "done": False}  # "done": a deep copy shares these hooks
+    state = {"before": 0, "done": False}  # "done": a deep copy of the module shares these hooks
     handles: list = []
 
     def pre(mod: torch.nn.Module, args: Any) -> None:
-        state["before"], state["sampling_before"] = _state.graph_calls, _state.sampling_calls
+        state["before"] = _state.graph_calls
 
     def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
         if state["done"] or not torch.is_grad_enabled() or not naming.unwrap(mod).training:
@@ -197,7 +203,7 @@ def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
                 "for a torch.nn container; pqt-dump shows what was compiled.",
                 stacklevel=2,
             )
-        elif _state.sampling_calls == state["sampling_before"] and (names := _admitted_nowhere(mod, config)):
+        elif names := _admitted_nowhere(mod, config):
             warnings.warn(
                 "pqt: this training call ran PQT-compiled graphs but sampled no weight: the config's include/exclude "
                 "patterns admit none of the model's matrix weights (they match qualified names such as "

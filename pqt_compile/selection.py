@@ -29,7 +29,7 @@ from .moe import expert_axes, experts_modules
 from .naming import named_parameters, parameter_aliases
 
 __all__ = ["admits", "admits_fn", "skip_reason", "samplable", "could_be_sampled", "module_rule_axes", "module_rules_miss",
-           "Reason"]
+           "not_matmul_weights", "Reason"]
 
 
 class Reason:
@@ -136,8 +136,14 @@ def module_rules_miss(model: torch.nn.Module, config: PQTConfig, axes: dict[str,
     # A MoE router (transformers' *TopKRouter: a bare [E, H] weight read by F.linear) is sampled in
     # training but kept in full precision by the engines (llama.cpp's ffn_gate_inp, gpt-oss's and
     # vLLM's unconverted gates), and by the exports: placed, not missed.
-    owned_elsewhere = {id(p) for m in model.modules()
-                       if isinstance(m, _NOT_MATMUL_MODULES) or type(m).__name__.lower().endswith("router")
-                       for p in m.parameters(recurse=False)}
+    owned_elsewhere = not_matmul_weights(model) | {id(p) for m in model.modules()
+                                                   if type(m).__name__.lower().endswith("router")
+                                                   for p in m.parameters(recurse=False)}
     return [n for n, p in params.items() if n not in axes and id(p) not in owned_elsewhere and p.dim() >= 2
             and could_be_sampled(p, config, n, aliases.get(n, ()))]
+
+
+def not_matmul_weights(model: torch.nn.Module) -> set[int]:
+    """ids of the Parameters whose module reads them without a matmul (an embedding's table, a
+    convolution's kernel): never sampled, whatever the patterns say."""
+    return {id(p) for m in model.modules() if isinstance(m, _NOT_MATMUL_MODULES) for p in m.parameters(recurse=False)}

@@ -11,11 +11,12 @@ rule] in seeds.py), observed with hooks.
   least one such backward pass: the next draw is a new step (`seeds.advance_step`); the guards
   that wait for a whole step run then. An optimizer of a model trained without pqt in the same
   process (a baseline) moves nothing, nor does a step with no backward before it (an
-  initialisation, as torch.distributed.checkpoint does).
+  initialisation, as torch.distributed.checkpoint does), except as the next item says.
 
 * An optimizer step after a sampling call through which no backward pass runs (a graph whose
-  inputs are all frozen), when no backward pass ran through a sampling graph since the last step:
-  a new step too (NOTE [frozen graphs]). Its micro-batches share a draw (no backward counts them).
+  inputs are all frozen), when no backward pass ran through a sampling graph since the last step
+  and the optimizer's learning rate is not 0: a new step too (NOTE [frozen graphs]), whichever
+  optimizer it is. Its micro-batches share a draw (no backward counts them).
 
 Limits, written down in docs/design.md: a pipeline schedule that runs several forwards before
 their backwards gives them one draw; two PQT models trained interleaved in one process share the
@@ -32,7 +33,7 @@ from . import guards, naming, seeds
 from .compat import current_graph_task_id, queue_backward_callback
 from .memo import ObjectMemo
 
-__all__ = ["install", "track_backward", "optimizer_counts"]
+__all__ = ["install", "track_backward", "optimizer_counts", "frozen_pending", "set_frozen_pending"]
 
 
 class _Hooks:
@@ -75,13 +76,29 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
         _hooks.frozen_sampled = False
         seeds.advance_step()
         guards.after_optimizer_step(optimizer)
-    elif _hooks.frozen_sampled and seeds.micro_batch() == 0:
+    elif _hooks.frozen_sampled and seeds.micro_batch() == 0 and _updates(optimizer):
         # NOTE [frozen graphs]: a PQT graph whose inputs are all frozen (backend.py NOTE [training
         # graphs]) samples, but no backward pass runs through it; if none ran through any PQT
         # graph either (a frozen backbone compiled with pqt, its head trained without), an
         # optimizer step after its forward still ends the step, so each step draws afresh.
         _hooks.frozen_sampled = False
         seeds.advance_step()
+
+
+def _updates(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a step of `optimizer` can move a weight: some group has a non-zero learning rate (the
+    initialising step torch.distributed.checkpoint makes at a save or load has lr 0)."""
+    return any(g.get("lr", 1.0) != 0 for g in optimizer.param_groups)
+
+
+def frozen_pending() -> bool:
+    """Whether a sampling call with no backward through it is waiting for the next optimizer step
+    (NOTE [frozen graphs]); with `set_frozen_pending`, for a tool that must leave the stream as it was."""
+    return _hooks.frozen_sampled
+
+
+def set_frozen_pending(pending: bool) -> None:
+    _hooks.frozen_sampled = pending
 
 
 def _end_of_backward() -> None:

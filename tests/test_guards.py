@@ -143,6 +143,24 @@ def test_a_training_call_that_compiles_nothing_warns_through_pqt_compile():
         ok(torch.randn(2, 32))  # a model that does compile: no warning
 
 
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x))
+
+
+class _EmbeddedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.blk = nn.Embedding(10, 8), _Block()
+
+    def forward(self, idx):
+        return self.blk(self.emb(idx))
+
+
 def test_include_patterns_that_admit_no_weight_warn_through_pqt_compile():
     """A graph ran but no weight was switched on (include matches no name): the model would train
     without noise; the warning names the patterns' target, qualified names. A pattern that admits
@@ -170,6 +188,18 @@ def test_include_patterns_that_admit_no_weight_warn_through_pqt_compile():
         warnings.simplefilter("always")
         root(torch.randn(2, 32))
     assert not [w for w in caught if str(w.message).startswith("pqt:")]
+    # Patterns matched against the registered model's names (a block compiled alone: 'blk.fc1...',
+    # not 'fc1...'), and an embedding, which no matmul reads, does not count as admitted.
+    for cfg, whole in ((PQTConfig(include=[r"^fc1\."]), False), (PQTConfig(exclude=["fc"]), True)):
+        torch._dynamo.reset()
+        model = _EmbeddedBlock()
+        pqt_compile.register(model)
+        if whole:
+            model = pqt_compile.compile(model, cfg)
+        else:
+            model.blk = pqt_compile.compile(model.blk, cfg)
+        with pytest.warns(UserWarning, match="sampled no weight"):
+            model(torch.randint(0, 10, (2, 3)))
 
 
 def test_the_nothing_sampled_hooks_go_after_the_first_training_call():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -13,7 +13,7 @@ from .registry import TORCH_CHECKED, CompatError, require
 __all__ = [
     "current_graph_task_id",
     "queue_backward_callback",
-    "in_reentrant_checkpoint_forward",
+    "reentrant_checkpoint_forward",
     "pytree",
     "allow_nested_fx_trace",
 ]
@@ -41,13 +41,13 @@ def queue_backward_callback(fn: Callable[[], None]) -> None:
     engine.queue_callback(fn)
 
 
-def in_reentrant_checkpoint_forward() -> bool:
+def reentrant_checkpoint_forward() -> Optional[bool]:
     """Whether the caller runs inside the forward of torch.utils.checkpoint(use_reentrant=True)
-    that its backward will run again: `CheckpointFunction.forward` runs the function under
-    no_grad, and the backward recomputes it, with grad, when an input of the checkpoint requires
-    grad (called under an outer no_grad, none does, and nothing is recomputed). Found by its code
-    object on the call stack and its `args` (torch 2.13-2.15; if those are not found, True); a few
-    microseconds, so for calls off the training path only."""
+    (`CheckpointFunction.forward`, which runs the function under no_grad): None outside one; True
+    if an input of the checkpoint requires grad, so that its backward will run the function again,
+    with grad; False if none does (an outer no_grad, or a frozen stem before it: nothing will be
+    recomputed). Found by its code object on the call stack and its `args` (torch 2.13-2.15; True
+    where those are not found); a few microseconds, so for calls off the training path only."""
     code = require("torch.utils.checkpoint", "CheckpointFunction",
                    "refusing a PQT graph called in a reentrant checkpoint's no_grad forward").forward.__code__
     frame = sys._getframe(1)
@@ -58,7 +58,7 @@ def in_reentrant_checkpoint_forward() -> bool:
                 return True
             return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         frame = frame.f_back
-    return False
+    return None
 
 
 # ---- Tracing helpers -----------------------------------------------------------------------

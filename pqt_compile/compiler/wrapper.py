@@ -21,13 +21,14 @@ only switches it off through its key.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
 from .. import guards, steps
-from ..compat import in_reentrant_checkpoint_forward
+from ..compat import reentrant_checkpoint_forward
 from ..config import PQTConfig
 from ..naming import GraphWeights, ResolvedWeights
 from ..seeds import current_seed, key_for_name, rank_seed
@@ -113,6 +114,12 @@ _REENTRANT_CHECKPOINT = (
     "use_reentrant=False (transformers: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
     "{'use_reentrant': False})), or compile the whole model (pqt_compile.compile(model))"
 )
+_REENTRANT_CHECKPOINT_CLEAN = (
+    "pqt: a PQT-compiled module in training mode ran clean inside torch.utils.checkpoint(use_reentrant=True) "
+    "under no_grad, with no input that requires grad (nothing will be recomputed: an evaluation in train mode, "
+    "or a frozen stem before it). If this is training, its weights are not sampled: use use_reentrant=False, "
+    "or compile the whole model"
+)
 
 
 class PQTCompiled:
@@ -190,13 +197,17 @@ class PQTCompiled:
         plan = self._plan_for(resolved, args)
         if not self.samples:
             enabled, sampling = (False,) * len(plan.keyed_admitted), False
-            if not torch.is_grad_enabled() and plan.switches()[1] and in_reentrant_checkpoint_forward():
-                raise RuntimeError(_REENTRANT_CHECKPOINT)
+            if not torch.is_grad_enabled() and plan.switches()[1]:
+                recomputed = reentrant_checkpoint_forward()
+                if recomputed:
+                    raise RuntimeError(_REENTRANT_CHECKPOINT)
+                if recomputed is not None:  # nothing will be recomputed: clean, said once per call site
+                    warnings.warn(_REENTRANT_CHECKPOINT_CLEAN, stacklevel=2)
         elif self.config.sample_in_eval:
             enabled, sampling = plan.keyed_admitted, plan.any_admitted
         else:  # each slot by its own module's training flag (eval mode: clean, same graph)
             enabled, sampling = plan.switches()
-        guards.note_graph_call(True in enabled)
+        guards.note_graph_call()
         params = None
         if not plan.shown:
             plan.shown = True

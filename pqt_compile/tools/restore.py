@@ -17,12 +17,12 @@ def model_state_restored(model: torch.nn.Module) -> Iterator[dict[str, torch.nn.
     After (also on an error): every module's mode, the seed position and every parameter's `.grad` (the same
     tensor object, or None) are restored, so gradients accumulated before the call are not lost.
     Yields the model's parameters by name (naming.named_parameters)."""
-    from .. import seeds
+    from .. import seeds, steps
     from ..naming import named_parameters
 
     params = named_parameters(model)
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen backbone kept in eval)
-    stream = seeds.seed_state()
+    stream, frozen = seeds.seed_state(), steps.frozen_pending()
     saved_grads = {name: p.grad for name, p in params.items()}
     try:
         yield params
@@ -30,5 +30,6 @@ def model_state_restored(model: torch.nn.Module) -> Iterator[dict[str, torch.nn.
         for m, training in modes:
             m.training = training
         seeds.set_seed_state(stream)
+        steps.set_frozen_pending(frozen)
         for name, p in params.items():
             p.grad = saved_grads[name]

@@ -108,7 +108,9 @@ class SamplePass(PQTPass):
             )
         seed, keys = graph_abi.find_inputs(primals, len(self.key_inputs))
         weights = {primals[pos]: name for pos, name in self.weight_inputs.items()}
-        edges, skipped = find_weight_edges(graph, weights, lambda n: admits(self.config, n, self.aliases.get(n, ())))
+        buffers = {primals[pos]: name for pos, name in self.buffer_inputs.items()}
+        edges, skipped = find_weight_edges(graph, weights, lambda n: admits(self.config, n, self.aliases.get(n, ())),
+                                           constants=buffers)
         shards = {primals[pos]: layout for pos, layout in self.shards.items()}
         for e in edges:
             if e.node in shards:
@@ -118,7 +120,6 @@ class SamplePass(PQTPass):
                     e.notes.append(f"tensor-parallel shard {layout.local_shape} of {layout.global_shape} at offset "
                                    f"{layout.offsets} {layout.placements}: the full weight's draw indices and blocks")
         index_args = {node: layout.op_args() for node, layout in shards.items()}
-        buffers = {primals[pos]: name for pos, name in self.buffer_inputs.items()}
         buffer_edges, _ = find_weight_edges(graph, buffers)
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
         sampled = is_joint or self.config.sample_in_eval or self.sample_inference

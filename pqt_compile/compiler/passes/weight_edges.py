@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import logging
 import operator
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import torch
 from torch.fx import Graph, Node
@@ -301,12 +301,12 @@ def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: Optional[lis
     return uses
 
 
-def _weights_only(graph: Graph, weights: dict[Node, str]) -> set[Node]:
-    """The nodes computed from weights and constants alone: no graph input other than a weight
-    (data, seeds, tangents, buffers) reaches them."""
+def _weights_only(graph: Graph, weights: dict[Node, str], constants: Collection[Node]) -> set[Node]:
+    """The nodes computed from weights and constants (buffers: a pruning mask, spectral_norm's
+    vectors) alone: no other graph input (data, seeds, tangents) reaches them."""
     data: set[Node] = set()
     for n in graph.nodes:
-        if (n.op == "placeholder" and n not in weights) or any(a in data for a in n.all_input_nodes):
+        if (n.op == "placeholder" and n not in weights and n not in constants) or any(a in data for a in n.all_input_nodes):
             data.add(n)
     return {n for n in graph.nodes if n not in data and n.op != "output"}
 
@@ -343,6 +343,7 @@ def find_weight_edges(
     graph: Graph,
     weights: dict[Node, str],
     admits: Callable[[str], bool] = lambda name: True,
+    constants: Collection[Node] = (),
 ) -> tuple[list[WeightEdge], list[SkippedWeight]]:
     """Find the sampled weights of `graph`.
 
@@ -350,6 +351,7 @@ def find_weight_edges(
         graph: an aten-level graph (joint, forward-only or inference).
         weights: weight Parameter placeholders -> qualified names.
         admits: the config's include/exclude filter over qualified names (selection.admits).
+        constants: placeholders that hold no data (buffers), for NOTE [ops not followed].
     Returns:
         (edges, skipped): one WeightEdge per sampled weight; the rest with a reason
         (selection.skip_reason: the one rule of which weights are sampled).
@@ -377,7 +379,7 @@ def find_weight_edges(
             single_axis=bool(axes), admitted=admits(name),
         )
         if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admits(name):
-            weights_only = _weights_only(graph, weights) if weights_only is None else weights_only
+            weights_only = _weights_only(graph, weights, set(constants)) if weights_only is None else weights_only
             via = _matmul_behind(blocked, weights_only, bwd)
             reason = Reason.NOT_FOLLOWED.format(op=via) if via is not None else reason
         if reason is not None:
