@@ -191,8 +191,8 @@ class PQTConfig:
         noise, so switching to it drops the noise and noise_std of a PQT config unless they are
         given (`cfg.replace(mode="ste")` is the PQT-then-STE recipe's second phase)."""
         if changes.get("mode") == "ste" and self.mode != "ste":
-            changes.setdefault("noise", "gaussian")
-            changes.setdefault("noise_std", None)
+            changes.setdefault("noise", _FIELD_DEFAULTS["noise"])
+            changes.setdefault("noise_std", _FIELD_DEFAULTS["noise_std"])
         if "format" in changes and "block_size" not in changes and self.block_size == default_block_size(self.format):
             changes["block_size"] = None
         if ("noise" in changes or "mode" in changes) and "noise_std" not in changes:
@@ -211,3 +211,7 @@ def config_or_default(config: Any, where: str, default: Optional[PQTConfig] = No
         return config
     hint = f"; for a format write config=PQTConfig(format={config!r})" if isinstance(config, str) else ""
     raise TypeError(f"{where}: config must be a PQTConfig, got {type(config).__name__}{hint}")
+
+
+#: The fields' declared defaults (what `replace` resets a field to).
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PQTConfig)}

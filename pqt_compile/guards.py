@@ -35,7 +35,7 @@ from . import naming
 from .compat import fsdp2_unsharded_params
 from .config import PQTConfig
 from .memo import ObjectMemo
-from .selection import could_be_sampled, not_matmul_weights
+from .selection import could_be_sampled, not_matmul_weights, samplable
 
 __all__ = ["mark_seen", "keyed_name", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
 
@@ -136,7 +136,7 @@ def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:
     by_name: dict[str, set[int]] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            name = _seen_name(p, stand_ins) if p.dim() >= 2 else None  # a vector (bias, norm) is never sampled
+            name = _seen_name(p, stand_ins) if samplable(p) else None  # a bias or a norm is never sampled
             if name is not None:
                 by_name.setdefault(name, set()).add(id(p))
     shared = sorted(n for n, ids in by_name.items() if len(ids) > 1)
@@ -162,7 +162,7 @@ def _admitted_nowhere(module: torch.nn.Module, config: PQTConfig) -> Optional[st
     for root in held:
         skip = not_matmul_weights(root)
         for p in root.parameters():
-            if id(p) in seen or id(p) in skip or p.dim() < 2:
+            if id(p) in seen or id(p) in skip or not samplable(p):
                 continue
             seen.add(id(p))
             entry = naming.lookup(p)

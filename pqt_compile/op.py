@@ -150,9 +150,9 @@ def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optio
 
 def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0, tensor_amax=None) -> torch.Tensor:
-    check_noise(noise, noise_std)  # before the Triton kernel too (sample_eager checks its own callers')
     whole = index_strides is None and index_offset == 0  # the Triton kernel knows only whole weights
     if whole and w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
+        check_noise(noise, noise_std)  # (sample_eager checks its own)
         # The Triton kernel: one read of w, one write of w_hat (held to sample_eager bit for bit).
         from .kernels.sample import sample_triton
 

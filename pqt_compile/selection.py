@@ -139,7 +139,7 @@ def module_rules_miss(model: torch.nn.Module, config: PQTConfig, axes: dict[str,
     owned_elsewhere = not_matmul_weights(model) | {id(p) for m in model.modules()
                                                    if type(m).__name__.lower().endswith("router")
                                                    for p in m.parameters(recurse=False)}
-    return [n for n, p in params.items() if n not in axes and id(p) not in owned_elsewhere and p.dim() >= 2
+    return [n for n, p in params.items() if n not in axes and id(p) not in owned_elsewhere
             and could_be_sampled(p, config, n, aliases.get(n, ()))]
 
 

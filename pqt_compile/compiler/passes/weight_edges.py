@@ -261,7 +261,7 @@ def backward_nodes(graph: Graph) -> set[Node]:
     return seen
 
 
-def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: Optional[list[Node]] = None) -> list[MatmulUse]:
+def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: list[Node]) -> list[MatmulUse]:
     """Every path from `weight` through transparent ops to a matmul operand; appends to `opaque`
     the custom ops outside aten/prims/pqt that read it in the forward (NOTE [opaque consumers]),
     and to `blocked` the other forward ops that read it and are not followed."""
@@ -296,7 +296,7 @@ def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: Optional[lis
                 stack.append((user, path + [user], nxt, (*experts, *more)))
             elif user not in bwd and (name := op_name(user.target)) and name.split("::")[0] not in _KNOWN_NAMESPACES:
                 opaque.append(name)
-            elif user not in bwd and blocked is not None:
+            elif user not in bwd:
                 blocked.append(user)
     return uses
 
