@@ -14,6 +14,7 @@ compat (every private torch API).
 """
 
 from . import op as _op  # registers torch.ops.pqt.sample
+from . import sample_parts as _sample_parts  # registers its split (pqt.block_values, ...)
 from . import export, reference
 from .config import PQTConfig
 from .export import quantize_model

@@ -39,13 +39,13 @@ from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
 from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from .rounding import nvfp4_rtn_from_params, rtn_value
 
-__all__ = ["sample", "sample_eager", "nvfp4_tensor_amax", "SAMPLE_OPS", "RTN"]
+__all__ = ["sample", "sample_eager", "nvfp4_tensor_amax", "element_index", "RTN", "EAGER_CHUNK"]
 
 #: The op's `noise` for PQTConfig(mode="ste"): round to nearest (rounding.py), no draw.
 RTN = "rtn"
 
 # Elements per chunk of the eager formula: bounds the int64 temporaries (~100 B/element).
-_CHUNK = 1 << 20
+EAGER_CHUNK = 1 << 20
 
 
 def sample_eager(
@@ -75,8 +75,8 @@ def sample_eager(
     if spec.two_level:  # NVFP4: formula_nvfp4.py
         amax_t = nvfp4_tensor_amax(w, tensor_amax, index_strides, index_offset)
         tensor = nvfp4_tensor_params(o, amax_t, live=o.gt(key_v, o.i64(-1)))
-        for start in range(0, w.numel(), _CHUNK):
-            stop = min(start + _CHUNK, w.numel())
+        for start in range(0, w.numel(), EAGER_CHUNK):
+            stop = min(start + EAGER_CHUNK, w.numel())
             w32 = w_flat[start:stop].float()
             params = nvfp4_block_params(o, amax_flat[start:stop], tensor)
             if noise == RTN:
@@ -88,8 +88,8 @@ def sample_eager(
                 value = nvfp4_sample_from_params(o, w32, params, r)
             out[start:stop] = value.to(out_dtype)
         return out.view(w.shape)
-    for start in range(0, w.numel(), _CHUNK):
-        stop = min(start + _CHUNK, w.numel())
+    for start in range(0, w.numel(), EAGER_CHUNK):
+        stop = min(start + EAGER_CHUNK, w.numel())
         if noise == RTN:  # mode "ste": round to nearest, no draw (rounding.py)
             live = o.gt(key_v, o.i64(-1))
             out[start:stop] = rtn_value(o, w_flat[start:stop].float(), amax_flat[start:stop], spec, live).to(out_dtype)
@@ -249,9 +249,6 @@ def _backward_t(ctx, grad: torch.Tensor):
 
 _sample_op.register_autograd(_backward, setup_context=_setup_context)
 _sample_t_op.register_autograd(_backward_t, setup_context=_setup_context)
-
-#: The compiler's sample ops: what explain and the tests look for in a graph.
-SAMPLE_OPS = (torch.ops.pqt.sample.default, torch.ops.pqt.sample_t.default)
 
 
 def _as_int64_tensor(v: Union[int, torch.Tensor], name: str, device: torch.device, low: int, high: int) -> torch.Tensor:

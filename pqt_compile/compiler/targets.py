@@ -20,14 +20,17 @@ so they see the patched values (mode="max-autotune", options={...}).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from ..blocks import ROW, TENSOR, block_length
 from ..compat import inductor_config
 
 __all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen", "gemm_templates", "SamplePlan", "sample_plan",
-           "CPP_ONE_KERNEL_MAX_NUMEL"]
+           "saves_block_values", "CPP_ONE_KERNEL_MAX_NUMEL"]
 
 
 def cpp_backend(device: torch.device) -> bool:
@@ -114,3 +117,17 @@ def sample_plan(device: torch.device, *, ragged: bool, transposed: bool, numel: 
         index_iota=cpp_vectorised(device) and not fused,
         indirect_ragged_block=cpp,
     )
+
+
+def saves_block_values(device: torch.device, shape: Sequence[object], axis: int, block_size: int) -> bool:
+    """Whether a training graph splits the sample of a weight of `shape` (on `device`, blocks of
+    `block_size` along `axis`) so that its backward reads the forward's block values and stream
+    words (compiler/passes/insert_sample.py NOTE [saved block values]): where the lowering takes
+    the per-block form on the C++ backend. The one-kernel form (Triton; small weights in C++)
+    computes no values apart from the sample, so there is nothing to save."""
+    if not cpp_backend(device):
+        return False
+    k = shape[axis]
+    ragged = isinstance(k, int) and block_size not in (ROW, TENSOR) and k % block_length(k, block_size) != 0
+    numel = math.prod(shape) if all(isinstance(n, int) for n in shape) else None
+    return not sample_plan(device, ragged=ragged, transposed=False, numel=numel).fused_block_kernel

@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 from ..compat import capture_output_code, custom_graph_pass_base, dynamo_counters, pytree
 from ..config import PQTConfig, config_or_default
-from ..op import SAMPLE_OPS
+from ..sample_parts import SAMPLE_OPS
 from .restore import model_state_restored
 
 __all__ = ["explain", "ExplainReport", "SampledWeight", "UnsampledWeight"]
@@ -164,7 +164,7 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
     class _PostGrad(custom_graph_pass_base()):  # type: ignore[misc]
         def __call__(self, graph: torch.fx.Graph) -> None:
             post_grad.append(str(graph))
-            for target in SAMPLE_OPS:  # pqt.sample, and pqt.sample_t where a GEMM template reads it
+            for target in SAMPLE_OPS:  # pqt.sample, sample_t, and the split's sample_from_values
                 for n in graph.find_nodes(op="call_function", target=target):
                     if isinstance(n.args[0], torch.fx.Node) and "pqt_weight" in n.meta:
                         weight_inputs[n.args[0].name] = n.meta["pqt_weight"]

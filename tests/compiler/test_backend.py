@@ -13,6 +13,7 @@ from models import MLP, WithGraphBreak
 from pqt_compile import PQTConfig, key_for_name, reference, sample
 from pqt_compile.compiler.backend import pqt_backend
 from pqt_compile.compiler.passes.matmul_ops import MATMUL_OPERANDS
+from pqt_compile.sample_parts import SAMPLE_OPS
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
 
@@ -174,7 +175,7 @@ class GraphRecorder(CustomGraphPass):
         self.graphs.append(str(graph))
         if not any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes):
             # Everything computed from a sample (views of it included) must stay in the forward.
-            derived = set(graph.find_nodes(op="call_function", target=torch.ops.pqt.sample.default))
+            derived = {n for op in SAMPLE_OPS for n in graph.find_nodes(op="call_function", target=op)}
             for n in graph.nodes:
                 if any(a in derived for a in n.all_input_nodes) and n.target not in MATMUL_OPERANDS:
                     derived.add(n)
@@ -196,6 +197,38 @@ def test_forward_saves_the_clean_weight_and_backward_recomputes_the_sample():
     assert len(fwd) == 1 and len(bwd) == 1
     assert "pqt.sample" in fwd[0] and "pqt.sample" in bwd[0]  # regenerated in the backward
     assert rec.saved == [[]]  # neither a sample nor a view of one crosses to the backward
+
+
+def _targets(graph: str) -> set[str]:
+    return {op for op in ("pqt.sample.default", "pqt.block_values", "pqt.stream_words", "pqt.sample_from_values")
+            if op in graph}
+
+
+def test_the_backward_reads_the_forwards_block_values_where_the_cpp_lowering_makes_them():
+    """NOTE [saved block values]: a C++ weight in the per-block form (above CPP_ONE_KERNEL_MAX_NUMEL,
+    or a ragged last block) is sampled by three ops; the backward regenerates only the element
+    part, from the forward's saved values and words, and the gradients match the reference."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    rec = GraphRecorder()
+    # Split: Linear(64, 128) (8192 elements) and Linear(40, 8) (blocks of 32 and 8 along K = 40);
+    # the other weights are small, whole blocks: one kernel each, not split.
+    m = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 128),
+                      nn.GELU(), nn.Linear(128, 32), nn.GELU(), nn.Linear(32, 40), nn.GELU(), nn.Linear(40, 8))
+    ref = copy.deepcopy(m)
+    cm = torch.compile(m, backend="pqt", options={"post_grad_custom_post_pass": rec})
+    x = torch.randn(4, 16)
+    with pqt_compile.fixed_seed(5):
+        cm(x).square().sum().backward()
+    fwd = [g for g in rec.graphs if "tangents" not in g]
+    bwd = [g for g in rec.graphs if "tangents" in g]
+    assert _targets(fwd[0]) == {"pqt.sample.default", "pqt.block_values", "pqt.stream_words", "pqt.sample_from_values"}
+    assert _targets(bwd[0]) == {"pqt.sample.default", "pqt.sample_from_values"}  # no block amax, values or words
+    assert fwd[0].count("pqt.block_values.default]") == 2 and bwd[0].count("pqt.sample_from_values.default]") == 2
+    assert rec.saved == [[]]  # neither a sample nor a view of one crosses to the backward
+    reference.run(ref, x, seed=5).square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert max_rel_err(p.grad, q.grad) < FP32_REL_TOL, name
 
 
 def test_share_sample_saves_the_sample_for_the_backward_and_keeps_the_bits():

@@ -25,6 +25,24 @@ keeping a second copy of every weight alive between forward and backward. With
 PQTConfig(share_sample=True) it is tagged MUST_SAVE instead: the forward's sample is saved
 for the backward (memory for speed: one sample pass per step instead of two).
 
+NOTE [saved block values]: where the lowering takes the per-block form on the C++ backend
+(compiler/targets.py `saves_block_values`: a weight above CPP_ONE_KERNEL_MAX_NUMEL, or with a
+ragged last block), a training graph's sample is split in three ops (sample_parts.py)::
+
+    values = pqt.block_values(primals_1, key, 1, fmt, B, noise)     # tagged MUST_SAVE
+    words = pqt.stream_words(seed, key)                              # tagged MUST_SAVE
+    w_hat = pqt.sample_from_values(primals_1, values, words, 1, fmt, B, noise, std, bf16)  # recompute
+
+so the backward regenerates only the element part, from the forward's values (0.375 bytes per
+parameter for a float format's three fp32 values per block of 32; int formats and NVFP4 one)
+and words (8 bytes per weight): no block amax pass, no block values and no stream words in the
+backward, about 60% fewer operations for Inductor to generate and compile there, and the C++
+backward skips its read of w for the amax. The element part is the same Pointwise as pqt.sample's
+(lowering/forms.py), so the bits are the same. Not in the one-kernel form (Triton, small C++
+weights): there the values never leave the kernel, and saving them would add a buffer and, on
+a GPU, a store per block for nothing the backward's one kernel needs. Not under share_sample
+(no regeneration) nor in graphs with no backward.
+
 NOTE [NVFP4 tensor amax]: an nvfp4 sample needs the whole weight's max |w| (its tensor scale,
 formula_nvfp4.py). The pass computes it once per weight per step, `amax(abs(float32(w)))`, and
 gives it to the op as `tensor_amax`, tagged MUST_SAVE: the backward's regeneration reads the
@@ -44,6 +62,8 @@ from torch.utils.checkpoint import CheckpointPolicy
 
 from ...config import PQTConfig
 from ...formats import parse_format
+from ...op import RTN
+from ..targets import saves_block_values
 from .weight_edges import WeightEdge, _is_dtype_cast, _val
 
 __all__ = ["insert_sample"]
@@ -142,24 +162,40 @@ def insert_sample(
         if key.op != "placeholder" and "val" not in key.meta:
             _set_val(key, fake_mode)
         memo: dict[tuple[Node, torch.dtype], Node] = {}
+        w_val = _val(edge.node)
+        split = (tag_recompute and not config.share_sample and w_val is not None
+                 and saves_block_values(w_val.device, tuple(w_val.shape), edge.axis % w_val.dim(), config.block_code))
+        parts: list[Optional[Node]] = []  # NOTE [saved block values]: this weight's values and words, made once
+
+        def new_node(target, args: tuple, policy) -> Node:
+            with graph.inserting_before(anchor):
+                n = graph.call_function(target, args)
+            _set_val(n, fake_mode)
+            # Inductor names a kernel after its nodes' original_aten: "...fused...sample..." kernels
+            # are the samples in generated code and in a GPU profile (benchmarks/step_profile.py).
+            n.meta["original_aten"] = n.target
+            if tag_recompute:
+                n.meta["recompute"] = policy
+            return n
 
         def sample_for(dtype: torch.dtype) -> Node:
             if (edge.name, dtype) not in samples:
-                with graph.inserting_before(anchor):
-                    s = graph.call_function(
-                        torch.ops.pqt.sample.default,
-                        (edge.node, seed, key, edge.axis, config.format, config.block_code,
-                         config.op_noise, config.op_noise_std, dtype, *shard_args),
-                    )
-                _set_val(s, fake_mode)
+                noise = (config.format, config.block_code, config.op_noise)
+                if split:
+                    if not parts:
+                        amax_arg = shard_args[2:]  # NVFP4's tensor amax
+                        parts.append(new_node(torch.ops.pqt.block_values.default,
+                                              (edge.node, key, edge.axis, *noise, *amax_arg), CheckpointPolicy.MUST_SAVE))
+                        parts.append(None if config.op_noise == RTN else new_node(
+                            torch.ops.pqt.stream_words.default, (seed, key), CheckpointPolicy.MUST_SAVE))
+                    s = new_node(torch.ops.pqt.sample_from_values.default,
+                                 (edge.node, parts[0], parts[1], edge.axis, *noise, config.op_noise_std, dtype,
+                                  *shard_args[:2]), CheckpointPolicy.MUST_RECOMPUTE)
+                else:
+                    s = new_node(torch.ops.pqt.sample.default,
+                                 (edge.node, seed, key, edge.axis, *noise, config.op_noise_std, dtype, *shard_args),
+                                 CheckpointPolicy.MUST_SAVE if config.share_sample else CheckpointPolicy.MUST_RECOMPUTE)
                 s.meta["pqt_weight"] = edge.name
-                # Inductor names a kernel after its nodes' original_aten: "...fused...sample..." kernels
-                # are the samples in generated code and in a GPU profile (benchmarks/step_profile.py).
-                s.meta["original_aten"] = s.target
-                if tag_recompute:
-                    s.meta["recompute"] = (
-                        CheckpointPolicy.MUST_SAVE if config.share_sample else CheckpointPolicy.MUST_RECOMPUTE
-                    )
                 samples[(edge.name, dtype)] = s
             return samples[(edge.name, dtype)]
 

@@ -228,3 +228,50 @@ def test_a_small_cpu_sample_is_one_kernel_written_in_the_weights_shape(shape, ax
     call = codes[0][codes[0].index("def call("):]
     assert len(re.findall(r"^\s+cpp_fused\w*\(", call, re.M)) == 1, call
     assert "reinterpret_tensor" not in call, call
+
+
+#: The split of NOTE [saved block values] (sample_parts.py), one compile per word type: (shape, axis,
+#: config, out dtype). All in the per-block form; float, int, NVFP4 (tensor amax given), "rtn".
+SPLIT_CASES = [
+    ((96, 70), 1, PQTConfig(), torch.bfloat16),  # ragged last block
+    ((80, 64), 0, PQTConfig(format="int4", block_size=16), torch.float32),
+    ((3, 40, 48), 2, PQTConfig(format="fp8_e5m2", block_size=8, noise="uniform"), torch.float32),
+    ((96, 64), 1, PQTConfig(format="nvfp4"), torch.bfloat16),
+    ((96, 70), 1, PQTConfig(format="fp4_e2m1", mode="ste"), torch.float32),
+]
+
+
+@pytest.mark.parametrize("simdlen", [None, 1], ids=["vectorised-int32-words", "scalar-int64-words"])
+def test_the_split_sample_lowers_bit_exact(simdlen):
+    """block_values, stream_words and sample_from_values compiled give pqt.sample's bits, where the
+    element loop holds int32 words (read from the int32 words buffer as they are) and where it holds
+    int64 ones (each word's low 32 bits widened: lowering/forms.py `words_of`)."""
+    torch._dynamo.reset()
+
+    def f(*ws):
+        outs = []
+        for w, (shape, axis, cfg, out) in zip(ws[:-2], SPLIT_CASES):
+            seed, key = ws[-2:]
+            amax_t = (w.float().abs().amax() * 2,) if cfg.format == "nvfp4" else ()  # a shard's larger amax
+            values = torch.ops.pqt.block_values(w, key, axis, cfg.format, cfg.block_code, cfg.op_noise, *amax_t)
+            words = None if cfg.op_noise == "rtn" else torch.ops.pqt.stream_words(seed, key)
+            outs.append(torch.ops.pqt.sample_from_values(w, values, words, axis, cfg.format, cfg.block_code,
+                                                         cfg.op_noise, cfg.op_noise_std, out))
+        return outs
+
+    torch.manual_seed(1)
+    ws = [torch.randn(shape) * torch.logspace(-30, 2, shape[-1]) for shape, *_ in SPLIT_CASES]
+    args = (*ws, torch.tensor(-(2**40) + 3), torch.tensor(2**31 + 5))
+    with inductor_config.patch(fx_graph_cache=False, **({"cpp.simdlen": simdlen} if simdlen else {})):
+        got, codes = run_and_get_code(torch.compile(f, dynamic=False), *args)
+    code = "\n".join(codes)
+    assert "pqt.sample_from_values" not in code and "pqt.block_values" not in code  # lowered, no extern fallback
+    from pqt_compile.compiler.targets import cpp_vectorised
+
+    assert ("Vectorized<int32_t>" in code) == (simdlen is None and cpp_vectorised(torch.device("cpu")))
+    for g, w, (shape, axis, cfg, out) in zip(got, ws, SPLIT_CASES):
+        amax_t = (w.float().abs().amax() * 2,) if cfg.format == "nvfp4" else ()
+        want = torch.ops.pqt.sample(w, args[-2], args[-1], axis, cfg.format, cfg.block_code, cfg.op_noise,
+                                    cfg.op_noise_std, out, None, 0, *amax_t)
+        bits = torch.int32 if out == torch.float32 else torch.int16
+        assert torch.equal(g.view(bits), want.view(bits)), (shape, cfg.format)
