@@ -180,20 +180,20 @@ def insert_sample(
 
         def sample_for(dtype: torch.dtype) -> Node:
             if (edge.name, dtype) not in samples:
-                noise = (config.format, config.block_code, config.op_noise)
+                grid = (config.format, config.block_code, config.op_noise)
                 if split:
                     if not parts:
                         amax_arg = shard_args[2:]  # NVFP4's tensor amax
                         parts.append(new_node(torch.ops.pqt.block_values.default,
-                                              (edge.node, key, edge.axis, *noise, *amax_arg), CheckpointPolicy.MUST_SAVE))
+                                              (edge.node, key, edge.axis, *grid, *amax_arg), CheckpointPolicy.MUST_SAVE))
                         parts.append(None if config.op_noise == RTN else new_node(
                             torch.ops.pqt.stream_words.default, (seed, key), CheckpointPolicy.MUST_SAVE))
                     s = new_node(torch.ops.pqt.sample_from_values.default,
-                                 (edge.node, parts[0], parts[1], edge.axis, *noise, config.op_noise_std, dtype,
+                                 (edge.node, parts[0], parts[1], edge.axis, *grid, config.op_noise_std, dtype,
                                   *shard_args[:2]), CheckpointPolicy.MUST_RECOMPUTE)
                 else:
                     s = new_node(torch.ops.pqt.sample.default,
-                                 (edge.node, seed, key, edge.axis, *noise, config.op_noise_std, dtype, *shard_args),
+                                 (edge.node, seed, key, edge.axis, *grid, config.op_noise_std, dtype, *shard_args),
                                  CheckpointPolicy.MUST_SAVE if config.share_sample else CheckpointPolicy.MUST_RECOMPUTE)
                 s.meta["pqt_weight"] = edge.name
                 samples[(edge.name, dtype)] = s
