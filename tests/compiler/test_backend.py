@@ -204,29 +204,38 @@ def _targets(graph: str) -> set[str]:
             if op in graph}
 
 
-def test_the_backward_reads_the_forwards_block_values_where_the_cpp_lowering_makes_them():
+@pytest.mark.parametrize("cfg", [PQTConfig(), PQTConfig(format="nvfp4"), PQTConfig(format="int8", mode="ste")],
+                         ids=["fp6", "nvfp4", "int8-ste"])
+def test_the_backward_reads_the_forwards_block_values_where_the_cpp_lowering_makes_them(cfg):
     """NOTE [saved block values]: a C++ weight in the per-block form (above CPP_ONE_KERNEL_MAX_NUMEL,
-    or a ragged last block) is sampled by three ops; the backward regenerates only the element
-    part, from the forward's saved values and words, and the gradients match the reference."""
+    or a ragged last block) is sampled by three ops (two under mode "ste": no words); the backward
+    regenerates only the element part, from the forward's saved values and words, and the outputs
+    and gradients match the reference (NVFP4: its tensor amax reaches the block values)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     rec = GraphRecorder()
-    # Split: Linear(64, 128) (8192 elements) and Linear(40, 8) (blocks of 32 and 8 along K = 40);
-    # the other weights are small, whole blocks: one kernel each, not split.
+    # Split: Linear(64, 128) and Linear(128, 48) (8192 and 6144 elements), and Linear(48, 8), where
+    # blocks of 32 leave a ragged last block (NVFP4's blocks of 16 do not: one kernel there); the
+    # other weights are small.
     m = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 128),
-                      nn.GELU(), nn.Linear(128, 32), nn.GELU(), nn.Linear(32, 40), nn.GELU(), nn.Linear(40, 8))
+                      nn.GELU(), nn.Linear(128, 48), nn.GELU(), nn.Linear(48, 8))
     ref = copy.deepcopy(m)
-    cm = torch.compile(m, backend="pqt", options={"post_grad_custom_post_pass": rec})
+    cm = pqt_compile.compile(m, cfg, options={"post_grad_custom_post_pass": rec})
     x = torch.randn(4, 16)
     with pqt_compile.fixed_seed(5):
-        cm(x).square().sum().backward()
+        out = cm(x)
+        out.square().sum().backward()
     fwd = [g for g in rec.graphs if "tangents" not in g]
     bwd = [g for g in rec.graphs if "tangents" in g]
-    assert _targets(fwd[0]) == {"pqt.sample.default", "pqt.block_values", "pqt.stream_words", "pqt.sample_from_values"}
+    words = set() if cfg.mode == "ste" else {"pqt.stream_words"}
+    assert _targets(fwd[0]) == {"pqt.sample.default", "pqt.block_values", "pqt.sample_from_values", *words}
     assert _targets(bwd[0]) == {"pqt.sample.default", "pqt.sample_from_values"}  # no block amax, values or words
-    assert fwd[0].count("pqt.block_values.default]") == 2 and bwd[0].count("pqt.sample_from_values.default]") == 2
+    split = 2 if cfg.format == "nvfp4" else 3
+    assert fwd[0].count("pqt.block_values.default]") == split and bwd[0].count("pqt.sample_from_values.default]") == split
     assert rec.saved == [[]]  # neither a sample nor a view of one crosses to the backward
-    reference.run(ref, x, seed=5).square().sum().backward()
+    want = reference.run(ref, x, seed=5, config=cfg)
+    assert max_rel_err(out, want) < FP32_REL_TOL
+    want.square().sum().backward()
     for (name, p), q in zip(m.named_parameters(), ref.parameters()):
         assert max_rel_err(p.grad, q.grad) < FP32_REL_TOL, name
 
