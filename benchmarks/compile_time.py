@@ -8,6 +8,14 @@ times each; the report gives each arm's median first-step time and the ratio of 
     python benchmarks/compile_time.py                              # 4 x 128 GPT-2, CPU, 3 repeats
     python benchmarks/compile_time.py --layers 12 --d-model 768 --device cuda   # GPT-2 124M on a GPU
     python benchmarks/compile_time.py --arms inductor,pqt,pqt-shared          # split pqt's extra
+    git worktree add /tmp/base <rev> && python benchmarks/compile_time.py --baseline-checkout /tmp/base
+                                                    # pqt before and after a change, in one run
+
+`--baseline-checkout DIR` adds the arm `pqt@base`: pqt as another checkout of this repository
+(DIR) compiles it, its child run from DIR's benchmarks/compile_time.py so that it imports DIR's
+pqt_compile, alternated with the other arms. The report then adds the median of the per-round
+ratios (each arm's time over the same round's inductor time), which is less sensitive to the
+machine's drift over a run than the ratio of medians.
 
 `pqt-shared` is pqt with `share_sample=True`: the backward reads the forward's samples and
 regenerates none, so pqt-shared's extra over inductor is what the forward's samples cost to
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--arms", default="inductor,pqt", help="comma-separated: inductor, pqt, pqt-shared")
+    p.add_argument("--baseline-checkout", metavar="DIR",
+                   help="also time pqt as the checkout in DIR compiles it (arm pqt@base)")
     p.add_argument("--child", choices=["inductor", "pqt", "pqt-shared"], help=argparse.SUPPRESS)
     p.add_argument("--json", help="write the numbers here")
     a = p.parse_args(argv)
@@ -81,25 +91,37 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown or "inductor" not in arms or len(set(arms)) != len(arms):
         p.error(f"--arms {a.arms!r}: give each of inductor, pqt, pqt-shared at most once, inductor included "
                 f"(the ratios are against it){'; unknown: ' + ', '.join(unknown) if unknown else ''}")
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    # arm -> (the script whose child runs it, its child mode)
+    scripts = {arm: (os.path.abspath(__file__), arm) for arm in arms}
+    if a.baseline_checkout:
+        base = os.path.join(os.path.abspath(a.baseline_checkout), "benchmarks", "compile_time.py")
+        if not os.path.isfile(base):
+            p.error(f"--baseline-checkout {a.baseline_checkout!r}: no benchmarks/compile_time.py there; give a checkout "
+                    "of this repository (git worktree add DIR REV)")
+        scripts["pqt@base"] = (base, "pqt")
+    times: dict[str, list[float]] = {arm: [] for arm in scripts}
     for rep in range(a.repeats):
-        for arm in (arms if rep % 2 == 0 else arms[::-1]):
+        order = list(scripts)
+        for arm in (order if rep % 2 == 0 else order[::-1]):
+            script, mode = scripts[arm]
             with tempfile.TemporaryDirectory() as cache:
                 env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
-                r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", arm, *shape], env=env,
+                r = subprocess.run([sys.executable, script, "--child", mode, *shape], env=env,
                                    capture_output=True, text=True, timeout=1800)
                 if r.returncode != 0:
                     raise SystemExit(f"compile_time: the {arm} child failed:\n{r.stderr[-3000:]}")
                 times[arm].append(json.loads(r.stdout.strip().splitlines()[-1])["first_step_s"])
     med = {k: statistics.median(v) for k, v in times.items()}
+    per_round = {k: statistics.median([t / i for t, i in zip(v, times["inductor"])]) for k, v in times.items()
+                 if k != "inductor"}
     out = {"args": {k: v for k, v in vars(a).items() if k != "child"}, "first_step_s": times, "median_s": med,
-           "ratio": {k: med[k] / med["inductor"] for k in med if k != "inductor"}}
+           "ratio": {k: med[k] / med["inductor"] for k in med if k != "inductor"}, "per_round_ratio": per_round}
     print(f"GPT-2 {a.layers} x {a.d_model}, {a.batch} x {a.seq} tokens, {a.device}, cold Inductor cache, "
           f"{a.repeats} repeats per arm (alternating)")
     for k, v in times.items():
         print(f"  {k:9s} first step: median {med[k]:.1f} s  ({', '.join(f'{x:.1f}' for x in v)})")
     for k, r in out["ratio"].items():
-        print(f"  {k} / inductor: {r:.2f}")
+        print(f"  {k} / inductor: {r:.2f} (median of per-round ratios {per_round[k]:.2f})")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
