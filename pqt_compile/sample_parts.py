@@ -26,13 +26,14 @@ gradient; `sample_from_values` passes the identity to w, as `sample` does.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from .blocks import ROW, TENSOR, block_amax, block_starts, check_sample_args, expand_blocks
 from .formats import FormatSpec, parse_format
-from .formula import MASK32, TorchOps, block_params, check_noise, element_hash, noise_from_hash, sample_from_params
+from .formula import MASK32, SampleOps, TorchOps, block_params, check_noise, element_hash, noise_from_hash
+from .formula import sample_from_params
 from .formula import stream_words as formula_stream_words
 from .formula_nvfp4 import block_params as nvfp4_block_params
 from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
@@ -40,7 +41,7 @@ from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from .op import EAGER_CHUNK, RTN, element_index, nvfp4_tensor_amax
 from .rounding import nvfp4_rtn_from_params, rtn_from_params, rtn_params
 
-__all__ = ["num_block_values", "block_shape", "PART_OPS", "SAMPLE_OPS"]
+__all__ = ["num_block_values", "block_shape", "block_values_of", "value_from_block_values", "PART_OPS", "SAMPLE_OPS"]
 
 
 def num_block_values(spec: FormatSpec, noise: str) -> int:
@@ -62,11 +63,21 @@ def block_shape(shape: torch.Size, axis: int, code: int) -> list:
     return [*shape[:axis], nb, *shape[axis + 1:]]
 
 
-def _params_of(o: TorchOps, spec: FormatSpec, noise: str, amax, live, amax_t=None) -> tuple:
-    """The block values of `amax` (any shape): the one choice of formula function per format."""
+def block_values_of(o: SampleOps, spec: FormatSpec, noise: str, amax: Any, live: Any, amax_t: Any = None) -> tuple:
+    """The block values of a block amax `amax` (NOTE [per-block step]; NVFP4: from the tensor's
+    amax `amax_t` too): the one choice of formula function per format and noise, for the eager
+    ops here and the Inductor lowering (compiler/lowering/forms.py)."""
     if spec.two_level:
         return nvfp4_block_params(o, amax, nvfp4_tensor_params(o, amax_t, live=live))
     return (rtn_params if noise == RTN else block_params)(o, amax, spec, live=live)
+
+
+def value_from_block_values(o: SampleOps, spec: FormatSpec, noise: str, w32: Any, values: tuple, r: Any) -> Any:
+    """An element's value (fp32, before the final cast) from its block's values and its draw r
+    (None under "rtn": round to nearest); the counterpart of `block_values_of`."""
+    if noise == RTN:
+        return nvfp4_rtn_from_params(o, w32, values) if spec.two_level else rtn_from_params(o, w32, values, spec)
+    return nvfp4_sample_from_params(o, w32, values, r) if spec.two_level else sample_from_params(o, w32, values, r, spec)
 
 
 @torch.library.custom_op("pqt::block_values", mutates_args=(), device_types=("cpu", "cuda"))
@@ -78,7 +89,7 @@ def _block_values_op(w: torch.Tensor, key: torch.Tensor, axis: int, format: str,
     live = o.gt(key.reshape(()).to(device=w.device, dtype=torch.int64), o.i64(-1))
     amax = block_starts(block_amax(w, axis, block_size), axis, block_size).reshape(block_shape(w.shape, axis, block_size))
     amax_t = nvfp4_tensor_amax(w, tensor_amax) if spec.two_level else None
-    return torch.stack(list(_params_of(o, spec, noise, amax, live, amax_t))).to(torch.float32)
+    return torch.stack(list(block_values_of(o, spec, noise, amax, live, amax_t))).to(torch.float32)
 
 
 @_block_values_op.register_fake
@@ -119,14 +130,11 @@ def _sample_from_values_op(w: torch.Tensor, values: torch.Tensor, words: Optiona
     for start in range(0, w.numel(), EAGER_CHUNK):
         stop = min(start + EAGER_CHUNK, w.numel())
         w32 = w_flat[start:stop].float()
-        params = tuple(p[start:stop] for p in per_elem)
-        if noise == RTN:
-            value = nvfp4_rtn_from_params(o, w32, params) if spec.two_level else rtn_from_params(o, w32, params, spec)
-        else:
+        r = None
+        if noise != RTN:
             index = element_index(w.shape, start, stop, index_strides, index_offset, w.device)
             r = noise_from_hash(o, element_hash(o, index, s1, s2), noise, noise_std)
-            value = nvfp4_sample_from_params(o, w32, params, r) if spec.two_level else \
-                sample_from_params(o, w32, params, r, spec)
+        value = value_from_block_values(o, spec, noise, w32, tuple(p[start:stop] for p in per_elem), r)
         out[start:stop] = value.to(out_dtype)
     return out.view(w.shape)
 

@@ -24,12 +24,9 @@ import torch
 from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_blocks, row_major_strides
 from ...compat import inductor_lowering_api, mark_prologue_candidate, triton_divides_exactly
 from ...formats import parse_format
-from ...formula import block_params, element_hash, noise_from_hash, sample_from_params, stream_words
-from ...formula_nvfp4 import block_params as nvfp4_block_params
-from ...formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
-from ...formula_nvfp4 import tensor_params as nvfp4_tensor_params
+from ...formula import element_hash, noise_from_hash, stream_words
 from ...op import RTN
-from ...rounding import nvfp4_rtn_from_params, rtn_from_params, rtn_params
+from ...sample_parts import block_values_of, num_block_values, value_from_block_values
 from ..targets import cpp_vectorised, gemm_templates, sample_plan, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
@@ -96,21 +93,16 @@ class SampleForm:
         if spec.two_level:
             # NVFP4 (formula_nvfp4.py): the block's one value S = s_b s_t, from its amax and the tensor
             # scale; the tensor's amax is the op's input (the pass computes it once per step, NOTE
-            # [NVFP4 tensor amax] in passes/insert_sample.py) or, for a bare op, a Reduction here.
-            # Made with the block amax (`block_amax`): the element part (`from_values`) needs no
+            # [NVFP4 tensor amax] in passes/insert_sample.py) or, for a bare op, a Reduction here,
+            # made with the block amax (`block_amax`): the element part (`from_values`) needs no
             # tensor scale, and IR is made before any body runs, never inside one.
             self._make_amax_t = lambda: _tensor_amax_loader(w, self.load_w, tensor_amax, size, self.device)
-            self.num_params = 1
-            self._params_of = lambda o, amax_b, live: nvfp4_block_params(
-                o, amax_b, nvfp4_tensor_params(o, self._load_amax_t(), live=live))
-            self._sample_from = lambda o, w32, params, r: nvfp4_sample_from_params(o, w32, params, r)
-            self._rtn_from = lambda o, w32, params: nvfp4_rtn_from_params(o, w32, params)
-        else:
-            self.num_params = (1 if spec.is_int else 3) + (3 if self.rtn else 0)
-            params_fn = rtn_params if self.rtn else block_params
-            self._params_of = lambda o, amax_b, live: params_fn(o, amax_b, spec, live=live)
-            self._sample_from = lambda o, w32, params, r: sample_from_params(o, w32, params, r, spec)
-            self._rtn_from = lambda o, w32, params: rtn_from_params(o, w32, params, spec)
+        self.num_params = num_block_values(spec, noise)
+
+    def _params_of(self, o, amax_b, live) -> tuple:
+        """The block values of a block of amax `amax_b` (sample_parts.block_values_of)."""
+        amax_t = self._load_amax_t() if self.spec.two_level else None
+        return block_values_of(o, self.spec, self.noise, amax_b, live, amax_t)
 
     @staticmethod
     def live(o, key):
@@ -151,11 +143,8 @@ class SampleForm:
             wo, seed_v, key_v = self.wo, load_seed(), load_key()
             w32 = ops.to_dtype(self.load_w(idx), torch.float32)
             params = self._params_of(wo, load_amax(bidx), self.live(wo, key_v))
-            if self.rtn:
-                v = self._rtn_from(wo, w32, params)
-            else:
-                v = self._sample_from(wo, w32, params, self._draw(wo, idx, *stream_words(wo, seed_v, key_v)))
-            return ops.to_dtype(v, self.out_dtype)
+            r = None if self.rtn else self._draw(wo, idx, *stream_words(wo, seed_v, key_v))
+            return ops.to_dtype(value_from_block_values(wo, self.spec, self.noise, w32, params, r), self.out_dtype)
 
         g, device, out_dtype, size = self.geometry, self.device, self.out_dtype, self.size
         if self.plan.fused_over_blocks:
@@ -215,7 +204,8 @@ class SampleForm:
                 idx = list(reversed(out_idx)) if transposed else out_idx
                 w32 = ops.to_dtype(self.load_w(idx), torch.float32)
                 bidx = self._block_index(idx)
-                return ops.to_dtype(self._rtn_from(wo, w32, tuple(load(bidx) for load in loads)), self.out_dtype)
+                params = tuple(load(bidx) for load in loads)
+                return ops.to_dtype(value_from_block_values(wo, self.spec, self.noise, w32, params, None), self.out_dtype)
 
             return self._pointwise(rtn_fn)
 
@@ -237,7 +227,7 @@ class SampleForm:
             bidx = self._block_index(idx)
             r = self._draw(wo, idx, *words(), first=None if load_iota is None else load_iota([idx[-1]]))
             w32 = ops.to_dtype(self.load_w(idx), torch.float32)
-            value = self._sample_from(wo, w32, tuple(load(bidx) for load in loads), r)
+            value = value_from_block_values(wo, self.spec, self.noise, w32, tuple(load(bidx) for load in loads), r)
             return ops.to_dtype(value, self.out_dtype)
 
         return self._pointwise(sample_fn)
