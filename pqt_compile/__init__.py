@@ -2,11 +2,11 @@
 
     model = torch.compile(model, backend="pqt")   # every matmul weight sampled at each step
 
-Importing this package registers the `pqt::sample` op and nothing else; the compiler parts
+Importing this package registers the `pqt::sample` op (and its split, sample_parts.py) and nothing else; the compiler parts
 (pqt_compile.compiler) load on first use.
 
 The package follows the data path of a training step:
-config, formats, blocks, formula -> op (the sample) -> naming, selection (which weights, keyed
+config, formats, blocks, formula -> op, sample_parts (the sample) -> naming, selection (which weights, keyed
 how) -> compiler/ (backend, graph_abi, passes, lowering, wrapper) -> seeds, steps (the seed of
 each step and micro-batch) -> guards (what must not pass silently); beside it reference (the
 eager twin), quantize and export (deployment), kernels (Triton), tools (explain, pqt-dump, check),
