@@ -2,8 +2,8 @@
 
     model = torch.compile(model, backend="pqt")   # every matmul weight sampled at each step
 
-Importing this package registers the `pqt::sample` op (and its split, sample_parts.py) and nothing else; the compiler parts
-(pqt_compile.compiler) load on first use.
+Importing this package registers the `pqt::sample` op (and its split, sample_parts.py) and
+nothing else; the compiler parts (pqt_compile.compiler) load on first use.
 
 The package follows the data path of a training step:
 config, formats, blocks, formula -> op, sample_parts (the sample) -> naming, selection (which weights, keyed
