@@ -27,6 +27,9 @@ __all__ = [
     "block_code",
     "block_length",
     "num_blocks",
+    "has_partial_block",
+    "block_shape",
+    "per_block_amax",
     "block_amax",
     "block_starts",
     "expand_blocks",
@@ -73,31 +76,58 @@ def block_length(axis_len: Length, code: int) -> Length:
 
 
 def num_blocks(axis_len: Length, code: int) -> Length:
-    """Blocks along the axis (ceil(axis_len / block_length)); 1 for "row" and "tensor"."""
+    """Blocks along the axis (ceil(axis_len / block_length)); 1 for "row" and "tensor".
+
+    An int, or a fake tensor's symbolic size (torch.SymInt): ceil(K / min(B, K)) = ceil(K / B)
+    for K >= 1, which needs no comparison of K with B."""
+    if isinstance(axis_len, (int, torch.SymInt)):
+        return 1 if code in (ROW, TENSOR) else (axis_len + code - 1) // code
     b = block_length(axis_len, code)
-    if isinstance(axis_len, int):
-        return -(-axis_len // b)
     from .compat import floor_div  # the sympy path: the Inductor lowering only
 
     return floor_div()(axis_len + b - 1, b)
 
 
-def block_amax(w: torch.Tensor, axis: int, code: int) -> torch.Tensor:
-    """Per-element amax (fp32, contiguous, w's shape) of the block holding each element.
+def has_partial_block(axis_len: Length, code: int) -> bool:
+    """Whether the last block along the axis is shorter than the others (a symbolic length: yes,
+    it may be)."""
+    if code in (ROW, TENSOR):
+        return False
+    b = block_length(axis_len, code)
+    if isinstance(axis_len, int):
+        return axis_len % b != 0
+    import sympy
 
-    NaN propagates (torch's max reductions propagate NaN), so a block holding a NaN reports NaN.
-    """
+    return not (sympy.sympify(axis_len) % b == 0)
+
+
+def block_shape(shape: Sequence[Any], axis: int, code: int) -> list:
+    """A weight's shape with the reduction axis replaced by its number of blocks (one value per
+    block in this layout); [] for "tensor" (one block)."""
+    if code == TENSOR:
+        return []
+    shape = list(shape)
+    return [*shape[:axis], num_blocks(shape[axis], code), *shape[axis + 1:]]
+
+
+def per_block_amax(w: torch.Tensor, axis: int, code: int) -> torch.Tensor:
+    """Each block's max |w| (fp32), in `block_shape` (0-d for "tensor"). NaN propagates (torch's
+    max reductions propagate NaN), so a block holding a NaN reports NaN."""
     a = w.detach().float().abs()
     if code == TENSOR:
-        return a.amax().expand(w.shape).contiguous()
+        return a.amax()
     a = a.movedim(axis, -1)
     k = a.shape[-1]
     b = block_length(k, code)
     nb = num_blocks(k, code)
     padded = F.pad(a, (0, nb * b - k))  # zeros do not change a max of |w|
-    amax = padded.reshape(*a.shape[:-1], nb, b).amax(dim=-1)
-    per_elem = amax.repeat_interleave(b, dim=-1)[..., :k]
-    return per_elem.movedim(-1, axis).contiguous()
+    return padded.reshape(*a.shape[:-1], nb, b).amax(dim=-1).movedim(-1, axis)
+
+
+def block_amax(w: torch.Tensor, axis: int, code: int) -> torch.Tensor:
+    """Per-element amax (fp32, contiguous, w's shape) of the block holding each element
+    (`per_block_amax`, repeated over each block's elements)."""
+    return expand_blocks(per_block_amax(w, axis, code), tuple(w.shape), axis, code).contiguous()
 
 
 def block_starts(t: torch.Tensor, axis: int, code: int) -> torch.Tensor:

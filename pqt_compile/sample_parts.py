@@ -18,8 +18,8 @@ stream words and regenerates only the element part (NOTE [saved block values] th
 functions, the ones the Inductor lowering composes.
 
 Layouts. `values`: fp32 [P, *block shape], P the number of block values of the format and noise
-(`num_block_values`), the block shape w's shape with the axis replaced by its number of blocks
-(no dims for block_size "tensor"). `words`: the two 32-bit words as int32 bit patterns (a word
+(`num_block_values`), the block shape `blocks.block_shape` (w's shape with the axis replaced by
+its number of blocks; no dims for block_size "tensor"). `words`: the two 32-bit words as int32 bit patterns (a word
 >= 2^31 held as w - 2^32); "rtn" (mode "ste") draws nothing and takes none. Neither has a
 gradient; `sample_from_values` passes the identity to w, as `sample` does.
 """
@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import torch
 
-from .blocks import ROW, TENSOR, block_amax, block_starts, check_sample_args, expand_blocks
+from .blocks import block_shape, check_sample_args, expand_blocks, per_block_amax
 from .formats import FormatSpec, parse_format
 from .formula import MASK32, SampleOps, TorchOps, block_params, check_noise, element_hash, noise_from_hash
 from .formula import sample_from_params
@@ -41,7 +41,7 @@ from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from .op import EAGER_CHUNK, RTN, element_index, nvfp4_tensor_amax
 from .rounding import nvfp4_rtn_from_params, rtn_from_params, rtn_params
 
-__all__ = ["num_block_values", "block_shape", "block_values_of", "value_from_block_values", "PART_OPS", "SAMPLE_OPS"]
+__all__ = ["num_block_values", "block_values_of", "value_from_block_values", "SAMPLE_OPS"]
 
 
 def num_block_values(spec: FormatSpec, noise: str) -> int:
@@ -50,17 +50,6 @@ def num_block_values(spec: FormatSpec, noise: str) -> int:
     if spec.two_level:
         return 1
     return (1 if spec.is_int else 3) + (3 if noise == RTN else 0)
-
-
-def block_shape(shape: torch.Size, axis: int, code: int) -> list:
-    """w's shape with the axis replaced by its number of blocks; [] for block_size "tensor"."""
-    if code == TENSOR:
-        return []
-    shape = list(shape)
-    # ceil(K / min(B, K)) = ceil(K / B) for K >= 1 (blocks.num_blocks), in arithmetic a fake
-    # tensor's symbolic K supports.
-    nb = 1 if code == ROW else (shape[axis] + code - 1) // code
-    return [*shape[:axis], nb, *shape[axis + 1:]]
 
 
 def block_values_of(o: SampleOps, spec: FormatSpec, noise: str, amax: Any, live: Any, amax_t: Any = None) -> tuple:
@@ -77,7 +66,9 @@ def value_from_block_values(o: SampleOps, spec: FormatSpec, noise: str, w32: Any
     (None under "rtn": round to nearest); the counterpart of `block_values_of`."""
     if noise == RTN:
         return nvfp4_rtn_from_params(o, w32, values) if spec.two_level else rtn_from_params(o, w32, values, spec)
-    return nvfp4_sample_from_params(o, w32, values, r) if spec.two_level else sample_from_params(o, w32, values, r, spec)
+    if spec.two_level:
+        return nvfp4_sample_from_params(o, w32, values, r)
+    return sample_from_params(o, w32, values, r, spec)
 
 
 @torch.library.custom_op("pqt::block_values", mutates_args=(), device_types=("cpu", "cuda"))
@@ -87,7 +78,7 @@ def _block_values_op(w: torch.Tensor, key: torch.Tensor, axis: int, format: str,
     axis = check_sample_args(w, axis, spec, block_size, torch.float32)
     o = TorchOps(w.device)
     live = o.gt(key.reshape(()).to(device=w.device, dtype=torch.int64), o.i64(-1))
-    amax = block_starts(block_amax(w, axis, block_size), axis, block_size).reshape(block_shape(w.shape, axis, block_size))
+    amax = per_block_amax(w, axis, block_size)
     amax_t = nvfp4_tensor_amax(w, tensor_amax) if spec.two_level else None
     return torch.stack(list(block_values_of(o, spec, noise, amax, live, amax_t))).to(torch.float32)
 
@@ -189,9 +180,6 @@ _sample_from_values_op.register_autograd(_backward, setup_context=_setup_context
 _block_values_op.register_autograd(_no_gradient, setup_context=_no_gradient_context)
 _stream_words_op.register_autograd(_no_gradient_words, setup_context=_no_gradient_context)
 
-#: The ops of the split, in the order the pass emits them.
-PART_OPS = (torch.ops.pqt.block_values.default, torch.ops.pqt.stream_words.default,
-            torch.ops.pqt.sample_from_values.default)
 #: The compiler's ops whose output is a sampled weight (its first argument): what explain and the
 #: tests look for in a graph. pqt.sample_t only where a GEMM template reads the sample.
 SAMPLE_OPS = (torch.ops.pqt.sample.default, torch.ops.pqt.sample_t.default, torch.ops.pqt.sample_from_values.default)

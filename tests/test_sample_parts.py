@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pqt_compile import PQTConfig
-from pqt_compile.sample_parts import block_shape, num_block_values
+from pqt_compile.blocks import block_shape
+from pqt_compile.sample_parts import num_block_values
 
 pytestmark = pytest.mark.private_api  # opcheck exercises private torch APIs: CI reruns it on the newest torch
 

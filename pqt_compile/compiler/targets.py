@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from ..blocks import ROW, TENSOR, block_length
+from ..blocks import has_partial_block
 from ..compat import inductor_config
 
 __all__ = ["cpp_backend", "cpp_vectorised", "triton_codegen", "gemm_templates", "SamplePlan", "sample_plan",
@@ -128,6 +128,6 @@ def saves_block_values(device: torch.device, shape: Sequence[object], axis: int,
     if not cpp_backend(device):
         return False
     k = shape[axis]
-    ragged = isinstance(k, int) and block_size not in (ROW, TENSOR) and k % block_length(k, block_size) != 0
+    ragged = isinstance(k, int) and has_partial_block(k, block_size)
     numel = math.prod(shape) if all(isinstance(n, int) for n in shape) else None
     return not sample_plan(device, ragged=ragged, transposed=False, numel=numel).fused_block_kernel

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 import sympy
 import torch
 
-from ...blocks import SUPPORTED_DTYPES, TENSOR, block_length, index_bound, num_blocks, row_major_strides
+from ...blocks import (SUPPORTED_DTYPES, TENSOR, block_length, has_partial_block, index_bound, num_blocks,
+                       row_major_strides)
 from ...compat import inductor_lowering_api, mark_prologue_candidate, triton_divides_exactly
 from ...formats import parse_format
 from ...formula import element_hash, noise_from_hash, stream_words
@@ -30,7 +31,7 @@ from ...sample_parts import block_values_of, num_block_values, value_from_block_
 from ..targets import cpp_vectorised, gemm_templates, sample_plan, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
-__all__ = ["SampleForm", "stream_words_buffer"]
+__all__ = ["SampleForm", "stream_words_buffer", "scalar_loader"]
 
 _api = inductor_lowering_api()
 ir, ops, FloorDiv = _api.ir, _api.ops, _api.FloorDiv
@@ -205,7 +206,8 @@ class SampleForm:
                 w32 = ops.to_dtype(self.load_w(idx), torch.float32)
                 bidx = self._block_index(idx)
                 params = tuple(load(bidx) for load in loads)
-                return ops.to_dtype(value_from_block_values(wo, self.spec, self.noise, w32, params, None), self.out_dtype)
+                value = value_from_block_values(wo, self.spec, self.noise, w32, params, None)
+                return ops.to_dtype(value, self.out_dtype)
 
             return self._pointwise(rtn_fn)
 
@@ -311,7 +313,7 @@ class _BlockGeometry:
         k = sympy.sympify(size[axis])
         self.b = sympy.sympify(block_length(k, block_size))  # blocks.py: never longer than the axis
         self.k, self.nb = k, num_blocks(k, block_size)
-        self.ragged = not (k % self.b == 0)
+        self.ragged = has_partial_block(k, block_size)
         self.block_ranges = [*size[:axis], self.nb, *size[axis + 1:]]
         self.reduction_ranges = [self.b]
         nd = len(size)
