@@ -2,11 +2,13 @@
 rule] in seeds.py), observed with hooks.
 
 * A backward pass through a sampling graph ends: the next forward is a new micro-batch
-  (`seeds.advance_micro_batch`). Observed with a pre-hook on the autograd node of each sampling
-  call's outputs (made outside a backward pass; one per node, not per tensor: a Python tensor hook
-  costs several microseconds of host time per call); the hook queues one callback for the end of
-  that backward pass. A call made inside a backward pass (the recompute of activation checkpointing) adds no
-  hook: it belongs to the micro-batch whose backward is running.
+  (`seeds.advance_micro_batch`). Observed on the autograd node of each sampling call's outputs
+  (made outside a backward pass): AOTAutograd's node is watched through its Function's backward
+  (compat NOTE [watched backward]: one attribute per call, no hook to register), any other node
+  gets a pre-hook (one per node, not per tensor: a Python tensor hook costs several microseconds
+  of host time per call). The first backward through one of them in a pass queues one callback
+  for the end of that pass. A call made inside a backward pass (the recompute of activation
+  checkpointing) is not observed: it belongs to the micro-batch whose backward is running.
 * An optimizer steps that updates a weight of a PQT-compiled model (a registered root), after at
   least one such backward pass: the next draw is a new step (`seeds.advance_step`); the guards
   that wait for a whole step run then. An optimizer of a model trained without pqt in the same
@@ -30,7 +32,7 @@ from typing import Any, Optional
 import torch
 
 from . import guards, naming, seeds
-from .compat import current_graph_task_id, queue_backward_callback
+from .compat import current_graph_task_id, queue_backward_callback, watch_function_backward
 from .memo import ObjectMemo
 
 __all__ = ["install", "track_backward", "optimizer_counts", "frozen_pending", "set_frozen_pending"]
@@ -105,7 +107,7 @@ def _end_of_backward() -> None:
     seeds.advance_micro_batch()
 
 
-def _on_backward_through(grad_outputs: Any) -> None:
+def _backward_runs() -> None:
     # One callback per backward pass, however many graphs it runs through. Keyed by the pass's
     # id rather than a flag, so a backward pass that raised (its callback never ran) cannot
     # stop the next one from being counted.
@@ -115,18 +117,23 @@ def _on_backward_through(grad_outputs: Any) -> None:
         queue_backward_callback(_end_of_backward)
 
 
+def _on_backward_through(grad_outputs: Any) -> None:
+    _backward_runs()  # the pre-hook form, for nodes that cannot be watched
+
+
 def track_backward(outputs: Any) -> None:
     """Count the backward pass through `outputs` (a sampling call's results) when it ends."""
     if not torch.is_grad_enabled() or current_graph_task_id() != -1:
         return
-    hooked = None
+    observed = None
     for t in outputs if isinstance(outputs, (list, tuple)) else (outputs,):
         node = t.grad_fn if isinstance(t, torch.Tensor) else None
-        # The outputs of one compiled graph mostly share one node: hook each node once.
-        if node is not None and node is not hooked:
-            node.register_prehook(_on_backward_through)
-            hooked = node
-    if hooked is None:
+        # The outputs of one compiled graph mostly share one node: observe each node once.
+        if node is not None and node is not observed:
+            if not watch_function_backward(node, _backward_runs):
+                node.register_prehook(_on_backward_through)
+            observed = node
+    if observed is None:
         _hooks.frozen_sampled = True  # no backward will run through it (NOTE [frozen graphs])
 
 

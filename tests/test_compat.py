@@ -114,3 +114,51 @@ def test_compiled_module_is_read_from_torch_compiles_wrapper():
     torch.compile(lambda mod, x: mod.inner(x), backend=backend)(m, torch.randn(2, 4))
     assert seen[0] is m and seen[1] is m2 and seen[2] is None  # a function tracing its modules whole
     torch._dynamo.reset()
+
+
+class _Twice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+class _TwiceByVjp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def vjp(ctx, g):
+        return g * 2
+
+
+def test_a_watched_function_backward_calls_back_for_marked_nodes_only():
+    """compat NOTE [watched backward]: each backward through a marked node calls back once, the
+    gradients are the Function's own, a node of the same class left unmarked does not call back,
+    and a class is wrapped once however many nodes are marked."""
+    calls = []
+    x = torch.ones(3, requires_grad=True)
+    y = _Twice.apply(x)
+    assert compat.watch_function_backward(y.grad_fn, lambda: calls.append("y"))
+    original = _Twice.backward
+    z = _Twice.apply(x)
+    assert compat.watch_function_backward(z.grad_fn, lambda: calls.append("z"))
+    assert _Twice.backward is original  # not wrapped twice
+    y.sum().backward(retain_graph=True)
+    y.sum().backward()
+    _Twice.apply(x).sum().backward()  # unmarked: no call
+    assert calls == ["y", "y"]
+    assert torch.equal(x.grad, torch.full((3,), 6.0))
+    z.sum().backward()
+    assert calls == ["y", "y", "z"]
+
+
+def test_nodes_that_cannot_be_watched_are_left_to_the_caller():
+    x = torch.ones(3, requires_grad=True)
+    assert not compat.watch_function_backward((x * 2).grad_fn, lambda: None)  # a C++ node
+    assert not compat.watch_function_backward(_TwiceByVjp.apply(x).grad_fn, lambda: None)  # vjp, not backward
+    assert "backward" not in _TwiceByVjp.__dict__

@@ -58,3 +58,22 @@ def test_a_backward_pass_that_raised_does_not_stop_the_next_from_counting():
         pass
     cm(torch.randn(4, 32)).sum().backward()
     assert pqt_compile.seed_state()["micro_batch"] == 1
+
+
+def test_a_compiled_sampling_call_is_watched_and_any_other_node_hooked():
+    """The node of a PQT graph's outputs (AOTAutograd's) is watched through its Function's
+    backward (compat NOTE [watched backward]: no pre-hook registered per call); an output whose
+    node cannot be watched (here an eager op's) gets a pre-hook; both count the backward."""
+    torch._dynamo.reset()
+    m = MLP()
+    cm = pqt_compile.compile(m)
+    out = cm(torch.randn(4, 32))
+    assert getattr(out.grad_fn, "_pqt_on_backward", None) is steps._backward_runs
+    before = pqt_compile.seed_state()["micro_batch"]
+    out.sum().backward()
+    assert pqt_compile.seed_state()["micro_batch"] == before + 1
+    eager = torch.randn(3, requires_grad=True) * 2
+    steps.track_backward(eager)
+    assert not hasattr(eager.grad_fn, "_pqt_on_backward")
+    eager.sum().backward()
+    assert pqt_compile.seed_state()["micro_batch"] == before + 2

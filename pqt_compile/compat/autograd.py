@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from typing import Any, Callable, Optional
@@ -13,6 +14,7 @@ from .registry import TORCH_CHECKED, CompatError, require
 __all__ = [
     "current_graph_task_id",
     "queue_backward_callback",
+    "watch_function_backward",
     "reentrant_checkpoint_forward",
     "pytree",
     "allow_nested_fx_trace",
@@ -39,6 +41,63 @@ def queue_backward_callback(fn: Callable[[], None]) -> None:
             f"torch {torch.__version__} does not have; pqt_compile was checked on torch {', '.join(TORCH_CHECKED)}"
         )
     engine.queue_callback(fn)
+
+
+#: Set on the node class of an autograd.Function once it is looked at: whether its backward is wrapped.
+_WATCHED = "_pqt_backward_watched"
+#: Set on one node (one call of the Function): what its wrapped backward calls first.
+_ON_BACKWARD = "_pqt_on_backward"
+#: Node types found unwatchable (C++ nodes, Functions with vjp).
+_UNWATCHABLE: set[type] = set()
+
+
+def watch_function_backward(node: Any, on_backward: Callable[[], None]) -> bool:
+    """Call `on_backward()` when a backward pass runs `node`, the autograd node of one call of a
+    Python `torch.autograd.Function` (AOTAutograd's CompiledFunctionBackward); False, with nothing
+    done, for any other node (the caller hooks that one another way).
+
+    NOTE [watched backward]: an autograd pre-hook does the same, but registering one on
+    AOTAutograd's node costs about 4.5 us of host time per call (a hooks dict and a
+    RemovableHandle, built in Python), at every call of a sampling graph. Instead the Function
+    class's `backward` is wrapped once, on the first node of the class seen; each call then sets
+    one attribute on its node, and the wrapper calls `on_backward` for the nodes that have it
+    before running the original backward (CUDA-graph replays included: they run inside it). The
+    autograd engine runs a Python Function's node through `BackwardCFunction.apply`, which looks
+    up `type(node)._forward_cls.backward` at every run (torch 2.11-2.15), so a class wrapped
+    after some of its nodes were made still reaches them. A class with `vjp` instead of `backward`
+    is not wrapped."""
+    node_type = type(node)
+    watched = node_type.__dict__.get(_WATCHED)
+    if watched is None:
+        if node_type in _UNWATCHABLE:
+            return False
+        watched = _wrap_backward(node_type)
+    if watched:
+        setattr(node, _ON_BACKWARD, on_backward)
+    return watched
+
+
+def _wrap_backward(node_type: type) -> bool:
+    backward_node = require("torch.autograd.function", "BackwardCFunction", "the seed rule (watching a backward)")
+    function = getattr(node_type, "_forward_cls", None)
+    base = torch.autograd.Function
+    watchable = (issubclass(node_type, backward_node) and isinstance(function, type) and issubclass(function, base)
+                 and function.vjp is base.vjp and function.backward is not base.backward)
+    if watchable:
+        original = function.backward
+
+        @functools.wraps(original)
+        def backward(ctx: Any, *grads: Any) -> Any:
+            on_backward = getattr(ctx, _ON_BACKWARD, None)
+            if on_backward is not None:
+                on_backward()
+            return original(ctx, *grads)
+
+        function.backward = staticmethod(backward)
+        setattr(node_type, _WATCHED, True)  # a Python class, made per Function: it carries its verdict
+    else:
+        _UNWATCHABLE.add(node_type)  # C++ node types are immutable, and few
+    return watchable
 
 
 def reentrant_checkpoint_forward() -> Optional[bool]:

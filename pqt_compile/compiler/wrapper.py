@@ -135,9 +135,10 @@ class PQTCompiled:
     (graph_abi.SeedTensors) and the keys once per switch pattern. What remains per call: naming
     lookup (a dict hit, its identity check iterating in C), the training flag of each module that
     owns a keyed weight (once per module, not per Parameter: a bias is never keyed), the seed of
-    the current step (seeds.current_seed, memoised), and one autograd pre-hook to count the
-    backward pass. No host-device synchronisation. `pqt_compile.compile`'s nothing-sampled hooks
-    leave after the first training call (guards.warn_if_nothing_sampled). Past the wrapper, the
+    the current step (seeds.current_seed, memoised), and marking the graph's autograd node so that
+    its backward pass is counted (no hook registered: compat NOTE [watched backward]). No
+    host-device synchronisation. `pqt_compile.compile`'s nothing-sampled hooks leave after the
+    first training call (guards.warn_if_nothing_sampled). Past the wrapper, the
     added inputs cost no size check in the generated code (compat NOTE [0-d input asserts]) and
     no detach where AOTAutograd saves them (graph_abi NOTE [keys are not views]).
     """
