@@ -32,7 +32,7 @@ from typing import Any, Optional
 import torch
 
 from . import guards, naming, seeds
-from .compat import current_graph_task_id, queue_backward_callback, watch_function_backward
+from .compat import compiled_autograd_on, current_graph_task_id, queue_backward_callback, watch_function_backward
 from .memo import ObjectMemo
 
 __all__ = ["install", "track_backward", "optimizer_counts", "frozen_pending", "set_frozen_pending"]
@@ -49,8 +49,24 @@ class _Hooks:
 _hooks = _Hooks()
 
 
+#: Compiled autograd runs a compiled graph's backward without its Function's backward or its
+#: node's hooks, so the seed rule would not see the pass: every micro-batch and step would draw
+#: the same noise. Refused where it is seen (before session 15, a pre-hook traced by compiled
+#: autograd failed with its own error).
+_COMPILED_AUTOGRAD = (
+    "pqt: compiled autograd is on (torch._dynamo.config.compiled_autograd, or "
+    "torch._dynamo.compiled_autograd's context). pqt draws fresh noise for each micro-batch and "
+    "step by observing each backward pass through its graphs, and compiled autograd runs the "
+    "backward without that observation. Train PQT models with compiled autograd off "
+    "(torch._dynamo.config.compiled_autograd = False)"
+)
+
+
 def install() -> None:
-    """Install the global optimizer step-post hook (once per process, on the first sampling call)."""
+    """Install the global optimizer step-post hook (once per process, on the first sampling call
+    of each compiled graph, which also refuses compiled autograd asked for in Dynamo's config)."""
+    if compiled_autograd_on(check_config=True):
+        raise RuntimeError(_COMPILED_AUTOGRAD)
     if _hooks.optimizer_hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -125,6 +141,8 @@ def track_backward(outputs: Any) -> None:
     """Count the backward pass through `outputs` (a sampling call's results) when it ends."""
     if not torch.is_grad_enabled() or current_graph_task_id() != -1:
         return
+    if compiled_autograd_on():  # its context, entered around the step (a cheap check per call)
+        raise RuntimeError(_COMPILED_AUTOGRAD)
     observed = None
     for t in outputs if isinstance(outputs, (list, tuple)) else (outputs,):
         node = t.grad_fn if isinstance(t, torch.Tensor) else None

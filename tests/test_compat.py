@@ -157,3 +157,19 @@ def test_nodes_that_cannot_be_watched_are_left_to_the_caller():
     assert not compat.watch_function_backward((x * 2).grad_fn, lambda: None)  # a C++ node
     assert not compat.watch_function_backward(_TwiceByVjp.apply(x).grad_fn, lambda: None)  # vjp, not backward
     assert "backward" not in _TwiceByVjp.__dict__
+
+
+def test_a_subclass_of_a_watched_function_calls_back_once():
+    """A Function subclass inheriting a wrapped backward is not wrapped again: one call back per
+    backward."""
+
+    class _TwiceAgain(_Twice):
+        pass
+
+    calls = []
+    x = torch.ones(2, requires_grad=True)
+    assert compat.watch_function_backward(_Twice.apply(x).grad_fn, lambda: None)  # _Twice wrapped first
+    y = _TwiceAgain.apply(x)
+    assert compat.watch_function_backward(y.grad_fn, lambda: calls.append(1))
+    y.sum().backward()
+    assert calls == [1]

@@ -77,3 +77,23 @@ def test_a_compiled_sampling_call_is_watched_and_any_other_node_hooked():
     assert not hasattr(eager.grad_fn, "_pqt_on_backward")
     eager.sum().backward()
     assert pqt_compile.seed_state()["micro_batch"] == before + 2
+
+
+def test_compiled_autograd_is_refused_naming_the_fix():
+    """Compiled autograd runs a compiled graph's backward without the seed rule seeing it (every
+    micro-batch would draw the same noise): refused at the sampling call, whether asked for in
+    Dynamo's config or by its context entered around the step."""
+    import torch._dynamo.compiled_autograd as compiled_autograd
+
+    torch._dynamo.reset()
+    x = torch.randn(4, 32)
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        with pytest.raises(RuntimeError, match=r"compiled autograd is on .*compiled_autograd = False"):
+            pqt_compile.compile(MLP())(x)
+    torch._dynamo.reset()
+    cm = pqt_compile.compile(MLP())
+    cm(x).sum().backward()  # compiled, watched: fine without compiled autograd
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        with pytest.raises(RuntimeError, match="compiled autograd is on"):
+            cm(x)
+    cm(x).sum().backward()  # and fine again after it

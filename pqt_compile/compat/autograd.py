@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -15,6 +16,7 @@ __all__ = [
     "current_graph_task_id",
     "queue_backward_callback",
     "watch_function_backward",
+    "compiled_autograd_on",
     "reentrant_checkpoint_forward",
     "pytree",
     "allow_nested_fx_trace",
@@ -47,8 +49,10 @@ def queue_backward_callback(fn: Callable[[], None]) -> None:
 _WATCHED = "_pqt_backward_watched"
 #: Set on one node (one call of the Function): what its wrapped backward calls first.
 _ON_BACKWARD = "_pqt_on_backward"
-#: Node types found unwatchable (C++ nodes, Functions with vjp).
-_UNWATCHABLE: set[type] = set()
+#: Node types found unwatchable (C++ nodes, Functions with vjp); weak: a Function class may be made per compile.
+_UNWATCHABLE: "weakref.WeakSet[type]" = weakref.WeakSet()
+#: Marks the wrapper, so that a Function subclass inheriting a wrapped backward is not wrapped again.
+_WRAPPER = "_pqt_backward_wrapper"
 
 
 def watch_function_backward(node: Any, on_backward: Callable[[], None]) -> bool:
@@ -65,7 +69,9 @@ def watch_function_backward(node: Any, on_backward: Callable[[], None]) -> bool:
     autograd engine runs a Python Function's node through `BackwardCFunction.apply`, which looks
     up `type(node)._forward_cls.backward` at every run (torch 2.11-2.15), so a class wrapped
     after some of its nodes were made still reaches them. A class with `vjp` instead of `backward`
-    is not wrapped."""
+    is not wrapped; a subclass inheriting a wrapped `backward` is not wrapped again. Compiled
+    autograd runs neither the wrapper nor a pre-hook's Python (it inlines AOTAutograd's backward
+    graph): the seed rule refuses it (`compiled_autograd_on`, steps.py)."""
     node_type = type(node)
     watched = node_type.__dict__.get(_WATCHED)
     if watched is None:
@@ -83,6 +89,9 @@ def _wrap_backward(node_type: type) -> bool:
     base = torch.autograd.Function
     watchable = (issubclass(node_type, backward_node) and isinstance(function, type) and issubclass(function, base)
                  and function.vjp is base.vjp and function.backward is not base.backward)
+    if watchable and getattr(function.backward, _WRAPPER, False):  # inherited from a watched class
+        setattr(node_type, _WATCHED, True)
+        return True
     if watchable:
         original = function.backward
 
@@ -93,11 +102,25 @@ def _wrap_backward(node_type: type) -> bool:
                 on_backward()
             return original(ctx, *grads)
 
+        setattr(backward, _WRAPPER, True)
         function.backward = staticmethod(backward)
         setattr(node_type, _WATCHED, True)  # a Python class, made per Function: it carries its verdict
     else:
         _UNWATCHABLE.add(node_type)  # C++ node types are immutable, and few
     return watchable
+
+
+def compiled_autograd_on(check_config: bool = False) -> bool:
+    """Whether a backward pass may run under compiled autograd, which runs a compiled graph's
+    backward without its Function's `backward` or its node's hooks (it inlines AOTAutograd's
+    backward graph): inside `torch._dynamo.compiled_autograd`'s context (its module global
+    `compiled_autograd_enabled`, a cheap read) or, with `check_config`, asked for by
+    `torch._dynamo.config.compiled_autograd` (about 2 us to read). torch 2.11-2.15."""
+    module = sys.modules.get("torch._dynamo.compiled_autograd")
+    if module is not None and getattr(module, "compiled_autograd_enabled", False):
+        return True
+    dynamo = sys.modules.get("torch._dynamo") if check_config else None
+    return dynamo is not None and bool(getattr(dynamo.config, "compiled_autograd", False))
 
 
 def reentrant_checkpoint_forward() -> Optional[bool]:

@@ -40,6 +40,7 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch.utils._triton", "has_triton", "the Triton kernel of the eager op on CUDA"),
     ("torch._C", "_current_graph_task_id", "the seed rule (a recompute inside a backward)"),
     ("torch.autograd.function", "BackwardCFunction", "the seed rule (watching a backward)"),
+    ("torch._dynamo.compiled_autograd", "compiled_autograd_enabled", "refusing compiled autograd (the seed rule)"),
     ("torch.utils.checkpoint", "CheckpointFunction",
      "refusing a PQT graph called in a reentrant checkpoint's no_grad forward"),
     ("torch.utils._pytree", "tree_flatten", "the eager reference and explain"),

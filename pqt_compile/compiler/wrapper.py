@@ -221,8 +221,8 @@ class PQTCompiled:
                 if rank is not None:  # without a process group, one process: the plain seed
                     seed = rank_seed(seed, rank)
             if not plan.watched:
+                steps.install()  # refuses compiled autograd: then asked again at the next call
                 plan.watched = True
-                steps.install()
                 guards.watch(self.config, params or [args[pos] for pos in self.weights.positions])
             out = plan.fn(*args, self._seeds.tensor(seed), *self._keys_for(plan, resolved, enabled))
             steps.track_backward(out)
