@@ -19,6 +19,8 @@ rule] in seeds.py), observed with hooks.
   inputs are all frozen), when no backward pass ran through a sampling graph since the last step
   and the optimizer's learning rate is not 0: a new step too (NOTE [frozen graphs]), whichever
   optimizer it is. Its micro-batches share a draw (no backward counts them).
+* An optimizer step that updates a PQT-compiled model's weights after sampling calls whose
+  backward was never seen (NOTE [unseen backward]): a new step too, with a warning (once).
 
 Limits, written down in docs/design.md: a pipeline schedule that runs several forwards before
 their backwards gives them one draw; two PQT models trained interleaved in one process share the
@@ -27,6 +29,7 @@ counters (each sees every other step). Pin seeds with `fixed_seed` where that ma
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -44,6 +47,8 @@ class _Hooks:
         self.queued_for: int = -1  # the backward pass whose end is already awaited
         self.counts: ObjectMemo[bool] = ObjectMemo()  # per optimizer and naming version: whether it counts
         self.frozen_sampled = False  # a sampling call with no backward through it since the last step
+        self.awaiting_backward = False  # a sampling call observed, no backward pass seen since
+        self.warned_unseen = False
 
 
 _hooks = _Hooks()
@@ -91,9 +96,18 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
     # torch.distributed.checkpoint's get_state_dict initialises a stateless optimizer by calling
     # step() with zero gradients and lr 0 (torch 2.13), at every save and load.
     if seeds.micro_batch() > 0 and optimizer_counts(optimizer):
-        _hooks.frozen_sampled = False
+        _hooks.frozen_sampled = _hooks.awaiting_backward = False
         seeds.advance_step()
         guards.after_optimizer_step(optimizer)
+    elif _hooks.awaiting_backward and seeds.micro_batch() == 0 and _updates(optimizer) and optimizer_counts(optimizer):
+        # NOTE [unseen backward]: sampling calls whose outputs had autograd nodes, then an
+        # optimizer step that updates PQT weights, and no backward pass seen between: a backward
+        # ran where pqt cannot see it (compiled autograd entered around loss.backward() only,
+        # after the sampling calls were made) or none ran. The step still ends, so each step
+        # draws afresh (its micro-batches share a draw), and the user is told once.
+        _hooks.awaiting_backward = _hooks.frozen_sampled = False
+        seeds.advance_step()
+        _warn_unseen_backward()
     elif _hooks.frozen_sampled and seeds.micro_batch() == 0 and _updates(optimizer):
         # NOTE [frozen graphs]: a PQT graph whose inputs are all frozen (backend.py NOTE [training
         # graphs]) samples, but no backward pass runs through it; if none ran through any PQT
@@ -119,7 +133,22 @@ def set_frozen_pending(pending: bool) -> None:
     _hooks.frozen_sampled = pending
 
 
+def _warn_unseen_backward() -> None:
+    if not _hooks.warned_unseen:
+        _hooks.warned_unseen = True
+        warnings.warn(
+            "pqt: an optimizer step updated PQT-compiled weights after PQT graphs sampled, but no backward "
+            "pass through them was seen since the last step (NOTE [unseen backward] in pqt_compile/steps.py): "
+            "micro-batches of a step are not told apart, each step still draws afresh. If the backward ran "
+            "under compiled autograd entered around loss.backward() only, turn compiled autograd off for PQT "
+            "training (torch._dynamo.config.compiled_autograd = False); if no backward ran, that step trained "
+            "nothing through the sampled graphs",
+            stacklevel=3,
+        )
+
+
 def _end_of_backward() -> None:
+    _hooks.awaiting_backward = False
     seeds.advance_micro_batch()
 
 
@@ -153,10 +182,12 @@ def track_backward(outputs: Any) -> None:
             observed = node
     if observed is None:
         _hooks.frozen_sampled = True  # no backward will run through it (NOTE [frozen graphs])
+    else:
+        _hooks.awaiting_backward = True  # NOTE [unseen backward]
 
 
 def reset() -> None:
     """Forget the per-optimizer decisions and a pending callback (for tests); the hook stays."""
     _hooks.queued_for = -1
     _hooks.counts = ObjectMemo()
-    _hooks.frozen_sampled = False
+    _hooks.frozen_sampled = _hooks.awaiting_backward = _hooks.warned_unseen = False

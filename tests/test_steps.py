@@ -97,3 +97,35 @@ def test_compiled_autograd_is_refused_naming_the_fix():
         with pytest.raises(RuntimeError, match="compiled autograd is on"):
             cm(x)
     cm(x).sum().backward()  # and fine again after it
+
+
+def test_a_backward_pqt_cannot_see_still_ends_the_step_with_a_warning():
+    """NOTE [unseen backward]: compiled autograd entered around loss.backward() only runs the
+    backward where pqt cannot see it; the optimizer step still ends the step (each step draws
+    afresh) and says so once."""
+    import warnings
+
+    import torch._dynamo.compiled_autograd as compiled_autograd
+
+    torch._dynamo.reset()
+    m = MLP()
+    cm = pqt_compile.compile(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    x = torch.randn(4, 32)
+    start = pqt_compile.seed_state()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(2):
+            loss = cm(x).sum()
+            with compiled_autograd._enable(torch.compile(backend="eager")):
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+            assert pqt_compile.seed_state() == {**start, "step": start["step"] + step + 1, "micro_batch": 0}
+    unseen = [w for w in caught if "no backward pass through them was seen" in str(w.message)]
+    assert len(unseen) == 1  # once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cm(x).sum().backward()  # seen again: counted, no warning
+        opt.step()
+    assert pqt_compile.seed_state()["step"] == start["step"] + 3
