@@ -38,7 +38,7 @@ from . import guards, naming, seeds
 from .compat import compiled_autograd_on, current_graph_task_id, queue_backward_callback, watch_function_backward
 from .memo import ObjectMemo
 
-__all__ = ["install", "track_backward", "optimizer_counts", "frozen_pending", "set_frozen_pending"]
+__all__ = ["install", "track_backward", "optimizer_counts", "pending", "set_pending"]
 
 
 class _Hooks:
@@ -123,14 +123,16 @@ def _updates(optimizer: torch.optim.Optimizer) -> bool:
     return any(g.get("lr", 1.0) != 0 for g in optimizer.param_groups)
 
 
-def frozen_pending() -> bool:
-    """Whether a sampling call with no backward through it is waiting for the next optimizer step
-    (NOTE [frozen graphs]); with `set_frozen_pending`, for a tool that must leave the stream as it was."""
-    return _hooks.frozen_sampled
+def pending() -> tuple[bool, bool]:
+    """What the next optimizer step will read besides the seed stream: (a sampling call with no
+    backward through it is waiting, NOTE [frozen graphs]; a sampling call whose backward was not
+    seen is waiting, NOTE [unseen backward]). With `set_pending`, for a tool that must leave the
+    stream as it was."""
+    return _hooks.frozen_sampled, _hooks.awaiting_backward
 
 
-def set_frozen_pending(pending: bool) -> None:
-    _hooks.frozen_sampled = pending
+def set_pending(state: tuple[bool, bool]) -> None:
+    _hooks.frozen_sampled, _hooks.awaiting_backward = state
 
 
 def _warn_unseen_backward() -> None:

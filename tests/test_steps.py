@@ -5,7 +5,7 @@ import torch.nn as nn
 
 import pqt_compile
 from models import MLP
-from pqt_compile import steps
+from pqt_compile import compat, steps
 import pytest
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
@@ -68,13 +68,13 @@ def test_a_compiled_sampling_call_is_watched_and_any_other_node_hooked():
     m = MLP()
     cm = pqt_compile.compile(m)
     out = cm(torch.randn(4, 32))
-    assert getattr(out.grad_fn, "_pqt_on_backward", None) is steps._backward_runs
+    assert getattr(out.grad_fn, compat.autograd._ON_BACKWARD, None) is steps._backward_runs
     before = pqt_compile.seed_state()["micro_batch"]
     out.sum().backward()
     assert pqt_compile.seed_state()["micro_batch"] == before + 1
     eager = torch.randn(3, requires_grad=True) * 2
     steps.track_backward(eager)
-    assert not hasattr(eager.grad_fn, "_pqt_on_backward")
+    assert not hasattr(eager.grad_fn, compat.autograd._ON_BACKWARD)
     eager.sum().backward()
     assert pqt_compile.seed_state()["micro_batch"] == before + 2
 

@@ -22,7 +22,7 @@ def model_state_restored(model: torch.nn.Module) -> Iterator[dict[str, torch.nn.
 
     params = named_parameters(model)
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen backbone kept in eval)
-    stream, frozen = seeds.seed_state(), steps.frozen_pending()
+    stream, pending = seeds.seed_state(), steps.pending()
     saved_grads = {name: p.grad for name, p in params.items()}
     try:
         yield params
@@ -30,6 +30,6 @@ def model_state_restored(model: torch.nn.Module) -> Iterator[dict[str, torch.nn.
         for m, training in modes:
             m.training = training
         seeds.set_seed_state(stream)
-        steps.set_frozen_pending(frozen)
+        steps.set_pending(pending)
         for name, p in params.items():
             p.grad = saved_grads[name]

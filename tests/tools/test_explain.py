@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import pqt_compile
 from models import WithGraphBreak
-from pqt_compile import PQTConfig
+from pqt_compile import PQTConfig, steps
 from pqt_compile.tools import cli
 from pqt_compile.formula import MIX_MUL_1
 
@@ -97,7 +97,8 @@ def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
     cm = torch.compile(m, backend="pqt")
     with pqt_compile.fixed_seed(3):
         before = cm(x)
-    state = pqt_compile.seed_state()
+    state, pending = pqt_compile.seed_state(), steps.pending()
+    assert pending == (False, True)  # `before` awaits its backward (steps.py NOTE [unseen backward])
     graphs = counters["stats"]["unique_graphs"]
     accumulated = {n: torch.full_like(p, 0.5) for n, p in m.named_parameters()}
     for n, p in m.named_parameters():
@@ -106,7 +107,7 @@ def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
     m.norm.train()  # a mixed mode, as a frozen part kept in eval inside a training model
     r = pqt_compile.explain(m, x)  # the same model: its code object gets a second cache entry
     assert {s.name for s in r.sampled} == {"fc1.weight", "fc2.weight"}
-    assert pqt_compile.seed_state() == state
+    assert pqt_compile.seed_state() == state and steps.pending() == pending
     assert not m.training and not m.fc1.training and m.norm.training
     for n, p in m.named_parameters():
         assert p.grad is accumulated[n] and bool((p.grad == 0.5).all()), n
