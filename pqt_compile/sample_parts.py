@@ -8,19 +8,21 @@ targets where the lowering takes the per-block form (compiler/targets.py `saves_
 the pass splits the op in these three, so the backward reads the forward's block values and
 stream words and regenerates only the element part (NOTE [saved block values] there):
 
-    values = pqt.block_values(w, key, axis, format, B, noise, tensor_amax)  # f32[P, *blocks]
-    words = pqt.stream_words(seed, key)                                     # int32[2]
-    w_hat = pqt.sample_from_values(w, values, words, axis, format, B, noise, noise_std, out_dtype,
+    words = pqt.stream_words(seed, [key_0, ..., key_{n-1}])                # int32[n, 2], once per graph
+    values = pqt.block_values(w, key_i, axis, format, B, noise, tensor_amax)  # f32[P, *blocks]
+    w_hat = pqt.sample_from_values(w, values, words[i], axis, format, B, noise, noise_std, out_dtype,
                                    index_strides, index_offset)
 
-`sample_from_values(w, block_values(w, key, ...), stream_words(seed, key), ...)` equals
+`sample_from_values(w, block_values(w, key, ...), stream_words(seed, [key])[0], ...)` equals
 `sample(w, seed, key, ...)` bit for bit (tests/test_sample_parts.py); the bodies are formula.py's
-functions, the ones the Inductor lowering composes.
+functions, the ones the Inductor lowering composes. The words of all the graph's split weights
+are one op (NOTE [one words op per graph] in compiler/passes/insert_sample.py).
 
 Layouts. `values`: fp32 [P, *block shape], P the number of block values of the format and noise
 (`num_block_values`), the block shape `blocks.block_shape` (w's shape with the axis replaced by
-its number of blocks; no dims for block_size "tensor"). `words`: the two 32-bit words as int32 bit patterns (a word
->= 2^31 held as w - 2^32); "rtn" (mode "ste") draws nothing and takes none. Neither has a
+its number of blocks; no dims for block_size "tensor"). `words`: a key's two 32-bit words as int32
+bit patterns (a word >= 2^31 held as w - 2^32), row i of `stream_words` for the i-th key; "rtn"
+(mode "ste") draws nothing and takes none. Neither has a
 gradient; `sample_from_values` passes the identity to w, as `sample` does.
 """
 
@@ -91,16 +93,24 @@ def _block_values_fake(w, key, axis, format, block_size, noise, tensor_amax=None
 
 
 @torch.library.custom_op("pqt::stream_words", mutates_args=(), device_types=("cpu", "cuda"))
-def _stream_words_op(seed: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def _stream_words_op(seed: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
+    _check_keys(keys)
     o = TorchOps(seed.device)
-    s1, s2 = formula_stream_words(o, seed.reshape(()).to(torch.int64), key.reshape(()).to(device=seed.device,
-                                                                                           dtype=torch.int64))
-    return torch.stack([s1, s2]).to(torch.int32)  # the low 32 bits: the words' bit patterns
+    key = torch.stack([k.reshape(()).to(device=seed.device, dtype=torch.int64) for k in keys])
+    s1, s2 = formula_stream_words(o, seed.reshape(()).to(torch.int64), key)
+    return torch.stack([s1, s2], dim=-1).to(torch.int32)  # the low 32 bits: the words' bit patterns
 
 
 @_stream_words_op.register_fake
-def _stream_words_fake(seed, key):
-    return seed.new_empty([2], dtype=torch.int32)
+def _stream_words_fake(seed, keys):
+    _check_keys(keys)
+    return seed.new_empty([len(keys), 2], dtype=torch.int32)
+
+
+def _check_keys(keys: list[torch.Tensor]) -> None:
+    if not keys or any(k.numel() != 1 for k in keys):
+        raise ValueError(f"pqt.stream_words: keys must be one or more one-element tensors, got shapes "
+                         f"{[list(k.shape) for k in keys]}")
 
 
 @torch.library.custom_op("pqt::sample_from_values", mutates_args=(), device_types=("cpu", "cuda"))

@@ -38,7 +38,7 @@ def _weight(shape, dtype):
 
 def _parts(w, seed, key, axis, cfg, out, shard):
     values = torch.ops.pqt.block_values(w, key, axis, cfg.format, cfg.block_code, cfg.op_noise)
-    words = None if cfg.op_noise == "rtn" else torch.ops.pqt.stream_words(seed, key)
+    words = None if cfg.op_noise == "rtn" else torch.ops.pqt.stream_words(seed, [key])[0]
     return torch.ops.pqt.sample_from_values(w, values, words, axis, cfg.format, cfg.block_code, cfg.op_noise,
                                             cfg.op_noise_std, out, *(shard or ()))
 
@@ -64,18 +64,25 @@ def test_values_layout_and_words_are_the_streams_low_bits():
     values = torch.ops.pqt.block_values(w, KEY, 1, "fp8_e5m2", 8, "gaussian")
     assert values.shape == (num_block_values(parse_format("fp8_e5m2"), "gaussian"), 3, 3, 33) == (3, 3, 3, 33)
     assert block_shape(w.shape, 1, -1) == [] and block_shape(w.shape, 2, 0) == [3, 20, 1]
-    words = torch.ops.pqt.stream_words(SEED, KEY)
-    want = [int(v) for v in stream_words(TorchOps(torch.device("cpu")), SEED, KEY)]
-    assert words.dtype == torch.int32 and [int(v) & 0xFFFFFFFF for v in words] == want
+    keys = [KEY, torch.tensor(-1), torch.tensor([[7]])]  # any one-element tensors, one row each
+    words = torch.ops.pqt.stream_words(SEED, keys)
+    assert words.shape == (3, 2) and words.dtype == torch.int32
+    for row, key in zip(words, keys):
+        want = [int(v) for v in stream_words(TorchOps(torch.device("cpu")), SEED, key.reshape(()))]
+        assert [int(v) & 0xFFFFFFFF for v in row] == want
+    with pytest.raises(ValueError, match="one or more one-element tensors"):
+        torch.ops.pqt.stream_words(SEED, [])
+    with pytest.raises(ValueError, match="one or more one-element tensors"):
+        torch.ops.pqt.stream_words(SEED, [torch.tensor([1, 2])])
 
 
 def test_opcheck_of_the_three_ops():
     w = torch.randn(8, 40, requires_grad=True)
     cfg = PQTConfig()
     values = torch.ops.pqt.block_values(w, KEY, 1, cfg.format, cfg.block_code, cfg.op_noise)
-    words = torch.ops.pqt.stream_words(SEED, KEY)
+    words = torch.ops.pqt.stream_words(SEED, [KEY])[0]
     torch.library.opcheck(torch.ops.pqt.block_values.default, (w, KEY, 1, cfg.format, cfg.block_code, cfg.op_noise))
-    torch.library.opcheck(torch.ops.pqt.stream_words.default, (SEED, KEY))
+    torch.library.opcheck(torch.ops.pqt.stream_words.default, (SEED, [KEY, torch.tensor(3)]))
     torch.library.opcheck(torch.ops.pqt.sample_from_values.default,
                           (w, values, words, 1, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std,
                            torch.bfloat16))
@@ -85,7 +92,7 @@ def test_gradient_is_the_identity_to_w_and_none_through_values_or_words():
     w = torch.randn(8, 40, requires_grad=True)
     cfg = PQTConfig()
     values = torch.ops.pqt.block_values(w, KEY, 1, cfg.format, cfg.block_code, cfg.op_noise)
-    words = torch.ops.pqt.stream_words(SEED, KEY)
+    words = torch.ops.pqt.stream_words(SEED, [KEY])[0]
     assert not values.requires_grad and not words.requires_grad
     y = torch.ops.pqt.sample_from_values(w, values, words, 1, cfg.format, cfg.block_code, cfg.op_noise,
                                          cfg.op_noise_std, torch.bfloat16)
@@ -98,7 +105,7 @@ def test_values_or_words_that_do_not_fit_are_refused():
     w = torch.randn(8, 40)
     cfg = PQTConfig()
     values = torch.ops.pqt.block_values(w, KEY, 1, cfg.format, cfg.block_code, cfg.op_noise)
-    words = torch.ops.pqt.stream_words(SEED, KEY)
+    words = torch.ops.pqt.stream_words(SEED, [KEY])[0]
     args = (1, cfg.format, cfg.block_code, cfg.op_noise, cfg.op_noise_std, torch.float32)
     with pytest.raises(ValueError, match=r"values must be float32 of shape \[3, 8, 2\]"):
         torch.ops.pqt.sample_from_values(w, values[:, :4], words, *args)

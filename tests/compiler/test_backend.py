@@ -232,6 +232,8 @@ def test_the_backward_reads_the_forwards_block_values_where_the_cpp_lowering_mak
     assert _targets(bwd[0]) == {"pqt.sample.default", "pqt.sample_from_values"}  # no block amax, values or words
     split = 2 if cfg.format == "nvfp4" else 3
     assert fwd[0].count("pqt.block_values.default]") == split and bwd[0].count("pqt.sample_from_values.default]") == split
+    # NOTE [one words op per graph]: one words op for the split weights, a row each.
+    assert fwd[0].count("pqt.stream_words.default]") == len(words)
     assert rec.saved == [[]]  # neither a sample nor a view of one crosses to the backward
     want = reference.run(ref, x, seed=5, config=cfg)
     assert max_rel_err(out, want) < FP32_REL_TOL

@@ -31,7 +31,7 @@ from ...sample_parts import block_values_of, num_block_values, value_from_block_
 from ..targets import cpp_vectorised, gemm_templates, sample_plan, triton_codegen
 from .inductor_ops import InductorOps, Int32WordOps, Native32Ops
 
-__all__ = ["SampleForm", "stream_words_buffer", "scalar_loader"]
+__all__ = ["SampleForm", "stream_words_buffer", "stream_words_rows", "scalar_loader"]
 
 _api = inductor_lowering_api()
 ir, ops, FloorDiv = _api.ir, _api.ops, _api.FloorDiv
@@ -72,16 +72,19 @@ class SampleForm:
         # (sharding.py NOTE [global index]), whose offset then starts every index.
         self.strides = [sympy.sympify(s) for s in (row_major_strides(size) if index_strides is None else index_strides)]
         self.offset = sympy.Integer(index_offset)
-        # The word types per code target (formula.py NOTE [word types]): `wo` for the per-element
-        # part, `bo` for the per-block values and the per-call stream words.
+        # The word types per code target (formula.py NOTE [word types]), for the per-element part
+        # and the per-block values alike (NOTE [32-bit block values]); the per-call stream words
+        # are computed in int64 (`stream_words_buffer`: scalar code, where an int32 multiply that
+        # wraps is undefined behaviour).
         index_end = sympy.sympify(index_bound(size, index_strides, index_offset))
         if triton_codegen(self.device):
-            self.wo = self.bo = Native32Ops()
+            self.wo = Native32Ops()
             self.word_dtype = torch.uint32
         elif bool(index_end.is_number and int(index_end) < 2**31) and cpp_vectorised(self.device):
-            self.wo, self.bo, self.word_dtype = Int32WordOps(), InductorOps(), torch.int32  # NOTE [int32 words]
+            self.wo = Int32WordOps()  # NOTE [int32 words]
+            self.word_dtype = torch.int32
         else:
-            self.wo = self.bo = InductorOps()
+            self.wo = InductorOps()
             self.word_dtype = torch.int64
         self.rtn = noise == RTN  # PQTConfig(mode="ste"): round to nearest (rounding.py), no draw
         if spec.two_level and triton_codegen(self.device) and not triton_divides_exactly():
@@ -178,12 +181,21 @@ class SampleForm:
         """NOTE [per-block step]: the block's values (formula.block_params) once per block, in one
         buffer [number of values, *block ranges] (one allocation per call, not one per value: host
         time, wrapper.py NOTE [host time per call]), instead of an exponent computation per
-        element. The key's switch (a negative key: no noise) is folded in here. Realized."""
+        element. The key's switch (a negative key: no noise) is folded in here. Realized.
+
+        NOTE [32-bit block values]: the values are computed with the element part's handler, in
+        vectorised C++ Int32WordOps: the exponent code's small integers in int32 vectors (one
+        AVX-512 register per 16 blocks) instead of int64 (a pair of registers, and template code
+        that g++ compiles slowly: the 17 weights' values of a 4-layer GPT-2 forward took about
+        0.75 s of g++ more in int64, docs/results.md session 16). The bits are the same: every
+        small integer fits int32 (formula.py NOTE [word types]), and the block values multiply
+        floats only, so no int32 product wraps, vectorised or in a scalar tail; the one-kernel
+        form has always computed them so."""
         load_amax = self.block_amax()
-        bo = self.bo
+        wo = self.wo
 
         def params_fn(pidx):
-            values = self._params_of(bo, load_amax(pidx[1:]), self.live(bo, load_key()))
+            values = self._params_of(wo, load_amax(pidx[1:]), self.live(wo, load_key()))
             return _select_by_index(pidx[0], values)
 
         buf = ir.Pointwise.create(device=self.device, dtype=torch.float32, inner_fn=params_fn,
@@ -265,6 +277,22 @@ def stream_words_buffer(device: torch.device, load_seed: Loader, load_key: Loade
     return buf
 
 
+def stream_words_rows(device: torch.device, load_seed: Loader, key_loaders: list) -> Any:
+    """Row i: the two stream words of the i-th key (formula.stream_words, computed in int64), as
+    int32 bit patterns, in one realized buffer [n, 2]: one loop, its body generated and compiled
+    once for all n keys (NOTE [one words op per graph] in passes/insert_sample.py). The row picks
+    its key by index from the n one-element inputs (scalar loads)."""
+
+    def words_fn(widx):
+        key = _select_by_index(widx[0], [load() for load in key_loaders])
+        words = stream_words(InductorOps(), load_seed(), key)
+        return _select_by_index(widx[1], [ops.to_dtype(v, torch.int32) for v in words])
+
+    buf = ir.Pointwise.create(device=device, dtype=torch.int32, inner_fn=words_fn, ranges=[len(key_loaders), 2])
+    buf.realize()
+    return buf
+
+
 def scalar_loader(value) -> Loader:
     """A loader of a one-element IR value (the seed, a key) as int64."""
     load, zeros = value.make_loader(), [0] * len(value.get_size())
@@ -287,10 +315,12 @@ def _tensor_amax_loader(w, load_w, tensor_amax, size, device):
 
 
 def _select_by_index(i, values):
-    """values[i] for a loop index i (several values computed, one stored per position)."""
+    """values[i] for a loop index i (several values computed, one stored per position). The
+    index is compared as int32 (i < len(values)): one native vector in Inductor's C++ code, where
+    an int64 index is a pair of vectors."""
     out = values[-1]
     for j in range(len(values) - 2, -1, -1):
-        out = ops.where(ops.eq(ops.index_expr(i, torch.int64), ops.constant(j, torch.int64)), values[j], out)
+        out = ops.where(ops.eq(ops.index_expr(i, torch.int32), ops.constant(j, torch.int32)), values[j], out)
     return out
 
 

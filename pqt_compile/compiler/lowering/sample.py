@@ -33,7 +33,8 @@ as a prologue candidate (compat.mark_prologue_candidate).
 
 The split of a training graph's sample (sample_parts.py; passes/insert_sample.py NOTE [saved
 block values]) lowers to the same IR, one op each: `pqt.block_values` to the amax Reduction and
-the block-values Pointwise, `pqt.stream_words` to the 2-word Pointwise (int32 bit patterns), and
+the block-values Pointwise, `pqt.stream_words` to one Pointwise [n, 2] of the n keys' words
+(int32 bit patterns; passes/insert_sample.py NOTE [one words op per graph]), and
 `pqt.sample_from_values` to the element Pointwise reading them. The forms are built in forms.py.
 
 NOTE [partial block]: the last block along the axis may be shorter than B; its reduction
@@ -49,7 +50,7 @@ from ... import sample_parts  # noqa: F401  (registers the split ops lowered her
 from ...compat import inductor_lowering_api
 from ...formula import stream_words
 from ...op import RTN
-from .forms import SampleForm, scalar_loader, stream_words_buffer
+from .forms import SampleForm, scalar_loader, stream_words_buffer, stream_words_rows
 
 __all__ = ["lower_sample", "lower_sample_t", "lower_block_values", "lower_stream_words", "lower_sample_from_values"]
 
@@ -103,9 +104,9 @@ def lower_block_values(w, key, axis, format, block_size, noise, tensor_amax=None
 
 
 @_api.register_lowering(torch.ops.pqt.stream_words.default, type_promotion_kind=None)
-def lower_stream_words(seed, key):
-    """pqt.stream_words: the two words as int32 bit patterns (sample_parts.py)."""
-    return stream_words_buffer(seed.get_device(), scalar_loader(seed), scalar_loader(key), torch.int32)
+def lower_stream_words(seed, keys):
+    """pqt.stream_words: each key's two words as int32 bit patterns, [n, 2] (sample_parts.py)."""
+    return stream_words_rows(seed.get_device(), scalar_loader(seed), [scalar_loader(k) for k in keys])
 
 
 @_api.register_lowering(torch.ops.pqt.sample_from_values.default, type_promotion_kind=None)

@@ -29,9 +29,10 @@ NOTE [saved block values]: where the lowering takes the per-block form on the C+
 (compiler/targets.py `saves_block_values`: a weight above CPP_ONE_KERNEL_MAX_NUMEL, or with a
 ragged last block), a training graph's sample is split in three ops (sample_parts.py)::
 
+    words = pqt.stream_words(seed, [key, ...])                      # one per graph, below
+    words_1 = aten.select(words, 0, 0)                               # tagged MUST_SAVE
     values = pqt.block_values(primals_1, key, 1, fmt, B, noise)     # tagged MUST_SAVE
-    words = pqt.stream_words(seed, key)                              # tagged MUST_SAVE
-    w_hat = pqt.sample_from_values(primals_1, values, words, 1, fmt, B, noise, std, bf16)  # recompute
+    w_hat = pqt.sample_from_values(primals_1, values, words_1, 1, fmt, B, noise, std, bf16)  # recompute
 
 so the backward regenerates only the element part, from the forward's values (0.375 bytes per
 parameter for a float format's three fp32 values per block of 32; int formats and NVFP4 one)
@@ -42,6 +43,16 @@ backward skips its read of w for the amax. The element part is the same Pointwis
 weights): there the values never leave the kernel, and saving them would add a buffer and, on
 a GPU, a store per block for nothing the backward's one kernel needs. Not under share_sample
 (no regeneration) nor in graphs with no backward.
+
+NOTE [one words op per graph]: the stream words of all the graph's split weights are one
+`pqt.stream_words` node (keys in edge order, row i for the i-th), and each weight reads its row, a
+`select` tagged MUST_SAVE. Inductor generates and compiles the words' ~55 operations once per
+graph instead of once per weight (17 weights in a 4-layer GPT-2: about 0.5 s of code generation
+and 0.3 s of g++, docs/results.md session 16). The backward saves the rows (views of one
+buffer), not the buffer: a kernel reading row i of a saved [n, 2] buffer would have i in its
+code, and the backward's kernels of same-shaped layers would no longer be one compiled kernel
+(graph_abi.py NOTE [one input per key]); a row passed as its own input keeps them one. The keys
+are the graph's inputs (placeholders), so the node goes before the first computation.
 
 NOTE [NVFP4 tensor amax]: an nvfp4 sample needs the whole weight's max |w| (its tensor scale,
 formula_nvfp4.py). The pass computes it once per weight per step, `amax(abs(float32(w)))`, and
@@ -143,6 +154,28 @@ def insert_sample(
     # Keys and samples go right after the placeholders, before the first computation.
     anchor = next(n for n in graph.nodes if n.op != "placeholder")
     position = {n: i for i, n in enumerate(graph.nodes)}
+
+    def splits(edge: WeightEdge) -> bool:
+        """NOTE [saved block values]: whether this weight's sample is split in three ops."""
+        w_val = _val(edge.node)
+        return (tag_recompute and not config.share_sample and w_val is not None
+                and saves_block_values(w_val.device, tuple(w_val.shape), edge.axis % w_val.dim(), config.block_code))
+
+    # NOTE [one words op per graph]: the split weights' stream words, one row per weight.
+    split_edges = [e for e in edges if splits(e)]
+    split_names = {e.name for e in split_edges}
+    words_row: dict[str, Node] = {}
+    if split_edges and config.op_noise != RTN:
+        with graph.inserting_before(anchor):
+            words = graph.call_function(torch.ops.pqt.stream_words.default,
+                                        (seed, [key_of(graph, e) for e in split_edges]))
+            _set_val(words, fake_mode)
+            words.meta["original_aten"] = words.target  # kernel names, as new_node below
+            for i, e in enumerate(split_edges):
+                row = graph.call_function(torch.ops.aten.select.int, (words, 0, i))
+                _set_val(row, fake_mode)
+                row.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # the row, not the whole buffer
+                words_row[e.name] = row
     for edge in edges:
         if edge.expert_axes and config.block_size == "tensor":
             raise ValueError(
@@ -162,9 +195,7 @@ def insert_sample(
         if key.op != "placeholder" and "val" not in key.meta:
             _set_val(key, fake_mode)
         memo: dict[tuple[Node, torch.dtype], Node] = {}
-        w_val = _val(edge.node)
-        split = (tag_recompute and not config.share_sample and w_val is not None
-                 and saves_block_values(w_val.device, tuple(w_val.shape), edge.axis % w_val.dim(), config.block_code))
+        split = edge.name in split_names
         parts: list[Optional[Node]] = []  # NOTE [saved block values]: this weight's values and words, made once
 
         def new_node(target, args: tuple, policy) -> Node:
@@ -186,8 +217,7 @@ def insert_sample(
                         amax_arg = shard_args[2:]  # NVFP4's tensor amax
                         parts.append(new_node(torch.ops.pqt.block_values.default,
                                               (edge.node, key, edge.axis, *grid, *amax_arg), CheckpointPolicy.MUST_SAVE))
-                        parts.append(None if config.op_noise == RTN else new_node(
-                            torch.ops.pqt.stream_words.default, (seed, key), CheckpointPolicy.MUST_SAVE))
+                        parts.append(words_row.get(edge.name))  # None under "rtn": no draw
                     s = new_node(torch.ops.pqt.sample_from_values.default,
                                  (edge.node, parts[0], parts[1], edge.axis, *grid, config.op_noise_std, dtype,
                                   *shard_args[:2]), CheckpointPolicy.MUST_RECOMPUTE)

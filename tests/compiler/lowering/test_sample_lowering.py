@@ -150,7 +150,7 @@ def test_cpu_code_fuses_the_sample_into_a_cpp_kernel():
 @pytest.mark.parametrize("shape,axis", [((64, 256), 1), ((256, 64), 0)])
 def test_cpu_sample_loop_holds_int32_words_and_reads_the_index_from_a_buffer(shape, axis):
     """The levers of docs/results.md (issue 14) stay in the generated C++: the per-element words
-    are int32 vectors (NOTE [int32 words]), the index comes from the iota buffer (NOTE [index
+    and the block values are int32 vectors (NOTE [int32 words], [32-bit block values]), the index comes from the iota buffer (NOTE [index
     iota]: no per-element arange), and the result stays bit-exact with the eager op."""
     from pqt_compile.compiler.targets import cpp_vectorised
 
@@ -164,6 +164,9 @@ def test_cpu_sample_loop_holds_int32_words_and_reads_the_index_from_a_buffer(sha
     assert torch.equal(got.view(torch.int32), f(w, torch.tensor(3), torch.tensor(4)).view(torch.int32))
     code = "\n".join(codes)
     assert "Vectorized<int32_t>" in code
+    # No 64-bit integer vectors: the block values' exponent code too is int32 (NOTE [32-bit block
+    # values]; it was VectorizedN<int64_t,2>, which g++ compiles slowly).
+    assert "VectorizedN<int64_t" not in code
     # Twice at most: the loop that fills the iota buffer and the two-element loop of the stream
     # words (one buffer for both); the per-element loop reads the iota instead.
     assert code.count("::arange(") <= 2
@@ -243,25 +246,29 @@ SPLIT_CASES = [
 
 @pytest.mark.parametrize("simdlen", [None, 1], ids=["vectorised-int32-words", "scalar-int64-words"])
 def test_the_split_sample_lowers_bit_exact(simdlen):
-    """block_values, stream_words and sample_from_values compiled give pqt.sample's bits, where the
+    """block_values, stream_words (one op, a row per key) and sample_from_values compiled give
+    pqt.sample's bits, where the
     element loop holds int32 words (read from the int32 words buffer as they are) and where it holds
     int64 ones (each word's low 32 bits widened: lowering/forms.py `words_of`)."""
     torch._dynamo.reset()
 
     def f(*ws):
+        # One words op for all cases, a key each (NOTE [one words op per graph]): row i, key i.
+        seed, keys = ws[len(SPLIT_CASES)], ws[len(SPLIT_CASES) + 1:]
+        words = torch.ops.pqt.stream_words(seed, list(keys))
         outs = []
-        for w, (shape, axis, cfg, out) in zip(ws[:-2], SPLIT_CASES):
-            seed, key = ws[-2:]
+        for i, (w, (shape, axis, cfg, out)) in enumerate(zip(ws, SPLIT_CASES)):
             amax_t = (w.float().abs().amax() * 2,) if cfg.format == "nvfp4" else ()  # a shard's larger amax
-            values = torch.ops.pqt.block_values(w, key, axis, cfg.format, cfg.block_code, cfg.op_noise, *amax_t)
-            words = None if cfg.op_noise == "rtn" else torch.ops.pqt.stream_words(seed, key)
-            outs.append(torch.ops.pqt.sample_from_values(w, values, words, axis, cfg.format, cfg.block_code,
+            values = torch.ops.pqt.block_values(w, keys[i], axis, cfg.format, cfg.block_code, cfg.op_noise, *amax_t)
+            row = None if cfg.op_noise == "rtn" else words[i]
+            outs.append(torch.ops.pqt.sample_from_values(w, values, row, axis, cfg.format, cfg.block_code,
                                                          cfg.op_noise, cfg.op_noise_std, out))
         return outs
 
     torch.manual_seed(1)
     ws = [torch.randn(shape) * torch.logspace(-30, 2, shape[-1]) for shape, *_ in SPLIT_CASES]
-    args = (*ws, torch.tensor(-(2**40) + 3), torch.tensor(2**31 + 5))
+    keys = [torch.tensor(2**31 + 5 + 7 * i) for i in range(len(SPLIT_CASES))]
+    args = (*ws, torch.tensor(-(2**40) + 3), *keys)
     with inductor_config.patch(fx_graph_cache=False, **({"cpp.simdlen": simdlen} if simdlen else {})):
         got, codes = run_and_get_code(torch.compile(f, dynamic=False), *args)
     code = "\n".join(codes)
@@ -269,9 +276,9 @@ def test_the_split_sample_lowers_bit_exact(simdlen):
     from pqt_compile.compiler.targets import cpp_vectorised
 
     assert ("Vectorized<int32_t>" in code) == (simdlen is None and cpp_vectorised(torch.device("cpu")))
-    for g, w, (shape, axis, cfg, out) in zip(got, ws, SPLIT_CASES):
+    for g, w, key, (shape, axis, cfg, out) in zip(got, ws, keys, SPLIT_CASES):
         amax_t = (w.float().abs().amax() * 2,) if cfg.format == "nvfp4" else ()
-        want = torch.ops.pqt.sample(w, args[-2], args[-1], axis, cfg.format, cfg.block_code, cfg.op_noise,
+        want = torch.ops.pqt.sample(w, args[len(SPLIT_CASES)], key, axis, cfg.format, cfg.block_code, cfg.op_noise,
                                     cfg.op_noise_std, out, None, 0, *amax_t)
         bits = torch.int32 if out == torch.float32 else torch.int16
         assert torch.equal(g.view(bits), want.view(bits)), (shape, cfg.format)
