@@ -153,7 +153,7 @@ def _check_parts(w, values, words, axis, format, block_size, noise, noise_std, o
     if noise != RTN and (words is None or list(words.shape) != [2] or words.dtype != torch.int32):
         got = None if words is None else f"{words.dtype} of shape {list(words.shape)}"
         raise ValueError(f"pqt.sample_from_values: noise {noise!r} needs words, int32 of shape [2] "
-                         f"(pqt.stream_words), got {got}")
+                         f"(this weight's row of pqt.stream_words), got {got}")
     return spec
 
 

@@ -48,11 +48,14 @@ NOTE [one words op per graph]: the stream words of all the graph's split weights
 `pqt.stream_words` node (keys in edge order, row i for the i-th), and each weight reads its row, a
 `select` tagged MUST_SAVE. Inductor generates and compiles the words' ~55 operations once per
 graph instead of once per weight (17 weights in a 4-layer GPT-2: about 0.5 s of code generation
-and 0.3 s of g++, docs/results.md session 16). The backward saves the rows (views of one
+and about 0.2 s of g++, docs/results.md session 16). The backward saves the rows (views of one
 buffer), not the buffer: a kernel reading row i of a saved [n, 2] buffer would have i in its
 code, and the backward's kernels of same-shaped layers would no longer be one compiled kernel
-(graph_abi.py NOTE [one input per key]); a row passed as its own input keeps them one. The keys
-are the graph's inputs (placeholders), so the node goes before the first computation.
+(graph_abi.py NOTE [one input per key]); a row passed as its own input keeps them one. Under
+functorch's non-default `recompute_views=True` the partitioner recomputes every view whatever its
+tag, so it saves the buffer and selects in the backward: same bits, more backward code. Each
+weight's key is made (or found) once, before the words node, which goes before the first
+computation.
 
 NOTE [NVFP4 tensor amax]: an nvfp4 sample needs the whole weight's max |w| (its tensor scale,
 formula_nvfp4.py). The pass computes it once per weight per step, `amax(abs(float32(w)))`, and
@@ -161,6 +164,13 @@ def insert_sample(
         return (tag_recompute and not config.share_sample and w_val is not None
                 and saves_block_values(w_val.device, tuple(w_val.shape), edge.axis % w_val.dim(), config.block_code))
 
+    # Each edge's key is made (or found) once, before the words op that reads the split ones.
+    keys: dict[str, Node] = {}
+    with graph.inserting_before(anchor):
+        for edge in edges:
+            key = keys[edge.name] = key_of(graph, edge)
+            if key.op != "placeholder" and "val" not in key.meta:
+                _set_val(key, fake_mode)
     # NOTE [one words op per graph]: the split weights' stream words, one row per weight.
     split_edges = [e for e in edges if splits(e)]
     split_names = {e.name for e in split_edges}
@@ -168,7 +178,7 @@ def insert_sample(
     if split_edges and config.op_noise != RTN:
         with graph.inserting_before(anchor):
             words = graph.call_function(torch.ops.pqt.stream_words.default,
-                                        (seed, [key_of(graph, e) for e in split_edges]))
+                                        (seed, [keys[e.name] for e in split_edges]))
             _set_val(words, fake_mode)
             words.meta["original_aten"] = words.target  # kernel names, as new_node below
             for i, e in enumerate(split_edges):
@@ -185,15 +195,13 @@ def insert_sample(
         fwd_dtypes = edge.dtypes
         strides, offset = (index_args or {}).get(edge.node, (None, 0))
         shard_args = () if strides is None else (strides, offset)
+        key = keys[edge.name]
         with graph.inserting_before(anchor):
-            key = key_of(graph, edge)
             if two_level:  # NVFP4: the whole weight's amax, once per step (NOTE [NVFP4 tensor amax])
                 amax_t = _tensor_amax(graph, edge.node, fake_mode, reduce_amax, edge)
                 if tag_recompute:
                     amax_t.meta["recompute"] = CheckpointPolicy.MUST_SAVE
                 shard_args = (strides, offset, amax_t)
-        if key.op != "placeholder" and "val" not in key.meta:
-            _set_val(key, fake_mode)
         memo: dict[tuple[Node, torch.dtype], Node] = {}
         split = edge.name in split_names
         parts: list[Optional[Node]] = []  # NOTE [saved block values]: this weight's values and words, made once
