@@ -46,6 +46,7 @@ __all__ = [
     "stream_words",
     "element_hash",
     "noise_from_hash",
+    "check_draw_input",
     "check_noise",
     "noise_scale",
     "rounded_thresholds",
@@ -210,6 +211,14 @@ def check_noise(noise: str, noise_std: float) -> None:
         raise ValueError(f"pqt: noise must be 'gaussian', 'uniform', 'rounded_gaussian' or 'rtn', got {noise!r}")
     if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0):
         raise ValueError(f"pqt: noise_std must be a finite number > 0 (units of the step), got {noise_std!r}")
+
+
+def check_draw_input(t: torch.Tensor, what: str) -> None:
+    """Refuse a seed or key that the raw ops would misread: it must be an integer tensor with one
+    element (a float one would be truncated to another stream, a bool one is no stream)."""
+    if t.numel() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"pqt: {what} must be an integer tensor with one element (pqt.sample makes an int64 0-d "
+                         f"tensor from an int), got dtype {t.dtype} and shape {list(t.shape)}")
 
 
 def noise_scale(noise: str, noise_std: float) -> float:

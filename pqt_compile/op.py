@@ -33,7 +33,7 @@ from .blocks import block_amax, check_sample_args
 from .compat import has_triton
 from .config import PQTConfig, config_or_default
 from .formats import FormatSpec, parse_format
-from .formula import TorchOps, check_noise, element_hash, noise_from_hash, sample_value, stream_words
+from .formula import TorchOps, check_draw_input, check_noise, element_hash, noise_from_hash, sample_value, stream_words
 from .formula_nvfp4 import block_params as nvfp4_block_params
 from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
 from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
@@ -150,6 +150,8 @@ def element_index(shape: torch.Size, start: int, stop: int, index_strides: Optio
 
 def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0, tensor_amax=None) -> torch.Tensor:
+    check_draw_input(seed, "seed")
+    check_draw_input(key, "key")
     whole = index_strides is None and index_offset == 0  # the Triton kernel knows only whole weights
     if whole and w.is_cuda and w.dim() == 2 and noise in ("gaussian", "uniform") and has_triton():
         check_noise(noise, noise_std)  # (sample_eager checks its own)
@@ -182,8 +184,10 @@ def _sample_op(
                         index_offset, tensor_amax)
 
 
-def _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+def _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
                 tensor_amax) -> FormatSpec:
+    check_draw_input(seed, "seed")
+    check_draw_input(key, "key")
     spec = parse_format(format)
     check_sample_args(w, axis, spec, block_size, out_dtype, index_strides, index_offset)
     check_noise(noise, noise_std)
@@ -196,7 +200,7 @@ def _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_
 @_sample_op.register_fake
 def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0, tensor_amax=None):
-    _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
+    _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
 
 
@@ -228,7 +232,7 @@ def _check_2d(w: torch.Tensor) -> None:
 @_sample_t_op.register_fake
 def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                    index_offset=0, tensor_amax=None):
-    _check_fake(w, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
+    _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
     _check_2d(w)
     return torch.empty((w.shape[1], w.shape[0]), dtype=out_dtype, device=w.device)
 

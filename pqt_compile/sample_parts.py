@@ -34,7 +34,7 @@ import torch
 
 from .blocks import block_shape, check_sample_args, expand_blocks, per_block_amax
 from .formats import FormatSpec, parse_format
-from .formula import MASK32, SampleOps, TorchOps, block_params, check_noise, element_hash, noise_from_hash
+from .formula import MASK32, SampleOps, TorchOps, block_params, check_draw_input, check_noise, element_hash, noise_from_hash
 from .formula import sample_from_params
 from .formula import stream_words as formula_stream_words
 from .formula_nvfp4 import block_params as nvfp4_block_params
@@ -78,6 +78,7 @@ def _block_values_op(w: torch.Tensor, key: torch.Tensor, axis: int, format: str,
                      tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     spec = parse_format(format)
     axis = check_sample_args(w, axis, spec, block_size, torch.float32)
+    check_draw_input(key, "key")
     o = TorchOps(w.device)
     live = o.gt(key.reshape(()).to(device=w.device, dtype=torch.int64), o.i64(-1))
     amax = per_block_amax(w, axis, block_size)
@@ -89,12 +90,13 @@ def _block_values_op(w: torch.Tensor, key: torch.Tensor, axis: int, format: str,
 def _block_values_fake(w, key, axis, format, block_size, noise, tensor_amax=None):
     spec = parse_format(format)
     axis = check_sample_args(w, axis, spec, block_size, torch.float32)
+    check_draw_input(key, "key")
     return w.new_empty([num_block_values(spec, noise), *block_shape(w.shape, axis, block_size)], dtype=torch.float32)
 
 
 @torch.library.custom_op("pqt::stream_words", mutates_args=(), device_types=("cpu", "cuda"))
 def _stream_words_op(seed: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
-    _check_keys(keys)
+    _check_words_inputs(seed, keys)
     o = TorchOps(seed.device)
     key = torch.stack([k.reshape(()).to(device=seed.device, dtype=torch.int64) for k in keys])
     s1, s2 = formula_stream_words(o, seed.reshape(()).to(torch.int64), key)
@@ -103,14 +105,16 @@ def _stream_words_op(seed: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tens
 
 @_stream_words_op.register_fake
 def _stream_words_fake(seed, keys):
-    _check_keys(keys)
+    _check_words_inputs(seed, keys)
     return seed.new_empty([len(keys), 2], dtype=torch.int32)
 
 
-def _check_keys(keys: list[torch.Tensor]) -> None:
-    if not keys or any(k.numel() != 1 for k in keys):
-        raise ValueError(f"pqt.stream_words: keys must be one or more one-element tensors, got shapes "
-                         f"{[list(k.shape) for k in keys]}")
+def _check_words_inputs(seed: torch.Tensor, keys: list[torch.Tensor]) -> None:
+    if not keys:
+        raise ValueError("pqt.stream_words: keys must be one or more one-element integer tensors, got none")
+    check_draw_input(seed, "seed")
+    for i, k in enumerate(keys):
+        check_draw_input(k, f"keys[{i}]")
 
 
 @torch.library.custom_op("pqt::sample_from_values", mutates_args=(), device_types=("cpu", "cuda"))

@@ -132,3 +132,22 @@ def test_the_raw_op_refuses_a_noise_the_formula_does_not_define(noise, noise_std
         torch.ops.pqt.sample(fw, fs, fk, 1, "fp6_e3m2", 32, noise, noise_std, torch.float32)
     with pytest.raises(ValueError, match=match):
         torch.ops.pqt.sample(w, seed, key, 1, "fp6_e3m2", 32, noise, noise_std, torch.float32)
+
+
+@pytest.mark.parametrize("seed, key, match", [
+    (torch.tensor(1.0), torch.tensor(2), "seed must be an integer tensor"),  # truncated: another stream
+    (torch.tensor([1, 2]), torch.tensor(2), "seed must be an integer tensor with one element"),
+    (torch.tensor(1), torch.tensor(2.5), "key must be an integer tensor"),
+    (torch.tensor(1), torch.tensor(True), "key must be an integer tensor"),
+])
+def test_the_raw_op_refuses_a_seed_or_key_that_is_not_one_integer(seed, key, match):
+    """The public sample() converts ints; the raw op (torch.ops.pqt.sample, sample_t) checks its
+    tensors itself, eager and at trace time, instead of truncating a float to another stream."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    w = torch.randn(8, 32)
+    for op in (torch.ops.pqt.sample, torch.ops.pqt.sample_t):
+        with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
+            op(*(mode.from_tensor(t) for t in (w, seed, key)), 1, "fp6_e3m2", 32, "gaussian", 1.0, torch.float32)
+        with pytest.raises(ValueError, match=match):
+            op(w, seed, key, 1, "fp6_e3m2", 32, "gaussian", 1.0, torch.float32)

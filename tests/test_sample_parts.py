@@ -70,10 +70,16 @@ def test_values_layout_and_words_are_the_streams_low_bits():
     for row, key in zip(words, keys):
         want = [int(v) for v in stream_words(TorchOps(torch.device("cpu")), SEED, key.reshape(()))]
         assert [int(v) & 0xFFFFFFFF for v in row] == want
-    with pytest.raises(ValueError, match="one or more one-element tensors"):
+    with pytest.raises(ValueError, match="one or more one-element integer tensors, got none"):
         torch.ops.pqt.stream_words(SEED, [])
-    with pytest.raises(ValueError, match="one or more one-element tensors"):
-        torch.ops.pqt.stream_words(SEED, [torch.tensor([1, 2])])
+    with pytest.raises(ValueError, match=r"keys\[1\] must be an integer tensor with one element"):
+        torch.ops.pqt.stream_words(SEED, [KEY, torch.tensor([1, 2])])
+    with pytest.raises(ValueError, match=r"keys\[0\] must be an integer tensor.*torch.float32"):
+        torch.ops.pqt.stream_words(SEED, [torch.tensor(3.7)])  # would draw key 3's stream
+    with pytest.raises(ValueError, match="seed must be an integer tensor with one element"):
+        torch.ops.pqt.stream_words(torch.tensor([1, 2]), [KEY])
+    with pytest.raises(ValueError, match="key must be an integer tensor"):
+        torch.ops.pqt.block_values(w, torch.tensor(True), 1, "fp8_e5m2", 8, "gaussian")
 
 
 def test_opcheck_of_the_three_ops():
