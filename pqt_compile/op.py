@@ -200,7 +200,8 @@ def _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dt
 @_sample_op.register_fake
 def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                  index_offset=0, tensor_amax=None):
-    _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
+    _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+                tensor_amax)
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
 
 
@@ -232,7 +233,8 @@ def _check_2d(w: torch.Tensor) -> None:
 @_sample_t_op.register_fake
 def _sample_t_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides=None,
                    index_offset=0, tensor_amax=None):
-    _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset, tensor_amax)
+    _check_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_dtype, index_strides, index_offset,
+                tensor_amax)
     _check_2d(w)
     return torch.empty((w.shape[1], w.shape[0]), dtype=out_dtype, device=w.device)
 
@@ -258,8 +260,7 @@ _sample_t_op.register_autograd(_backward_t, setup_context=_setup_context)
 def _as_int64_tensor(v: Union[int, torch.Tensor], name: str, device: torch.device, low: int, high: int) -> torch.Tensor:
     """`v` as a 0-d int64 tensor on `device`, refused unless low <= v < high."""
     if isinstance(v, torch.Tensor):
-        if v.numel() != 1 or v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
-            raise ValueError(f"pqt: {name} must be an int or an integer tensor with one element, got {v!r}")
+        check_draw_input(v, name)
         t = v.reshape(()).to(device=device, dtype=torch.int64)
         value = int(t) if t.device.type == "cpu" else None  # no device sync to check a GPU value
     else:

@@ -151,3 +151,5 @@ def test_the_raw_op_refuses_a_seed_or_key_that_is_not_one_integer(seed, key, mat
             op(*(mode.from_tensor(t) for t in (w, seed, key)), 1, "fp6_e3m2", 32, "gaussian", 1.0, torch.float32)
         with pytest.raises(ValueError, match=match):
             op(w, seed, key, 1, "fp6_e3m2", 32, "gaussian", 1.0, torch.float32)
+    with pytest.raises(ValueError, match=match):  # the public function, by the same rule
+        sample(w, seed=seed, key=key)
