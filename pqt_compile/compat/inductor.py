@@ -21,6 +21,7 @@ __all__ = [
     "ieee_division_patches",
     "triton_divides_exactly",
     "compile_fx",
+    "inductor_cache_dir",
     "decompositions_keeping_matmuls",
     "no_scalar_index_input_asserts",
     "custom_graph_pass_base",
@@ -82,14 +83,21 @@ def triton_divides_exactly() -> bool:
 
 
 def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: Optional[dict],
-               scalar_index_asserts: bool = True, keep_matmuls: bool = False) -> Callable:
+               scalar_index_asserts: bool = True, keep_matmuls: bool = False, autograd_cache: bool = True) -> Callable:
     """Inductor's `compile_fx` (torch 2.13), with config patches applied to this compile only.
 
     scalar_index_asserts=False: the generated wrappers check no 0-d int64 input (NOTE [0-d input
     asserts]), in the forward graph and in the backward graph, which AOTAutograd compiles at the
     first backward pass (through the same inner compile function, as the config patches).
     keep_matmuls=True: AOTAutograd traces with `decompositions_keeping_matmuls()`, built under the
-    config patches (Inductor's table depends on its config, e.g. fallback_random)."""
+    config patches (Inductor's table depends on its config, e.g. fallback_random).
+    autograd_cache=False: AOTAutograd's cache is neither read nor written for this compile, so the
+    joint-graph passes run (Inductor's FX graph cache still serves the compiled graphs)."""
+    if not autograd_cache:
+        # torch._functorch.config (torch 2.11-2.15): patched for this compile only.
+        require("torch._functorch.config", "enable_autograd_cache", "the pass's warnings on a cache hit")
+        with importlib.import_module("torch._functorch.config").patch(enable_autograd_cache=False):
+            return compile_fx(gm, example_inputs, config_patches, scalar_index_asserts, keep_matmuls)
     fn = require("torch._inductor.compile_fx", "compile_fx", "the pqt backend")
     decompositions = None
     if keep_matmuls:
@@ -106,6 +114,12 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, config_patches: O
 
     return fn(gm, example_inputs, inner_compile=inner_compile, config_patches=config_patches or None,
               decompositions=decompositions)
+
+
+def inductor_cache_dir() -> str:
+    """The directory of Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR or its default; read at
+    each call, as Inductor does; torch 2.11-2.15)."""
+    return require("torch._inductor.runtime.cache_dir_utils", "cache_dir", "the pass's warnings on a cache hit")()
 
 
 def decompositions_keeping_matmuls() -> dict:

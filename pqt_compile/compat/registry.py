@@ -28,6 +28,8 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch._inductor.codegen.wrapper", "PythonWrapperCodegen",
      "fewer input checks per call (NOTE [0-d input asserts])"),
     ("torch._inductor.custom_graph_pass", "CustomGraphPass", "the cache-safe joint-graph pass"),
+    ("torch._inductor.runtime.cache_dir_utils", "cache_dir", "the pass's warnings on a cache hit"),
+    ("torch._functorch.config", "enable_autograd_cache", "the pass's warnings on a cache hit"),
     ("torch._inductor.lowering", "register_lowering", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "Reduction", "the Inductor lowering of pqt.sample"),
     ("torch._inductor.ir", "Pointwise", "the Inductor lowering of pqt.sample"),

@@ -101,6 +101,11 @@ class PQTPass(custom_graph_pass_base()):  # type: ignore[misc]
     def run(self, graph: torch.fx.Graph) -> None:
         raise NotImplementedError
 
+    @property
+    def runs(self) -> int:
+        """How many graphs this pass object has rewritten (0 after a compile that a cache served)."""
+        return self._runs
+
     def cache_key(self) -> tuple[Any, ...]:
         return (type(self).__qualname__,)
 

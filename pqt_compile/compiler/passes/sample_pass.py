@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.fx import Graph, Node
@@ -31,7 +31,7 @@ from .base import PQTPass, active_recording
 from .insert_sample import insert_sample
 from .weight_edges import SkippedWeight, WeightEdge, find_weight_edges
 
-__all__ = ["SamplePass", "SampleRecord", "EdgeSummary"]
+__all__ = ["SamplePass", "SampleRecord", "EdgeSummary", "not_followed_warnings", "warn_all"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class SamplePass(PQTPass):
         self.shards = dict(shards or {})
         self.key_inputs = dict(key_inputs)
         self.sample_inference = sample_inference
+        self.warnings: list[str] = []  # what its runs warned, for a cache hit to say again (cached_warnings.py)
 
     def cache_key(self) -> tuple:
         return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()),
@@ -124,7 +125,9 @@ class SamplePass(PQTPass):
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
         sampled = is_joint or self.config.sample_in_eval or self.sample_inference
         if sampled:
-            _warn_not_followed(skipped)
+            messages = not_followed_warnings(skipped)
+            self.warnings += messages
+            warn_all(messages)
         recorder = active_recording()
         if recorder is not None:
             recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
@@ -156,17 +159,21 @@ class SamplePass(PQTPass):
                       reduce_amax=reduce_amax)
 
 
-def _warn_not_followed(skipped: list[SkippedWeight]) -> None:
-    """Warn about the admitted weights that reach a matmul by a path the pass does not follow
-    (weight_edges.py NOTE [ops not followed]): they train without noise. Python's warning filter
-    shows each message once."""
-    for s in skipped:
-        if s.reason.startswith(Reason.NOT_FOLLOWED.split("{")[0]):
-            warnings.warn(
-                f"pqt: weight {s.name!r} {s.reason}. pqt samples a weight that a matmul reads directly or through "
-                "views, transposes and casts; a split, slice or concatenation of weights (e.g. nn.MultiheadAttention "
-                "with key/value other than the query, a fused weight split in the forward) or a parametrization "
-                "computes another tensor. Read the weight directly (separate Parameters), or exclude it in the "
-                "PQTConfig to silence this; pqt_compile.explain(model, ...) lists every weight.",
-                stacklevel=2,
-            )
+def not_followed_warnings(skipped: list[SkippedWeight]) -> list[str]:
+    """The warnings for the admitted weights that reach a matmul by a path the pass does not follow
+    (weight_edges.py NOTE [ops not followed]): they train without noise."""
+    return [
+        f"pqt: weight {s.name!r} {s.reason}. pqt samples a weight that a matmul reads directly or through "
+        "views, transposes and casts; a split, slice or concatenation of weights (e.g. nn.MultiheadAttention "
+        "with key/value other than the query, a fused weight split in the forward) or a parametrization "
+        "computes another tensor. Read the weight directly (separate Parameters), or exclude it in the "
+        "PQTConfig to silence this; pqt_compile.explain(model, ...) lists every weight."
+        for s in skipped if s.reason.startswith(Reason.NOT_FOLLOWED.split("{")[0])
+    ]
+
+
+def warn_all(messages: Sequence[str]) -> None:
+    """Warn each of `messages`, from one place whether the pass ran or a cache hit says them again
+    (cached_warnings.py NOTE [warnings on a cache hit]): Python's warning filter shows each once."""
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=1)
