@@ -28,7 +28,7 @@ from ..selection import admits_fn
 from ..sharding import is_dtensor, shard_layout
 from . import cached_warnings, graph_abi
 from .passes.manager import PassManager
-from .passes.sample_pass import SamplePass, warn_all
+from .passes.sample_pass import SamplePass
 from .passes.template_layout_pass import TemplateLayoutPass
 from .wrapper import PQTCompiled
 
@@ -131,20 +131,11 @@ class GraphCompiler:
         # products (K = 1: rotary tables, no weight). Fixed here, like the asserts: not in the
         # pass's cache_key.
         patches = {**division, **self.patches, "joint_custom_pre_pass": passes}
-        fn = compile_fx(self.gm, example_inputs, patches, scalar_index_asserts=False, keep_matmuls=True)
-        # cached_warnings.py NOTE [warnings on a cache hit]: the pass warns only when it runs.
         key = cached_warnings.record_key(self.gm, example_inputs, pass_.uuid())
-        if key is None:
-            return fn
-        if not pass_.runs:
-            recorded = cached_warnings.load(key)
-            if recorded is not None:
-                warn_all(recorded)
-                return fn
-            fn = compile_fx(self.gm, example_inputs, patches, scalar_index_asserts=False, keep_matmuls=True,
-                            autograd_cache=False)
-        cached_warnings.save(key, pass_.warnings)
-        return fn
+        return cached_warnings.compile_and_warn(
+            lambda autograd_cache: compile_fx(self.gm, example_inputs, patches, scalar_index_asserts=False,
+                                              keep_matmuls=True, autograd_cache=autograd_cache),
+            pass_, key)
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import pytest
 import torch
@@ -28,14 +29,14 @@ class _SplitQKV(nn.Module):
         return self.out(nn.functional.linear(x, q) * nn.functional.linear(x, k) + nn.functional.linear(x, v))
 
 
-def _train_step_warnings(make: type[nn.Module]) -> list[str]:
+def _train_step_warnings(make: Callable[[], nn.Module], batch: int = 4, **compile_kwargs) -> list[str]:
     """The pqt warnings of one training step of a fresh compile (Dynamo reset: Inductor's on-disk
     caches are what a second compile of the same graph can reuse)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pqt_compile.compile(make())(torch.randn(4, 8)).sum().backward()
+        pqt_compile.compile(make(), **compile_kwargs)(torch.randn(batch, 8)).sum().backward()
     return [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
 
 
@@ -77,3 +78,39 @@ def test_a_warm_cache_of_a_graph_without_warnings_says_nothing_and_compiles_once
     assert counts.get("total") == 2, counts
     [record] = list((tmp_path / "pqt_warnings").iterdir())
     assert cached_warnings.load(record.stem) == []
+
+
+def test_a_dynamic_graph_first_called_at_another_size_finds_its_record(tmp_path, monkeypatch):
+    """The key holds the inputs as Dynamo traced them (a dynamic dim is its symbol): before, the
+    second size missed the record and compiled the graph once more at every warm start."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.utils.counters.clear()
+    cold = _train_step_warnings(_SplitQKV, batch=4, dynamic=True)
+    assert len(cold) == 1, cold
+    assert _train_step_warnings(_SplitQKV, batch=5, dynamic=True) == cold
+    counts = _aot_counts()
+    assert counts.get("autograd_cache_hit") == 1 and counts.get("total") == 2, counts  # no third compile
+    assert len(list((tmp_path / "pqt_warnings").iterdir())) == 1
+
+
+def _with_body(body: Callable[[torch.Tensor], torch.Tensor]) -> torch.fx.GraphModule:
+    """A graph whose only op calls the submodule `body`: what Dynamo makes of a checkpointed block
+    (its body a graph module of its own, called by a higher-order op)."""
+    root = nn.Module()
+    root.body = torch.fx.symbolic_trace(body)
+    graph = torch.fx.Graph()
+    graph.output(graph.call_module("body", (graph.placeholder("x"),)))
+    return torch.fx.GraphModule(root, graph)
+
+
+def test_the_key_holds_the_code_of_submodules():
+    """Two graphs alike but for a checkpointed body: before, they shared one record, and a warm
+    run said the other body's warnings (or none)."""
+    x = [torch.randn(4, 8)]
+    split = _with_body(lambda t: t.split(4)[0])
+    same = cached_warnings.record_key(split, x, "uuid")
+    assert same == cached_warnings.record_key(_with_body(lambda t: t.split(4)[0]), x, "uuid")
+    assert same != cached_warnings.record_key(_with_body(lambda t: t.relu()), x, "uuid")
+    assert same != cached_warnings.record_key(split, [torch.randn(4, 6)], "uuid")
+    assert same != cached_warnings.record_key(split, x, "another pass uuid")
+    assert cached_warnings.record_key(split, x, None) is None  # explain's recording: no record
