@@ -1,4 +1,5 @@
-"""Inductor: its entry point (and AOTAutograd's cache switch for one compile), config, cache directory, lowering API, prologue marking, output code and the 0-d input checks."""
+"""Inductor: its entry point (with AOTAutograd's cache switch for one compile), config, cache
+directory, lowering API, prologue marking, output code and the 0-d input checks."""
 
 from __future__ import annotations
 
