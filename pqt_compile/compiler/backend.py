@@ -131,11 +131,10 @@ class GraphCompiler:
         # products (K = 1: rotary tables, no weight). Fixed here, like the asserts: not in the
         # pass's cache_key.
         patches = {**division, **self.patches, "joint_custom_pre_pass": passes}
-        key = cached_warnings.record_key(self.gm, example_inputs, pass_.uuid())
         return cached_warnings.compile_and_warn(
             lambda autograd_cache: compile_fx(self.gm, example_inputs, patches, scalar_index_asserts=False,
                                               keep_matmuls=True, autograd_cache=autograd_cache),
-            pass_, key)
+            pass_, self.gm, example_inputs)
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:

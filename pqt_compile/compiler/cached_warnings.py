@@ -55,6 +55,8 @@ class _WarningPass(Protocol):
     runs: int  # graphs it rewrote in this compile (0: a cache served it)
     warnings: list[str]  # what those runs warned
 
+    def uuid(self) -> Optional[str]: ...
+
 
 def record_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], pass_uuid: Optional[str]) -> Optional[str]:
     """The key of a compile's record: the pass's uuid (its settings and the sources that shape its
@@ -84,10 +86,13 @@ def _describe(x: Any) -> str:
     return type(x).__name__  # a SymInt, a device mesh: its type (the graph's code says how it is used)
 
 
-def compile_and_warn(compile: Callable[[bool], _T], pass_: _WarningPass, key: Optional[str]) -> _T:
-    """`compile(autograd_cache)`, with the pass's warnings said whether or not it ran (NOTE
+def compile_and_warn(compile: Callable[[bool], _T], pass_: _WarningPass, gm: torch.fx.GraphModule,
+                     example_inputs: Sequence[Any]) -> _T:
+    """`compile(autograd_cache)` of `gm`, with the pass's warnings said whether or not it ran (NOTE
     [warnings on a cache hit]): from its record when a cache served the compile, and by compiling
-    once more past AOTAutograd's cache when there is no record."""
+    once more past AOTAutograd's cache when there is no record. The key is taken before compiling
+    (Inductor's pre-grad passes may rewrite `gm`)."""
+    key = record_key(gm, example_inputs, pass_.uuid())
     fn = compile(True)
     if key is None:
         return fn
