@@ -48,7 +48,7 @@ def _digest(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-d too
     return h.hexdigest()
 
 
@@ -111,8 +111,11 @@ def saved_config(path: str) -> PQTConfig:
 def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) -> torch.nn.Module:
     """Fill `model` from a file written by `save`; returns the model.
 
-    Raises ValueError if the file is damaged or not a pqt_compile export, or if `config` is
-    given and names another format or block size than the file's.
+    Raises ValueError, before changing the model, if the file is damaged or not a pqt_compile
+    export, if `config` is given and names another format or block size than the file's, or if
+    the model does not fit the file (a weight or tensor missing on either side, another shape). A
+    key the saved model tied to a sampled weight (a tied head) gets that weight's deployed
+    values whether or not `model` ties it.
     """
     meta, tensors, saved_cfg = _read(path)
     if config is not None and (config.format, config.block_size) != (saved_cfg.format, saved_cfg.block_size):
@@ -121,22 +124,48 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
             f"but the config asks for {config.format!r} with {config.block_size!r}; load it with its own config (or config=None)"
         )
     params = named_parameters(model)
+    model_state = {canonical_name(k): v for k, v in model.state_dict(keep_vars=True).items()}
     own = {canonical_name(k): k for k in model.state_dict()}  # a compiled wrapper's keys hold `_orig_mod`
     state = {own.get(k[len("state/"):], k[len("state/"):]): v for k, v in tensors.items() if k.startswith("state/")}
-    missing = [n for n in meta["weights"] if n not in params]
-    if missing:
-        raise ValueError(f"pqt_compile.export.load: the model has no parameter(s) {missing} that {path} holds")
+    _check_fits(path, meta, tensors, params, model_state)
     with torch.no_grad():
+        deployed = {}
         for name, w in meta["weights"].items():
             scales = tensors.get(f"scales/{name}")
             packed = PackedTensor(tensors[f"codes/{name}"], tensors.get(f"exponents/{name}"), tuple(w["shape"]), w["axis"],
                                   saved_cfg.format, saved_cfg.block_size, _DTYPES[w["dtype"]],
                                   scales=None if scales is None else scales.view(torch.float8_e4m3fn),
                                   tensor_exponent=w.get("tensor_exponent"))
+            deployed[name] = params[name]
             params[name].copy_(unpack(packed).to(params[name].device))
+        for key, source in meta["tied"].items():
+            target = model_state[key]
+            if target is not deployed[source]:  # tied when saved, not in this model: the same values
+                target.copy_(deployed[source].to(target.device, target.dtype))
         result = model.load_state_dict(state, strict=False)
-    unexpected = [k for k in result.unexpected_keys]
+    unexpected = list(result.unexpected_keys)
     absent = [k for k in result.missing_keys if canonical_name(k) not in meta["weights"] and canonical_name(k) not in meta["tied"]]
-    if unexpected or absent:
+    if unexpected or absent:  # _check_fits refuses these first; kept for a state dict hook that renames keys
         raise ValueError(f"pqt_compile.export.load: {path} does not fit this model (missing {absent}, unexpected {unexpected})")
     return model
+
+
+def _check_fits(path: str, meta: dict, tensors: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter],
+                model_state: dict[str, torch.Tensor]) -> None:
+    """Refuse a model that does not fit the file, before anything is copied into it: every key on
+    both sides, every shape equal (`copy_` would broadcast a [1, K] weight into [N, K])."""
+    missing = [n for n in meta["weights"] if n not in params]
+    if missing:
+        raise ValueError(f"pqt_compile.export.load: the model has no parameter(s) {missing} that {path} holds")
+    saved = {n: tuple(w["shape"]) for n, w in meta["weights"].items()}
+    saved.update({k[len("state/"):]: tuple(t.shape) for k, t in tensors.items() if k.startswith("state/")})
+    saved.update({k: saved[source] for k, source in meta["tied"].items()})
+    absent = [k for k in saved if k not in model_state]
+    unexpected = [k for k in model_state if k not in saved]
+    if absent or unexpected:
+        raise ValueError(f"pqt_compile.export.load: {path} does not fit this model (the model lacks {absent}, "
+                         f"the file lacks {unexpected})")
+    wrong = [f"{k}: file {list(s)}, model {list(model_state[k].shape)}" for k, s in saved.items() if tuple(model_state[k].shape) != s]
+    if wrong:
+        raise ValueError(f"pqt_compile.export.load: {path} holds other shapes than this model ({'; '.join(wrong)}): "
+                         f"build the model with the configuration it was saved from")

@@ -77,3 +77,46 @@ def test_load_refuses_another_format_and_damaged_files(tmp_path):
     export.save(m, path)
     with pytest.raises(ValueError, match="does not fit|no parameter"):
         export.load(path, TinyGPT())
+
+
+def test_save_load_holds_a_0d_tensor(tmp_path):
+    m = MLP()
+    m.scale = torch.nn.Parameter(torch.tensor(2.5))  # a 0-d Parameter (CLIP's logit_scale)
+    path = str(tmp_path / "m.pt")
+    export.save(m, path, PQTConfig(format="int8"))
+    fresh = MLP()
+    fresh.scale = torch.nn.Parameter(torch.tensor(0.0))
+    export.load(path, fresh)
+    assert fresh.scale.item() == 2.5
+
+
+def test_load_refuses_other_shapes_before_changing_the_model(tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "m.pt")
+    export.save(torch.nn.Sequential(torch.nn.Linear(64, 1)), path, PQTConfig(format="int8"))
+    wider = torch.nn.Sequential(torch.nn.Linear(64, 32))  # copy_ would broadcast the [1, 64] weight into it
+    before = copy.deepcopy(wider.state_dict())
+    with pytest.raises(ValueError, match=r"other shapes than this model \(0\.weight: file \[1, 64\], model \[32, 64\]; "
+                                         r"0\.bias: file \[1\], model \[32\]\)"):
+        export.load(path, wider)
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())  # nothing half-loaded
+    export.save(torch.nn.Sequential(torch.nn.Linear(64, 1), torch.nn.LayerNorm(1)), path, PQTConfig(format="int8"))
+    with pytest.raises(ValueError, match=r"the model lacks \['1\.weight', '1\.bias'\], the file lacks \[\]"):
+        export.load(path, torch.nn.Sequential(torch.nn.Linear(64, 1)))
+
+
+def test_a_tied_head_loads_into_an_untied_model(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    m = _gpt2()
+    cfg = PQTConfig(format="fp4_e2m1")
+    want = quantize_model(copy.deepcopy(m), cfg)
+    path = str(tmp_path / "m.pt")
+    export.save(m, path, cfg)
+    untied = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                                        eos_token_id=0, tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    export.load(path, untied)
+    assert torch.equal(untied.lm_head.weight, want.lm_head.weight)  # was: its random init, without a word
+    assert torch.equal(untied.transformer.wte.weight, want.transformer.wte.weight)
