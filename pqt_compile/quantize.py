@@ -83,20 +83,22 @@ class PackedTensor:
     tensor_exponent: Optional[int] = None
 
 
-def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None) -> PackedTensor:
-    """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible)."""
+def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None, name: str = "the weight") -> PackedTensor:
+    """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible).
+
+    `name` names the weight in the errors (a writer passes its key: a model has many weights)."""
     config = config_or_default(config, "pqt_compile.pack")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
     if config.spec.two_level:
-        return _pack_nvfp4(w, axis, config)
+        return _pack_nvfp4(w, axis, config, name)
     spec, w32, valid, n, k = _scales(w, axis, config)
     if not bool(torch.isfinite(w32).all()):
-        raise ValueError("pqt.pack: the weight holds NaN or Inf, which no format code represents; fix the weight first")
+        raise ValueError(f"pqt.pack: {name} holds NaN or Inf, which no format code represents; fix the weight first")
     bad = ((k < -127) | (k > 127)) & valid
     if bool(bad.any()):
         at = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(
-            f"pqt.pack: the block at element {at} has scale 2^{int(k[at])}, outside the int8 exponent range "
+            f"pqt.pack: the block at element {at} of {name} has scale 2^{int(k[at])}, outside the int8 exponent range "
             f"[-127, 127] that the packed form stores (its |w| are below ~2^{int(k[at]) + config.spec.emax + 1}); "
             "set such negligible weights to zero, or keep this weight out of packing (config.exclude)"
         )
@@ -129,16 +131,16 @@ def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None)
 _E2M1_UNITS = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
 
-def _pack_nvfp4(w: torch.Tensor, axis: int, config: PQTConfig) -> PackedTensor:
+def _pack_nvfp4(w: torch.Tensor, axis: int, config: PQTConfig, name: str) -> PackedTensor:
     o = TorchOps(w.device)
     w32 = w.detach().float()
     if not bool(torch.isfinite(w32).all()):
-        raise ValueError("pqt.pack: the weight holds NaN or Inf, which no format code represents; fix the weight first")
+        raise ValueError(f"pqt.pack: {name} holds NaN or Inf, which no format code represents; fix the weight first")
     amax_t = w32.abs().amax()
     valid, k = tensor_exponent(o, amax_t)
     if not bool(valid):
         raise ValueError(
-            f"pqt.pack: nvfp4 gives this weight no tensor scale: its max |w| {float(amax_t):.3g} is outside "
+            f"pqt.pack: nvfp4 gives {name} no tensor scale: its max |w| {float(amax_t):.3g} is outside "
             "[2^-100, 2^100) (quantize leaves such a weight as it is); set a weight this small to zero, or keep it "
             "out of packing (config.exclude)"
         )

@@ -90,7 +90,7 @@ def grouped_codes(w: torch.Tensor, *, axis: int, config: PQTConfig, group: int, 
     why = group_mismatch(config, w.shape[axis], group)
     if why is not None:
         raise ExportError(f"{name}: cannot store {config.format} blocks in groups of {group}: {why}")
-    p = pack(w.detach(), axis=axis, config=config)
+    p = pack(w.detach(), axis=axis, config=config, name=name)
     per_element = expand_blocks(p.exponents.to(torch.int64), p.shape, axis, config.block_code)
     per_group = block_starts(per_element, axis, group)
     return GroupedCodes(

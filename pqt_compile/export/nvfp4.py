@@ -65,7 +65,7 @@ def pack_nvfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, name: str = "we
     if w.shape[axis] % NVFP4_BLOCK:
         raise ExportError(f"{name}: cannot store nvfp4 blocks: its reduction axis has {w.shape[axis]} elements, not a "
                           f"multiple of {NVFP4_BLOCK}")
-    p = pack(w.detach(), axis=axis, config=config)
+    p = pack(w.detach(), axis=axis, config=config, name=name)
     assert p.scales is not None and p.tensor_exponent is not None
     return NVFP4Weight(codes=p.codes.movedim(axis, -1).contiguous(),
                        scales=p.scales.movedim(axis, -1).contiguous().view(torch.uint8),

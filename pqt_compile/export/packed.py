@@ -61,7 +61,7 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     tensors: dict[str, torch.Tensor] = {}
     weights: dict[str, dict] = {}
     for name, axis in axes.items():
-        p: PackedTensor = pack(params[name].detach(), axis=axis, config=config)
+        p: PackedTensor = pack(params[name].detach(), axis=axis, config=config, name=name)
         weights[name] = {"axis": p.axis, "shape": list(p.shape), "dtype": str(p.dtype)}
         tensors[f"codes/{name}"] = p.codes
         if p.scales is not None:  # NVFP4: E4M3 block scales (as their bytes) and the tensor exponent

@@ -256,3 +256,13 @@ def test_a_compiled_wrapper_is_looked_through(tmp_path, models):
     _check_round_trip(wrapped._orig_mod, tmp_path / "a.gguf", PQTConfig(format="int4"), "Q4_0")
     write_gguf(wrapped, str(tmp_path / "b.gguf"), PQTConfig(format="int4"))
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["fp4_e2m1", "nvfp4"])
+def test_a_weight_that_holds_nan_is_named(tmp_path, fmt):
+    m = tiny_llama()
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.up_proj\.weight holds NaN or Inf"):
+        write_gguf(m, str(tmp_path / "m.gguf"), PQTConfig(format=fmt, block_size=16 if fmt == "nvfp4" else 32))
+    assert list(tmp_path.iterdir()) == []

@@ -120,3 +120,15 @@ def test_a_tied_head_loads_into_an_untied_model(tmp_path):
     export.load(path, untied)
     assert torch.equal(untied.lm_head.weight, want.lm_head.weight)  # was: its random init, without a word
     assert torch.equal(untied.transformer.wte.weight, want.transformer.wte.weight)
+
+
+def test_save_names_a_weight_it_cannot_store(tmp_path):
+    m = MLP()
+    with torch.no_grad():
+        m.fc2.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"fc2\.weight holds NaN or Inf"):
+        export.save(m, str(tmp_path / "m.pt"), PQTConfig(format="int8"))
+    with torch.no_grad():
+        m.fc2.weight[0].fill_(2.0**-140)  # finite, but a block scale below the packed int8 exponent's range
+    with pytest.raises(ValueError, match=r"of fc2\.weight has scale 2\^-1"):
+        export.save(m, str(tmp_path / "m.pt"), PQTConfig(format="int8"))
