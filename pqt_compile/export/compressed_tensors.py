@@ -24,8 +24,8 @@ compressed-tensors format with that grid and is refused. Tensors that are not sa
 (embeddings, norms, biases) and the output head are stored densely in the model's dtype and
 listed in `ignore` (a tied head is not stored; the loader ties it again): they hold
 `quantize_model`'s values exactly, only uncompressed. Only nn.Linear can be compressed
-(compressed-tensors' own rule), so a sampled weight of another module (GPT-2's Conv1D) is
-refused with a pointer to GGUF.
+(compressed-tensors' own rule), so a sampled weight of another module is refused: GPT-2's
+Conv1D (with a pointer to GGUF), MoE experts held as one 3-D Parameter, a bare x @ W Parameter.
 
 Needs safetensors (a transformers dependency) to write; compressed-tensors only to load.
 """
@@ -164,6 +164,28 @@ def _quantization_config(fmt: str, weights: dict[str, Any], ignore: list[str]) -
             "global_compression_ratio": None, "sparsity_config": {}, "transform_config": {}, "version": FORMAT_VERSION}
 
 
+def _refuse_other_sampled(model: torch.nn.Module, sampled: dict[int, str]) -> None:
+    """Refuse a sampled Parameter that is not an nn.Linear's weight (or an embedding's, a tied
+    head's, stored dense): GPT-2's Conv1D, MoE experts held as one 3-D Parameter, a bare x @ W
+    Parameter. compressed-tensors has no format for them, and storing them dense would look
+    deployed in the trained format and not be."""
+    others = []
+    for mod_name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in sampled and not (pname == "weight" and isinstance(module, (torch.nn.Linear, torch.nn.Embedding))):
+                others.append((sampled[id(p)], type(module).__name__))
+    if not others:
+        return
+    listed = ", ".join(f"{n} (of a {t})" for n, t in others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+    if {t for _, t in others} == {"Conv1D"}:
+        fix = "export this model --to gguf (GPT-2's Conv1D has no compressed-tensors format)"
+    else:
+        fix = ("write the packed file instead (pqt_compile.export.save holds every sampled weight), or keep these weights out "
+               "of PQT (PQTConfig(exclude=[...])) to store them dense as trained")
+    raise ExportError(f"compressed-tensors compresses nn.Linear weights only, and {len(others)} sampled weight(s) are not: "
+                      f"{listed}; {fix}")
+
+
 def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optional[PQTConfig] = None, *,
                              tokenizer: Any = None, example_args: Optional[tuple] = None,
                              force: bool = False) -> CTSummary:
@@ -173,7 +195,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     `tokenizer` (optional) is saved into the directory too; `example_args` finds the sampled
     weights by tracing, as `quantize_model` takes them; `force` replaces an existing `out_dir`.
     Raises ExportError (nothing written) for a format or block size without an exact
-    compressed-tensors format, a sampled weight that is not an nn.Linear, a Linear whose input
+    compressed-tensors format, a sampled weight that is not an nn.Linear's, a Linear whose input
     dimension the group size does not divide, and an existing `out_dir` without `force`.
     """
     from safetensors.torch import save_file
@@ -193,12 +215,9 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     out_emb = model.get_output_embeddings()
     tensors: dict[str, torch.Tensor] = {}
     compressed, ignore = [], []
+    _refuse_other_sampled(model, sampled)
     for mod_name, module in model.named_modules():
-        w = getattr(module, "weight", None)
         name = canonical_name(mod_name)
-        if isinstance(w, torch.nn.Parameter) and id(w) in sampled and not isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            raise ExportError(f"{name} is a {type(module).__name__}; compressed-tensors compresses nn.Linear weights only "
-                              "(GPT-2's Conv1D has no compressed-tensors format): export this model --to gguf")
         if not isinstance(module, torch.nn.Linear):
             continue
         if module is out_emb or id(module.weight) not in sampled or axes[sampled[id(module.weight)]] != 1:

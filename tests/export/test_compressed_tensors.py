@@ -141,7 +141,7 @@ def test_formats_compressed_tensors_cannot_hold_are_refused(tmp_path, llamas, co
 
 
 def test_models_compressed_tensors_cannot_hold_are_refused(tmp_path, llamas):
-    with pytest.raises(ExportError, match=r"transformer.h.0.attn.c_attn is a Conv1D.*--to gguf"):
+    with pytest.raises(ExportError, match=r"not: transformer\.h\.0\.attn\.c_attn\.weight \(of a Conv1D\).*--to gguf"):
         write_compressed_tensors(tiny_gpt2(), str(tmp_path / "ckpt"), PQTConfig(format="int4"))
     with pytest.raises(ExportError, match="input dimension 168 is not a multiple of block_size 32"):
         write_compressed_tensors(tiny_llama(intermediate=168), str(tmp_path / "ckpt"), PQTConfig(format="int4"))
@@ -153,3 +153,17 @@ def test_models_compressed_tensors_cannot_hold_are_refused(tmp_path, llamas):
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(ExportError, match="exists"):
         write_compressed_tensors(llamas[True], str(tmp_path / "ckpt"), PQTConfig(format="int4"))
+
+
+def test_moe_experts_held_as_one_parameter_are_refused_not_written_dense(tmp_path):
+    from support.moe_models import tiny_moe
+
+    m = tiny_moe("mixtral", "batched_mm")
+    # Before: the experts (an MoE's bulk) were stored dense in fp32, in no list and with no word.
+    with pytest.raises(ExportError, match=r"2 sampled weight\(s\) are not: model\.layers\.0\.mlp\.experts\.gate_up_proj "
+                                          r"\(of a MixtralExperts\), model\.layers\.0\.mlp\.experts\.down_proj .*export\.save"):
+        write_compressed_tensors(m, str(tmp_path / "ckpt"), PQTConfig(format="fp4_e2m1"))
+    assert list(tmp_path.iterdir()) == []
+    excluded = PQTConfig(format="fp4_e2m1", exclude=("experts",))  # the fix it names: stored dense as trained
+    summary = write_compressed_tensors(m, str(tmp_path / "ckpt"), excluded)
+    assert "model.layers.0.self_attn.q_proj" in summary.compressed
