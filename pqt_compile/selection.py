@@ -139,6 +139,9 @@ def module_rules_miss(model: torch.nn.Module, config: PQTConfig, axes: dict[str,
     owned_elsewhere = not_matmul_weights(model) | {id(p) for m in model.modules()
                                                    if type(m).__name__.lower().endswith("router")
                                                    for p in m.parameters(recurse=False)}
+    # An experts module's other Parameters (gpt-oss's [E, N] biases) are added, never multiplied.
+    for m, _ in experts_modules(model).values():
+        owned_elsewhere |= {id(p) for n, p in m.named_parameters(recurse=False) if n not in expert_axes(m)}
     return [n for n, p in params.items() if n not in axes and id(p) not in owned_elsewhere
             and could_be_sampled(p, config, n, aliases.get(n, ()))]
 

@@ -2,6 +2,8 @@
 implementations pqt cannot sample, of one scale across experts and of opaque custom ops;
 `exclude` on routers and experts; quantize_model and the packed export on 3-D expert weights."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -109,3 +111,14 @@ def test_quantize_model_and_the_packed_export_hold_expert_weights_per_expert(tmp
     back = pqt_compile.export.load(str(path), tiny_moe(arch, "batched_mm", seed=5), CFG)
     for n in experts:
         assert torch.equal(dict(back.named_parameters())[n], qp[n]), n
+
+
+def test_the_module_rules_place_every_matrix_of_an_experts_module():
+    """gpt-oss's experts hold [E, N] biases beside their 3-D weights: added, never multiplied, so
+    an export without example inputs has nothing to warn about (it warned on both biases)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        q = pqt_compile.quantize_model(tiny_moe("gpt_oss", "batched_mm"), CFG)
+    experts = q.model.layers[0].mlp.experts
+    assert experts.gate_up_proj_bias.dim() == 2
+    assert torch.equal(experts.gate_up_proj_bias, tiny_moe("gpt_oss", "batched_mm").model.layers[0].mlp.experts.gate_up_proj_bias)
