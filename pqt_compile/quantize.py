@@ -26,7 +26,7 @@ from .formula_nvfp4 import block_scale, tensor_exponent, tensor_params
 from .formula_nvfp4 import block_params as nvfp4_block_params
 from .rounding import nvfp4_rtn_from_params, nvfp4_units, rtn_value
 
-__all__ = ["quantize", "pack", "unpack", "PackedTensor"]
+__all__ = ["quantize", "pack", "unpack", "is_packing_of", "PackedTensor"]
 
 ZERO_BLOCK = -128  # the int8 exponent that marks an all-zero block
 
@@ -45,14 +45,18 @@ def _scales(w: torch.Tensor, axis: int, config: PQTConfig):
     return spec, w32, valid, n, k
 
 
-def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None) -> torch.Tensor:
+def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None,
+             known: Optional["PackedTensor"] = None) -> torch.Tensor:
     """The round-to-nearest value of `w` in the config's format, in w's dtype.
 
     Blocks whose amax is 0 stay 0; blocks holding NaN or Inf are returned unchanged (there
-    is no scale to quantize them with). Values beyond the format's range saturate.
+    is no scale to quantize them with). Values beyond the format's range saturate. `known`: see
+    `pack` (w holding exactly its values is already deployed and is returned as it is).
     """
     config = config_or_default(config, "pqt_compile.quantize")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
+    if known is not None and is_packing_of(known, w, axis, config):
+        return w
     amax = block_amax(w, axis, config.block_code)
     o = TorchOps(w.device)
     if config.spec.two_level:
@@ -83,12 +87,17 @@ class PackedTensor:
     tensor_exponent: Optional[int] = None
 
 
-def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None, name: str = "the weight") -> PackedTensor:
+def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None, name: str = "the weight",
+         known: Optional[PackedTensor] = None) -> PackedTensor:
     """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible).
 
-    `name` names the weight in the errors (a writer passes its key: a model has many weights)."""
+    `name` names the weight in the errors (a writer passes its key: a model has many weights).
+    `known` (optional): a packing read back with w (`export.read_packed`); returned as it is when
+    w holds exactly its values (`is_packing_of`), else w is packed. NOTE [re-quantizing NVFP4]."""
     config = config_or_default(config, "pqt_compile.pack")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
+    if known is not None and is_packing_of(known, w, axis, config):
+        return known
     if config.spec.two_level:
         return _pack_nvfp4(w, axis, config, name)
     spec, w32, valid, n, k = _scales(w, axis, config)
@@ -174,6 +183,25 @@ def _unpack_nvfp4(p: PackedTensor) -> torch.Tensor:
     x = _E2M1_UNITS.to(c.device)[c & 7] * s_b  # exact: 2 and 4 significant bits
     x = x * pow2(TorchOps(c.device), torch.tensor(p.tensor_exponent))  # exact: a power of two, normal results
     return torch.where(c >= 8, -x, x).to(p.dtype)
+
+
+#: NOTE [re-quantizing NVFP4]: for every format but NVFP4, quantize(quantize(w)) == quantize(w), so
+#: a model already quantized (`quantize_model`, or loaded from a packed file) is written as it is. An
+#: NVFP4 block whose E4M3 scale s_b is subnormal can hold a largest code below 6 (amax_b / (6 s_t)
+#: 1.5 * 2^-9 rounds to s_b = 2^-8, and 4.5 s_b rounds to 4 s_b): quantizing the deployed values
+#: again picks a smaller scale and other values. A writer given the weight's packing (`known`)
+#: therefore writes its codes rather than packing the deployed values again.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def is_packing_of(p: PackedTensor, w: torch.Tensor, axis: int, config: PQTConfig) -> bool:
+    """Whether `p` stores w in the config's format with blocks along `axis`, every value (and its
+    dtype) exactly w's, bit for bit: w is then already deployed, and `p` is its packing."""
+    if (p.format, p.block_size, p.axis, tuple(p.shape), p.dtype) != (config.format, config.block_size, axis % w.dim(),
+                                                                    tuple(w.shape), w.dtype):
+        return False
+    bits = _BITS[w.element_size()]
+    return torch.equal(unpack(p).to(w.device).view(bits), w.detach().contiguous().view(bits))
 
 
 def unpack(p: PackedTensor) -> torch.Tensor:

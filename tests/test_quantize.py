@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pqt_compile import PQTConfig, pack, parse_format, quantize, unpack
+from pqt_compile.quantize import is_packing_of
 from pqt_compile.formula import TorchOps, floor_log2, pow2, step_log2
 from pqt_compile.blocks import block_amax
 
@@ -124,3 +125,30 @@ def test_pack_bf16_and_errors():
     bad[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or Inf"):
         pack(bad, axis=1, config=cfg)
+
+
+def _nvfp4_block_with_subnormal_scale() -> torch.Tensor:
+    """A [2, 16] weight whose second block re-quantizes differently (quantize.py NOTE [re-quantizing
+    NVFP4]): amax_t 3 gives s_t = 2^-9; w[1, 0] / (6 s_t) = 1.53 * 2^-9 rounds to the subnormal
+    E4M3 s_b = 2^-8, and w[1, 0] / (s_b s_t) = 4.59 rounds to E2M1's 4 (the block's largest code)."""
+    w = torch.full((2, 16), 1e-6)
+    w[0, 0] = 3.0
+    w[1, 0] = 3.5e-5
+    return w
+
+
+def test_nvfp4_alone_is_not_idempotent_and_a_known_packing_is_written_as_it_is():
+    cfg = PQTConfig(format="nvfp4")
+    w = _nvfp4_block_with_subnormal_scale()
+    q = quantize(w, axis=1, config=cfg)
+    assert q[1, 0].item() == 4 * 2.0**-17 and quantize(q, axis=1, config=cfg)[1, 0].item() == 6 * 2.0**-18
+    p = pack(w, axis=1, config=cfg)
+    assert is_packing_of(p, q, 1, cfg) and not is_packing_of(p, w, 1, cfg)
+    assert pack(q, axis=1, config=cfg, known=p) is p and quantize(q, axis=1, config=cfg, known=p) is q
+    assert not torch.equal(unpack(pack(q, axis=1, config=cfg)), q)  # without it: other values
+    # Not w's packing (other values, dtype, axis or format): w is packed afresh.
+    assert not is_packing_of(p, q.to(torch.bfloat16), 1, cfg)
+    assert not is_packing_of(p, q, 1, PQTConfig(format="fp4_e2m1", block_size=16))
+    changed = q.clone()
+    changed[0, 1] = 0.5
+    assert torch.equal(unpack(pack(changed, axis=1, config=cfg, known=p)), quantize(changed, axis=1, config=cfg))

@@ -21,7 +21,7 @@ import torch
 from ..blocks import ROW, TENSOR, block_length, block_starts, expand_blocks
 from ..config import PQTConfig
 from ..formats import FormatSpec
-from ..quantize import ZERO_BLOCK, pack
+from ..quantize import ZERO_BLOCK, PackedTensor, pack
 from .common import ExportError
 
 __all__ = ["GroupedCodes", "grouped_codes", "group_mismatch", "ZERO_BLOCK"]
@@ -77,7 +77,8 @@ class GroupedCodes:
         return int(live.min()), int(live.max())
 
 
-def grouped_codes(w: torch.Tensor, *, axis: int, config: PQTConfig, group: int, name: str = "weight") -> GroupedCodes:
+def grouped_codes(w: torch.Tensor, *, axis: int, config: PQTConfig, group: int, name: str = "weight",
+                  known: Optional[PackedTensor] = None) -> GroupedCodes:
     """Quantize `w` along `axis` with `config` and return its codes grouped by `group`.
 
     Raises ExportError (naming the weight) when the groups would straddle PQT blocks, and
@@ -90,7 +91,7 @@ def grouped_codes(w: torch.Tensor, *, axis: int, config: PQTConfig, group: int, 
     why = group_mismatch(config, w.shape[axis], group)
     if why is not None:
         raise ExportError(f"{name}: cannot store {config.format} blocks in groups of {group}: {why}")
-    p = pack(w.detach(), axis=axis, config=config, name=name)
+    p = pack(w.detach(), axis=axis, config=config, name=name, known=known)
     per_element = expand_blocks(p.exponents.to(torch.int64), p.shape, axis, config.block_code)
     per_group = block_starts(per_element, axis, group)
     return GroupedCodes(

@@ -35,14 +35,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from ..blocks import ROW, TENSOR
 from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
-from ..quantize import quantize
+from ..quantize import PackedTensor, quantize
 from ..reference import sampled_axes
 from .codes import GroupedCodes, grouped_codes
 from .common import ExportError, atomic_output, check_destination, parameter_at
@@ -114,16 +114,18 @@ def _int_tensors(g: GroupedCodes, config: PQTConfig, shape: tuple[int, int], dty
             "weight_shape": torch.tensor(shape, dtype=torch.int64)}
 
 
-def compress_linear(w: torch.Tensor, config: PQTConfig, name: str = "weight") -> dict[str, torch.Tensor]:
+def compress_linear(w: torch.Tensor, config: PQTConfig, name: str = "weight",
+                    known: Optional[PackedTensor] = None) -> dict[str, torch.Tensor]:
     """The compressed-tensors tensors of one nn.Linear weight [N, K] (suffixes of the module
-    name: weight_packed / weight / weight_scale / weight_shape), per `scheme_for(config)`."""
+    name: weight_packed / weight / weight_scale / weight_shape), per `scheme_for(config)`;
+    `known`: w's packing, as `pack` takes it."""
     scheme, _ = scheme_for(config)
     n, k = w.shape
     if scheme == "mxfp4-pack-quantized":
-        m = pack_mxfp4(w, axis=1, config=config, order=NibbleOrder.PAIRS, name=name)
+        m = pack_mxfp4(w, axis=1, config=config, order=NibbleOrder.PAIRS, name=name, known=known)
         return {"weight_packed": m.packed, "weight_scale": m.scales}
     if scheme == _NVFP4:
-        nv = pack_nvfp4(w, axis=1, config=config, name=name)
+        nv = pack_nvfp4(w, axis=1, config=config, name=name, known=known)
         # compressed-tensors decodes s_b / weight_global_scale: with 2^-k_t that is s_b 2^k_t exactly.
         return {"weight_packed": pack_nibbles(nv.codes, NibbleOrder.PAIRS), "weight_scale": nv.scales.view(torch.float8_e4m3fn),
                 "weight_global_scale": torch.tensor([2.0**-nv.tensor_exponent], dtype=torch.float32)}
@@ -132,9 +134,9 @@ def compress_linear(w: torch.Tensor, config: PQTConfig, name: str = "weight") ->
         if k % group:
             raise ExportError(f"{name}: its input dimension {k} is not a multiple of block_size {group}, which "
                               "compressed-tensors' group strategy needs; train with a block_size that divides it")
-        g = grouped_codes(w, axis=1, config=config, group=group, name=name)
+        g = grouped_codes(w, axis=1, config=config, group=group, name=name, known=known)
         return _int_tensors(g, config, (n, k), w.dtype, name)
-    g = grouped_codes(w, axis=1, config=config, group=MX_BLOCK, name=name)
+    g = grouped_codes(w, axis=1, config=config, group=MX_BLOCK, name=name, known=known)
     scales = e8m0_scales(g)
     if scheme == "mxfp8-quantized":
         return {"weight": g.codes.view(torch.float8_e4m3fn), "weight_scale": scales}
@@ -188,12 +190,13 @@ def _refuse_other_sampled(model: torch.nn.Module, sampled: dict[int, str]) -> No
 
 def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optional[PQTConfig] = None, *,
                              tokenizer: Any = None, example_args: Optional[tuple] = None,
-                             force: bool = False) -> CTSummary:
-    """Write `model` (an HF PreTrainedModel trained with `config`, quantized or not) as a
+                             force: bool = False, packed: Optional[Mapping[str, PackedTensor]] = None) -> CTSummary:
+    """Write `model` (an HF PreTrainedModel trained with `config`, quantized or not: NVFP4, see `packed`) as a
     compressed-tensors checkpoint directory `out_dir` (built beside it, renamed at the end).
 
     `tokenizer` (optional) is saved into the directory too; `example_args` finds the sampled
-    weights by tracing, as `quantize_model` takes them; `force` replaces an existing `out_dir`.
+    weights by tracing, as `quantize_model` takes them; `force` replaces an existing `out_dir`;
+    `packed`: the sampled weights' packings as read back with the model (`write_gguf` says how).
     Raises ExportError (nothing written) for a format or block size without an exact
     compressed-tensors format, a sampled weight that is not an nn.Linear's, a Linear whose input
     dimension the group size does not divide, and an existing `out_dir` without `force`.
@@ -223,7 +226,8 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
         if module is out_emb or id(module.weight) not in sampled or axes[sampled[id(module.weight)]] != 1:
             ignore.append(name)  # stored dense: the head (as llm-compressor does), excluded weights
             continue
-        for suffix, t in compress_linear(module.weight.detach(), config, sampled[id(module.weight)]).items():
+        weight_name = sampled[id(module.weight)]
+        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, (packed or {}).get(weight_name)).items():
             tensors[f"{name}.{suffix}"] = t
         compressed.append(name)
     if not compressed:
@@ -239,7 +243,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
             continue
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled:  # a sampled weight stored dense (the head): its deployed values
-            t = quantize(param.detach(), axis=axes[sampled[id(param)]], config=config)
+            t = quantize(param.detach(), axis=axes[sampled[id(param)]], config=config, known=(packed or {}).get(sampled[id(param)]))
         tensors[key] = t.detach().contiguous()
     qconfig = _quantization_config(fmt, weights_args, ignore)
     with atomic_output(out_dir, directory=True, force=force) as tmp:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
 from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
-from ..quantize import quantize
+from ..quantize import PackedTensor, quantize
 from ..reference import sampled_axes
 from .common import ExportError, atomic_output, check_destination, parameter_at
 from .gguf_arch import ArchPlan, arch_plan
@@ -116,8 +116,9 @@ def _dense_array(t: torch.Tensor) -> tuple[Any, Optional[str]]:
 
 
 def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, *, tokenizer: Tokenizer = None,
-               gguf_type: Optional[str] = None, example_args: Optional[tuple] = None, force: bool = False) -> GGUFSummary:
-    """Write `model` (trained with `config`; quantized or not) to the GGUF file `path`.
+               gguf_type: Optional[str] = None, example_args: Optional[tuple] = None, force: bool = False,
+               packed: Optional[Mapping[str, PackedTensor]] = None) -> GGUFSummary:
+    """Write `model` (trained with `config`; quantized or not: NVFP4, see `packed`) to the GGUF file `path`.
 
     Args:
         model: an HF `GPT2LMHeadModel` or `LlamaForCausalLM` (a torch.compile wrapper is looked through).
@@ -129,6 +130,9 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         example_args: inputs to trace the forward with, to find the sampled weights by the
             compiler's graph rules instead of by module type (as `quantize_model` takes them).
         force: replace an existing `path`.
+        packed: the sampled weights' packings by name, as read back with the model
+            (`export.read_packed` of the file it was loaded from): a weight that holds exactly its
+            packing's values is written from its codes (quantize.py NOTE [re-quantizing NVFP4]).
 
     Raises ExportError (nothing written) for a format, block size, architecture, weight shape,
     block scale or vocabulary that the file cannot hold exactly, and for an existing `path`
@@ -163,17 +167,18 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled and qtype == "NVFP4" and target.name in _NO_TENSOR_SCALE:
             name, axis = sampled[id(param)]
-            tensors.append((target.name, *_dense_array(target.dense(quantize(param.detach(), axis=axis, config=config)))))
+            deployed = quantize(param.detach(), axis=axis, config=config, known=(packed or {}).get(name))
+            tensors.append((target.name, *_dense_array(target.dense(deployed))))
         elif param is not None and id(param) in sampled:
             name, axis = sampled[id(param)]
             if qtype == "NVFP4":
                 why = _nvfp4_refusal(plan.arch, target.name, written)
                 if why is not None:
                     raise ExportError(f"{name}: {why}")
-                nv = pack_nvfp4(param, axis=axis, config=config, name=name)
+                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=(packed or {}).get(name))
                 data = nvfp4_blocks(nv, name)
             else:
-                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name)
+                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name, known=(packed or {}).get(name))
             if data.shape[0] != target.dense(t).shape[0]:
                 raise ExportError(f"{name}: sampled along axis {axis}, which is not the reduction axis of llama.cpp's "
                                   f"layout for {target.name}")

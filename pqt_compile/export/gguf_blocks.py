@@ -36,6 +36,7 @@ import torch
 from ..blocks import ROW, TENSOR
 from ..config import PQTConfig
 from ..formats import NVFP4, NVFP4_BLOCK
+from ..quantize import PackedTensor
 from .codes import grouped_codes
 from .common import ExportError
 from .mx import MX_BLOCK, MXFP4_FORMATS, NibbleOrder, pack_mxfp4, pack_nibbles
@@ -96,7 +97,8 @@ def _fp16_scale_bytes(k: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return d.to(torch.float16).unsqueeze(-1).view(torch.uint8)
 
 
-def encode_weight(w: torch.Tensor, *, axis: int, config: PQTConfig, qtype: str, name: str = "weight") -> torch.Tensor:
+def encode_weight(w: torch.Tensor, *, axis: int, config: PQTConfig, qtype: str, name: str = "weight",
+                  known: Optional[PackedTensor] = None) -> torch.Tensor:
     """The GGUF bytes of `quantize(w, axis=axis, config=config)` as `qtype`: uint8
     [rows, K // 32 * bytes per block], the reduction axis K last (one row per output).
 
@@ -111,12 +113,12 @@ def encode_weight(w: torch.Tensor, *, axis: int, config: PQTConfig, qtype: str, 
     if w.dim() != 2:
         raise ExportError(f"{name}: the GGUF writer stores 2-D matmul weights, this one has shape {tuple(w.shape)}")
     if qtype == "NVFP4":
-        return nvfp4_blocks(pack_nvfp4(w, axis=axis, config=config, name=name), name)
+        return nvfp4_blocks(pack_nvfp4(w, axis=axis, config=config, name=name, known=known), name)
     if qtype == "MXFP4":
-        m = pack_mxfp4(w, axis=axis, config=config, order=NibbleOrder.HALVES, name=name)
+        m = pack_mxfp4(w, axis=axis, config=config, order=NibbleOrder.HALVES, name=name, known=known)
         blocks = torch.cat([m.scales.unsqueeze(-1), m.blocks()], dim=-1)  # [N, G, 1 + 16]
         return blocks.reshape(blocks.shape[0], -1).contiguous()
-    g = grouped_codes(w, axis=axis, config=config, group=GGML_BLOCK, name=name)
+    g = grouped_codes(w, axis=axis, config=config, group=GGML_BLOCK, name=name, known=known)
     lo, hi = FP16_EXPONENTS
     k = g.exponents
     bad = ~g.zero & ((k < lo) | (k > hi))

@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
 from ..config import PQTConfig, config_or_default
 from ..moe import experts_modules
 from ..naming import canonical_name, named_parameters, unwrap
-from ..quantize import quantize
+from ..quantize import PackedTensor, quantize
 from ..reference import sampled_axes
 from .common import ExportError, atomic_output, check_destination, parameter_at
 from .mx import MX_BLOCK, NibbleOrder, pack_mxfp4
@@ -46,11 +46,12 @@ class GptOssSummary:
 
 
 def write_gpt_oss_mxfp4(model: torch.nn.Module, out_dir: str, config: Optional[PQTConfig] = None, *,
-                        force: bool = False) -> GptOssSummary:
+                        force: bool = False, packed: Optional[Mapping[str, PackedTensor]] = None) -> GptOssSummary:
     """Write a transformers GptOssForCausalLM trained with `config` (fp4_e2m1, block 32) as a
     checkpoint directory in gpt-oss's MXFP4 layout (see the module docstring). ExportError, with
     nothing written, for another model, format or block size, an expert reduction axis that is
-    not a multiple of 32, or an existing `out_dir` without `force`."""
+    not a multiple of 32, or an existing `out_dir` without `force`. `packed`: the sampled weights'
+    packings as read back with the model (`write_gguf` says how)."""
     from safetensors.torch import save_file
 
     config = config_or_default(config, "pqt_compile.export.write_gpt_oss_mxfp4", PQTConfig(format="fp4_e2m1", block_size=32))
@@ -84,12 +85,13 @@ def write_gpt_oss_mxfp4(model: torch.nn.Module, out_dir: str, config: Optional[P
         key = canonical_name(raw_key)
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in experts:
-            mx = pack_mxfp4(param.detach(), axis=1, config=config, order=NibbleOrder.PAIRS, name=key)
+            mx = pack_mxfp4(param.detach(), axis=1, config=config, order=NibbleOrder.PAIRS, name=key,
+                            known=(packed or {}).get(experts[id(param)]))
             tensors[f"{key}_blocks"] = mx.blocks().contiguous()
             tensors[f"{key}_scales"] = mx.scales.contiguous()
             continue
         if param is not None and canonical_name(raw_key) in axes:  # sampled, stored dense: deployed values
-            t = quantize(param.detach(), axis=axes[key], config=config)
+            t = quantize(param.detach(), axis=axes[key], config=config, known=(packed or {}).get(key))
         tensors[key] = t.detach().contiguous()
     with atomic_output(out_dir, directory=True, force=force) as tmp:
         model.config.save_pretrained(tmp)

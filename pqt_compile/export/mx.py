@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ..config import PQTConfig
+from ..quantize import PackedTensor
 from .codes import GroupedCodes, grouped_codes
 from .common import ExportError
 
@@ -104,7 +106,7 @@ def _unpack_nibbles(packed: torch.Tensor, order: NibbleOrder) -> torch.Tensor:
 
 
 def pack_mxfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, order: NibbleOrder,
-               name: str = "weight") -> MXFP4Weight:
+               name: str = "weight", known: Optional[PackedTensor] = None) -> MXFP4Weight:
     """`quantize(w, axis=axis, config=config)` as MXFP4, the reduction axis moved last.
 
     Preconditions: config.format is fp4_e2m1, int2 or int3; the axis length is a multiple of
@@ -112,7 +114,7 @@ def pack_mxfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, order: NibbleOr
     """
     if config.format not in MXFP4_FORMATS:
         raise ExportError(f"{name}: MXFP4 holds {', '.join(MXFP4_FORMATS)} exactly, not {config.format}")
-    g = grouped_codes(w, axis=axis, config=config, group=MX_BLOCK, name=name)
+    g = grouped_codes(w, axis=axis, config=config, group=MX_BLOCK, name=name, known=known)
     if g.spec.is_int:  # q in [-3, 3]: the E2M1 code of the same value, sign in bit 3
         q = g.signed()
         codes = _E2M1_OF_INT[q.abs()] | torch.where(q < 0, 8, 0)

@@ -17,12 +17,13 @@ and which two codes share a byte:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ..config import PQTConfig
 from ..formats import NVFP4, NVFP4_BLOCK
-from ..quantize import pack
+from ..quantize import PackedTensor, pack
 from .common import ExportError
 
 __all__ = ["NVFP4Weight", "pack_nvfp4", "decode_nvfp4", "E2M1_VALUES"]
@@ -52,8 +53,10 @@ class NVFP4Weight:
         return torch.tensor([2.0**self.tensor_exponent], dtype=torch.float32)
 
 
-def pack_nvfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, name: str = "weight") -> NVFP4Weight:
-    """`quantize(w, axis=axis, config=config)` as NVFP4, the reduction axis moved last.
+def pack_nvfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, name: str = "weight",
+               known: Optional[PackedTensor] = None) -> NVFP4Weight:
+    """`quantize(w, axis=axis, config=config)` as NVFP4, the reduction axis moved last (`known`:
+    w's packing, as `pack` takes it; quantize.py NOTE [re-quantizing NVFP4]).
 
     ExportError unless config.format is "nvfp4"; whatever `pack` raises for a weight it cannot
     store (NaN or Inf, a tensor amax outside [2^-100, 2^100), a reduction axis that is not a
@@ -65,7 +68,7 @@ def pack_nvfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, name: str = "we
     if w.shape[axis] % NVFP4_BLOCK:
         raise ExportError(f"{name}: cannot store nvfp4 blocks: its reduction axis has {w.shape[axis]} elements, not a "
                           f"multiple of {NVFP4_BLOCK}")
-    p = pack(w.detach(), axis=axis, config=config, name=name)
+    p = pack(w.detach(), axis=axis, config=config, name=name, known=known)
     assert p.scales is not None and p.tensor_exponent is not None
     return NVFP4Weight(codes=p.codes.movedim(axis, -1).contiguous(),
                        scales=p.scales.movedim(axis, -1).contiguous().view(torch.uint8),

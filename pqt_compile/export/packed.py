@@ -3,7 +3,8 @@
 `save` writes every sampled weight as packed codes plus int8 block exponents (`pack`; NVFP4: E4M3
 block scales and the tensor exponent), the other tensors of the state dict as they are, the config and the format, and a sha256 of it
 all. `load` checks the digest and the format, and restores weights equal to what
-`quantize_model` gives, bit for bit.
+`quantize_model` gives, bit for bit; `read_packed` returns the stored packings themselves (for the
+writers: quantize.py NOTE [re-quantizing NVFP4]).
 
 Which weights: those the compiler samples (`reference.sampled_axes`). Without example inputs
 the module-type rules of `selection.module_rule_axes` decide (nn.Linear, HF Conv1D, tied
@@ -25,7 +26,7 @@ from ..naming import canonical_name, named_parameters
 from ..quantize import PackedTensor, pack, quantize, unpack
 from ..reference import sampled_axes
 
-__all__ = ["quantize_model", "save", "load", "saved_config", "FILE_VERSION"]
+__all__ = ["quantize_model", "save", "load", "read_packed", "saved_config", "FILE_VERSION"]
 
 FILE_VERSION = 1
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
@@ -118,6 +119,7 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
     values whether or not `model` ties it.
     """
     meta, tensors, saved_cfg = _read(path)
+    weights = _packed_weights(meta, tensors, saved_cfg)
     if config is not None and (config.format, config.block_size) != (saved_cfg.format, saved_cfg.block_size):
         raise ValueError(
             f"pqt_compile.export.load: {path} holds format {saved_cfg.format!r} with block_size {saved_cfg.block_size!r}, "
@@ -130,12 +132,7 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
     _check_fits(path, meta, tensors, params, model_state)
     with torch.no_grad():
         deployed = {}
-        for name, w in meta["weights"].items():
-            scales = tensors.get(f"scales/{name}")
-            packed = PackedTensor(tensors[f"codes/{name}"], tensors.get(f"exponents/{name}"), tuple(w["shape"]), w["axis"],
-                                  saved_cfg.format, saved_cfg.block_size, _DTYPES[w["dtype"]],
-                                  scales=None if scales is None else scales.view(torch.float8_e4m3fn),
-                                  tensor_exponent=w.get("tensor_exponent"))
+        for name, packed in weights.items():
             deployed[name] = params[name]
             params[name].copy_(unpack(packed).to(params[name].device))
         for key, source in meta["tied"].items():
@@ -148,6 +145,24 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
     if unexpected or absent:  # _check_fits refuses these first; kept for a state dict hook that renames keys
         raise ValueError(f"pqt_compile.export.load: {path} does not fit this model (missing {absent}, unexpected {unexpected})")
     return model
+
+
+def read_packed(path: str) -> dict[str, PackedTensor]:
+    """{name: PackedTensor} of the sampled weights in a file written by `save` (checked as `load`
+    checks it): what a writer takes as `packed=` for a model loaded from this file."""
+    meta, tensors, saved_cfg = _read(path)
+    return _packed_weights(meta, tensors, saved_cfg)
+
+
+def _packed_weights(meta: dict, tensors: dict[str, torch.Tensor], saved_cfg: PQTConfig) -> dict[str, PackedTensor]:
+    out = {}
+    for name, w in meta["weights"].items():
+        scales = tensors.get(f"scales/{name}")
+        out[name] = PackedTensor(tensors[f"codes/{name}"], tensors.get(f"exponents/{name}"), tuple(w["shape"]), w["axis"],
+                                 saved_cfg.format, saved_cfg.block_size, _DTYPES[w["dtype"]],
+                                 scales=None if scales is None else scales.view(torch.float8_e4m3fn),
+                                 tensor_exponent=w.get("tensor_exponent"))
+    return out
 
 
 def _check_fits(path: str, meta: dict, tensors: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter],

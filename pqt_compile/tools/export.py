@@ -104,9 +104,10 @@ def _tokenizer(value: Optional[str], default: Any, target: str) -> Any:
     return AutoTokenizer.from_pretrained(value, local_files_only=True)
 
 
-def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQTConfig, Any]:
-    """(model, example args, config, default tokenizer) from the model and config flags."""
-    from ..export import load, saved_config
+def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQTConfig, Any, Optional[dict]]:
+    """(model, example args, config, default tokenizer, the packed file's packings or None) from the
+    model and config flags."""
+    from ..export import load, read_packed, saved_config
 
     flags, given = _flag_config(a)
     ckpt = a.checkpoint
@@ -115,10 +116,10 @@ def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQ
             raise UsageError(f"--checkpoint {ckpt} is a model directory: give it without --preset / --model")
         model, tokenizer = _hf_checkpoint(ckpt)
         vocab = a.vocab or model.config.vocab_size
-        return model, (torch.randint(0, vocab, (a.batch, a.seq)),), flags, tokenizer
+        return model, (torch.randint(0, vocab, (a.batch, a.seq)),), flags, tokenizer, None
     model, args = build(a.preset, a.factory, a.batch, a.seq, a.vocab)
     if not ckpt:
-        return model, args, flags, None
+        return model, args, flags, None, None
     if not os.path.isfile(ckpt):
         raise UsageError(f"--checkpoint {ckpt}: no such file or directory")
     try:
@@ -134,7 +135,8 @@ def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQ
         load(ckpt, model, saved)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return model, args, saved, None
+    # The stored codes, not a second quantization of the loaded values (quantize.py NOTE [re-quantizing NVFP4]).
+    return model, args, saved, None, read_packed(ckpt)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -146,10 +148,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         check_destination(a.out, force=a.force)  # before loading anything
-        model, args, config, tokenizer = _model_and_config(a)
+        model, args, config, tokenizer, packed = _model_and_config(a)
         tokenizer = _tokenizer(a.tokenizer, tokenizer, a.to)
         summary = write(model.eval(), a.out, config, to=a.to, tokenizer=tokenizer, force=a.force,
-                        example_args=args if a.trace else None, gguf_type=a.gguf_type)
+                        example_args=args if a.trace else None, gguf_type=a.gguf_type, packed=packed)
     except (UsageError, ValueError) as e:  # ExportError is a ValueError; so are pack's refusals (NaN weights)
         print(f"pqt-export: error: {e}", file=sys.stderr)
         return 2

@@ -266,3 +266,25 @@ def test_a_weight_that_holds_nan_is_named(tmp_path, fmt):
     with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.up_proj\.weight holds NaN or Inf"):
         write_gguf(m, str(tmp_path / "m.gguf"), PQTConfig(format=fmt, block_size=16 if fmt == "nvfp4" else 32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_loaded_from_a_packed_nvfp4_file_is_written_with_its_codes(tmp_path):
+    """quantize.py NOTE [re-quantizing NVFP4]: a loaded model holds deployed values, which NVFP4
+    cannot always quantize back to themselves; `packed=` gives the writer the file's codes, for the
+    packed weights and the dense token embedding alike."""
+    m = tiny_llama()
+    with torch.no_grad():
+        w = m.model.layers[0].self_attn.q_proj.weight
+        w[0, 0] = 3.0  # the tensor amax: s_t = 2^-9
+        w[1, :16] = 1e-6
+        w[1, 0] = 3.5e-5  # the largest code of this block is 4 under a subnormal E4M3 scale
+    cfg = PQTConfig(format="nvfp4")
+    ckpt = str(tmp_path / "m.pt")
+    pqt_compile.export.save(m, ckpt, cfg)
+    loaded = pqt_compile.export.load(ckpt, tiny_llama(seed=5))
+    want = _expected(loaded, PQTConfig(format="nvfp4", include=("^$",)))  # the loaded values as they are
+    write_gguf(loaded, str(tmp_path / "again.gguf"), cfg)
+    assert not torch.equal(read_gguf(str(tmp_path / "again.gguf"))["blk.0.attn_q.weight"], want["blk.0.attn_q.weight"])
+    write_gguf(loaded, str(tmp_path / "m.gguf"), cfg, packed=pqt_compile.export.read_packed(ckpt))
+    got = read_gguf(str(tmp_path / "m.gguf"))
+    assert set(got) == set(want) and all(torch.equal(_bits(got[n]), _bits(want[n])) for n in want)

@@ -121,3 +121,32 @@ def test_config_flags_reach_the_config():
     config, given = export_cli._flag_config(a)
     assert config == PQTConfig(format="int4", block_size="row", exclude=("lm_head",), noise_std=0.5)
     assert given == {"format", "block_size", "exclude", "noise_std"}
+
+
+def test_a_packed_nvfp4_checkpoint_is_written_with_its_stored_codes(tmp_path, capsys):
+    """The loaded weights are deployed values, which NVFP4 cannot always quantize back to themselves
+    (quantize.py NOTE [re-quantizing NVFP4]): the writer takes the file's codes."""
+    from safetensors import safe_open
+
+    trained = PRESETS["llama-tiny"]()
+    q_proj = trained.model.layers[0].self_attn.q_proj.weight
+    with torch.no_grad():
+        q_proj[0, 0] = 3.0  # the tensor amax: s_t = 2^-9
+        q_proj[1, :16] = 1e-6
+        q_proj[1, 0] = 3.5e-5  # a block whose largest code is 4 under a subnormal E4M3 scale (test_quantize.py)
+    cfg = PQTConfig(format="nvfp4")
+    ckpt = str(tmp_path / "pqt_model.pt")
+    pqt_compile.export.save(trained, ckpt, cfg)
+    want = pqt_compile.quantize_model(copy.deepcopy(trained), cfg).model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(pqt_compile.quantize(want, axis=1, config=cfg), want)  # the case: not idempotent
+    rc, _, _ = _run(["--preset", "llama-tiny", "--checkpoint", ckpt, "--to", "compressed-tensors", "--out",
+                     str(tmp_path / "ct")], capsys)
+    assert rc == 0
+    name = "model.layers.0.self_attn.q_proj"
+    with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
+        t = {k.rsplit(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith(name + ".")}
+    lo, hi = t["weight_packed"] & 15, t["weight_packed"] >> 4  # element 2i in the low nibble
+    codes = torch.stack([lo, hi], -1).reshape(want.shape).long()
+    values = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6])[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
+    decoded = values * t["weight_scale"].float().repeat_interleave(16, 1) / t["weight_global_scale"]
+    assert torch.equal(decoded, want)
