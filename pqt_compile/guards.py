@@ -35,7 +35,7 @@ from . import naming
 from .compat import fsdp2_unsharded_params
 from .config import PQTConfig
 from .memo import ObjectMemo
-from .selection import could_be_sampled, not_matmul_weights, samplable
+from .selection import admits, could_be_sampled, not_matmul_weights, samplable
 
 __all__ = ["mark_seen", "keyed_name", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
 
@@ -162,13 +162,14 @@ def _admitted_nowhere(module: torch.nn.Module, config: PQTConfig) -> Optional[st
     for root in held:
         skip = not_matmul_weights(root)
         for p in root.parameters():
-            if id(p) in seen or id(p) in skip or not samplable(p):
+            # Matrices of any floating dtype: an admitted float64 one is the pass's to name (its dtype), not the patterns'.
+            if id(p) in seen or id(p) in skip or not (p.is_floating_point() and p.dim() >= 2):
                 continue
             seen.add(id(p))
             entry = naming.lookup(p)
             if entry is None:
                 continue
-            if could_be_sampled(p, config, entry.name, entry.aliases):
+            if admits(config, entry.name, entry.aliases):
                 return None
             names.append(entry.name)
     return ", ".join(repr(n) for n in names[:3]) or "none: it has no matrix weight"

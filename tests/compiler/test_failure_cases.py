@@ -237,6 +237,49 @@ def test_a_weight_reaching_a_matmul_through_an_op_not_followed_warns(make, weigh
         assert not [w for w in caught if str(w.message).startswith("pqt:")], make_other.__name__
 
 
+class _ReadButNotSamplable(nn.Module):
+    """Two matrices a matmul reads that pqt cannot sample: one contracted over two of its axes, one
+    in float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W_o = nn.Parameter(torch.randn(4, 8, 16) * 0.1)  # per head: [h, d, m]
+        self.fc64 = nn.Linear(16, 16, dtype=torch.float64)
+
+    def forward(self, a):  # a: [b, h, d]
+        return self.fc64(torch.einsum("bhd,hdm->bm", a, self.W_o).double()).float()
+
+
+def test_a_matrix_a_matmul_reads_but_pqt_cannot_sample_warns():
+    """Both trained clean without a word (the reasons showed only in explain); an excluded one, a
+    bias and a weight no matmul reads stay quiet."""
+    torch.manual_seed(0)
+    m, a = _ReadButNotSamplable(), torch.randn(2, 4, 8)
+    _, skipped = reference.trace_weight_edges(m, a)
+    assert {s.name: s.trains_clean for s in skipped} == {"W_o": True, "fc64.weight": True, "fc64.bias": False}
+    _, skipped = reference.trace_weight_edges(m, a, config=PQTConfig(exclude=("W_o", "fc64")))
+    assert not any(s.trains_clean for s in skipped)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = pqt_compile.compile(m)(a)
+    said = [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
+    assert len(said) == 2, said
+    assert re.match(r"pqt: weight 'W_o' feeds a matmul that contracts several of its axes at once .* trains without "
+                    r"noise. Store it with those axes as one", said[0] if "W_o" in said[0] else said[1])
+    assert re.match(r"pqt: weight 'fc64.weight' feeds a matmul but has an unsupported dtype torch.float64 .* Train in "
+                    r"one of those", said[1] if "W_o" in said[0] else said[0])
+    with torch.no_grad():
+        assert torch.equal(out, m(a))  # what the warnings say: clean
+    # A float64 model: the dtype is named, not the include/exclude patterns (the guard said "Fix the patterns").
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pqt_compile.compile(nn.Sequential(nn.Linear(8, 8)).double())(torch.randn(2, 8, dtype=torch.float64)).sum().backward()
+    said = [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
+    assert len(said) == 1 and "'0.weight' feeds a matmul but has an unsupported dtype torch.float64" in said[0], said
+
+
 class _ExpertsIterated(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()

@@ -160,16 +160,25 @@ class SamplePass(PQTPass):
 
 
 def not_followed_warnings(skipped: list[SkippedWeight]) -> list[str]:
-    """The warnings for the admitted weights that reach a matmul by a path the pass does not follow
-    (weight_edges.py NOTE [ops not followed]): they train without noise."""
-    return [
-        f"pqt: weight {s.name!r} {s.reason}. pqt samples a weight that a matmul reads directly or through "
-        "views, transposes and casts; a split, slice or concatenation of weights (e.g. nn.MultiheadAttention "
-        "with key/value other than the query, a fused weight split in the forward) or a parametrization "
-        "computes another tensor. Read the weight directly (separate Parameters), or exclude it in the "
-        "PQTConfig to silence this; pqt_compile.explain(model, ...) lists every weight."
-        for s in skipped if s.reason.startswith(Reason.NOT_FOLLOWED.split("{")[0])
-    ]
+    """The warnings for the admitted matrix weights that a matmul reads and the pass leaves clean
+    (`SkippedWeight.trains_clean`): reached by a path the pass does not follow (weight_edges.py NOTE
+    [ops not followed]), of a dtype it does not sample (float64), or contracted over several axes."""
+    return [f"pqt: weight {s.name!r} {_why_clean(s.reason)} pqt_compile.explain(model, ...) lists every weight."
+            for s in skipped if s.trains_clean]
+
+
+def _why_clean(reason: str) -> str:
+    if reason.startswith(Reason.NOT_FOLLOWED.split("{")[0]):
+        return (f"{reason}. pqt samples a weight that a matmul reads directly or through views, transposes and casts; "
+                "a split, slice or concatenation of weights (e.g. nn.MultiheadAttention with key/value other than the "
+                "query, a fused weight split in the forward) or a parametrization computes another tensor. Read the "
+                "weight directly (separate Parameters), or exclude it in the PQTConfig to silence this;")
+    if reason.startswith(Reason.DTYPE.split("{")[0]):
+        return (f"feeds a matmul but has an {reason} (pqt samples float32, bfloat16 and float16 weights): it trains "
+                "without noise. Train in one of those (model.float(), or bfloat16), or exclude it in the PQTConfig;")
+    return (f"feeds a matmul that contracts several of its axes at once (an einsum such as 'bhd,hdm->bm'), so it has "
+            "no single axis for its blocks: it trains without noise. Store it with those axes as one (a [h*d, m] "
+            "Parameter, and a.reshape(b, h*d) @ W), or exclude it in the PQTConfig;")
 
 
 def warn_all(messages: Sequence[str]) -> None:

@@ -121,10 +121,13 @@ class WeightEdge:
 
 @dataclass
 class SkippedWeight:
-    """A Parameter that is not sampled, and why."""
+    """A Parameter that is not sampled, and why; `trains_clean`: the config admits it and a forward
+    matmul reads it (a matrix: rule 4), so its user expects it sampled: the pass warns
+    (sample_pass.not_followed_warnings)."""
 
     name: str
     reason: str
+    trains_clean: bool = False
 
 
 def _val(n: object):
@@ -364,9 +367,10 @@ def find_weight_edges(
         val = _val(node)
         opaque: list[str] = []
         blocked: list[Node] = []
-        uses = _walk(node, bwd, opaque, blocked) if val is not None and val.dtype in SUPPORTED_DTYPES else []
+        # Walked in any floating dtype, so that a float64 matrix a matmul reads is told apart (and warned).
+        uses = _walk(node, bwd, opaque, blocked) if val is not None and val.dtype.is_floating_point else []
         fwd = [u for u in uses if not u.is_backward]
-        if not fwd and opaque and val.dim() >= 2 and admits(name):  # NOTE [opaque consumers]
+        if not fwd and opaque and val.dtype in SUPPORTED_DTYPES and val.dim() >= 2 and admits(name):  # NOTE [opaque consumers]
             raise ValueError(
                 f"pqt: weight {name!r} {tuple(val.shape)} is read by the custom op {sorted(set(opaque))[0]}, whose "
                 "inside pqt cannot see, so it would train without noise. For transformers experts use "
@@ -378,12 +382,14 @@ def find_weight_edges(
             dtype=getattr(val, "dtype", None), ndim=val.dim() if val is not None else 0, forward_matmul=bool(fwd),
             single_axis=bool(axes), admitted=admits(name),
         )
+        via = None
         if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admits(name):
             weights_only = _weights_only(graph, weights, set(constants)) if weights_only is None else weights_only
             via = _matmul_behind(blocked, weights_only, bwd)
             reason = Reason.NOT_FOLLOWED.format(op=via) if via is not None else reason
         if reason is not None:
-            skipped.append(SkippedWeight(name, reason))
+            skipped.append(SkippedWeight(name, reason, trains_clean=(bool(fwd) or via is not None) and val.dim() >= 2
+                                         and admits(name) and reason != Reason.EXCLUDED))
             continue
         edge = WeightEdge(node, name, axes[0], uses)
         if edge.expert_axes:  # shown by explain and pqt-dump (NOTE [expert paths])
