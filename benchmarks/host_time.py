@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = pqt_compile.PQTConfig(format=a.format)
     # pqt-none admits nothing on purpose; the guard that says so is for users.
     warnings.filterwarnings("ignore", message="pqt: this training call ran PQT-compiled graphs but sampled no weight")
+    warnings.filterwarnings("ignore", message="pqt: the PQTConfig's include pattern '\\^\\$' matches no parameter name")
     makers = {
         "inductor": lambda m: torch.compile(m),
         "pqt": lambda m: pqt_compile.compile(m, cfg),

@@ -12,6 +12,9 @@ weight's noise, without a word.
   naming its weights relative to itself). Checked at an optimizer step after new weights
   reached PQT graphs. Two separate models with the same names (each with its own optimizer)
   are not a collision: their draws are independent runs.
+* Patterns that match nothing. An include/exclude pattern that matches no weight name of the
+  registered models (checked with the unseen weights): it has no effect, which is never what its
+  author meant.
 * Nothing sampled. A training call of a `pqt_compile.compile`d module that ran no PQT graph
   at all (Dynamo compiled nothing: `torch.compile(DDP(nn.Sequential(...)))`). Only
   `pqt_compile.compile` can tell: with `torch.compile(..., backend="pqt")`, Dynamo never calls
@@ -24,6 +27,7 @@ points, `torch.compile(model, backend="pqt")` and `pqt_compile.compile`, feed th
 
 from __future__ import annotations
 
+import re
 import warnings
 import weakref
 from typing import Any, Optional, Sequence
@@ -48,6 +52,7 @@ class _State:
         self.checked_optimizers: ObjectMemo[bool] = ObjectMemo()  # per optimizer: checked at this seen_version
         self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
         self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
+        self.checked_configs: set[PQTConfig] = set()  # whose include/exclude patterns were checked
 
 
 _state = _State()
@@ -82,6 +87,7 @@ def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     while _state.pending:  # O(1) when nothing is pending: the usual case after the first step
         config, refs = _state.pending.pop()
         _check_unseen([p for p in (r() for r in refs) if p is not None], config)
+        _check_patterns(config)
     if _state.checked_optimizers.get(optimizer, _state.seen_version) is None:
         _state.checked_optimizers.put(optimizer, _state.seen_version, True)
         _check_shared_keys(optimizer)
@@ -128,6 +134,32 @@ def _check_unseen(used: Sequence[Any], config: PQTConfig) -> None:
                 "them in the PQTConfig to silence this; pqt_compile.explain(...) lists the graph breaks.",
                 stacklevel=3,
             )
+
+
+def _check_patterns(config: PQTConfig) -> None:
+    """Warn, once per config, about each include/exclude pattern that matches no name of any
+    registered model: a slip (torch.compile's `_orig_mod.` prefix, a renamed module) that leaves the
+    pattern without effect, so the weights it meant to exclude are sampled, or those it meant to
+    include train without noise. Precondition: a whole training step has run."""
+    if config in _state.checked_configs or not (config.include or config.exclude):
+        return
+    _state.checked_configs.add(config)
+    names = [n for root, prefix in naming.roots() for _, w in naming.weight_names(root, prefix).values()
+             for n in (w.name, *w.aliases)]
+    if not names:
+        return
+    for kind, patterns in (("include", config.include), ("exclude", config.exclude)):
+        for pattern in patterns:
+            if not any(re.search(pattern, n) for n in names):
+                effect = ("the weights it was meant to admit train without noise" if kind == "include"
+                          else "the weights it was meant to keep clean are sampled")
+                warnings.warn(
+                    f"pqt: the PQTConfig's {kind} pattern {pattern!r} matches no parameter name of the PQT-compiled "
+                    f"model(s), so {effect}. Patterns are searched (re.search) in qualified names such as "
+                    f"{', '.join(repr(n) for n in names[:3])} (torch.compile's '_orig_mod.' prefix is not part of "
+                    "them); fix the pattern, or drop it.",
+                    stacklevel=4,
+                )
 
 
 def _check_shared_keys(optimizer: torch.optim.Optimizer) -> None:

@@ -247,3 +247,20 @@ def test_a_stage_past_dynamos_recompile_limit_warns_instead_of_training_clean():
         pqt_compile.compile(m, PQTConfig(format="fp4_e2m1"))(x).sum().backward()
         with pytest.warns(UserWarning, match="recompile limit was reached"):
             pqt_compile.compile(m, PQTConfig(format="fp4_e2m1", mode="ste"))(x).sum().backward()
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_pattern_that_matches_no_weight_name_warns_once_after_a_step(entry):
+    """exclude=["_orig_mod.head"] (a state_dict key of the compiled wrapper, not a weight name) kept
+    nothing clean, and include=["body", "_orig_mod.head"] left the head clean, without a word."""
+    x = torch.randn(4, 32)
+    for cfg, bad in ((PQTConfig(exclude=("_orig_mod.head",)), ["exclude pattern '_orig_mod.head'"]),
+                     (PQTConfig(include=("body", "_orig_mod.head"), exclude=(r"\.norm",)), ["include pattern '_orig_mod.head'"]),
+                     (PQTConfig(include=("body", "head"), exclude=("fc2",)), [])):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = WithHead(nn.Linear(32, 8))
+        said = [w for w in _train(_compile(entry, model, cfg), model, x, steps=3) if "matches no parameter name" in w]
+        assert [s.split(" matches")[0].split("PQTConfig's ")[1] for s in said] == bad, said  # once each
+        if bad:
+            assert "such as 'body.fc1.weight'" in said[0] and "'_orig_mod.' prefix is not part of them" in said[0]
