@@ -29,16 +29,18 @@ counters (each sees every other step). Pin seeds with `fixed_seed` where that ma
 
 from __future__ import annotations
 
+import collections
 import warnings
 from typing import Any, Optional
 
 import torch
 
 from . import guards, naming, seeds
-from .compat import compiled_autograd_on, current_graph_task_id, queue_backward_callback, watch_function_backward
+from .compat import (compiled_autograd_on, current_autograd_node, current_graph_task_id, queue_backward_callback,
+                     watch_function_backward)
 from .memo import ObjectMemo
 
-__all__ = ["install", "track_backward", "optimizer_counts", "pending", "set_pending"]
+__all__ = ["install", "track_backward", "in_backward", "forward_seed", "optimizer_counts", "pending", "set_pending"]
 
 
 class _Hooks:
@@ -168,8 +170,9 @@ def _on_backward_through(grad_outputs: Any) -> None:
     _backward_runs()  # the pre-hook form, for nodes that cannot be watched
 
 
-def track_backward(outputs: Any) -> None:
-    """Count the backward pass through `outputs` (a sampling call's results) when it ends."""
+def track_backward(outputs: Any, seed: int) -> None:
+    """Count the backward pass through `outputs` (a sampling call's results, drawn with `seed`)
+    when it ends, and keep `seed` on their autograd node for a recompute (NOTE [recompute seed])."""
     if not torch.is_grad_enabled() or current_graph_task_id() != -1:
         return
     if compiled_autograd_on():  # its context, entered around the step (a cheap check per call)
@@ -179,13 +182,53 @@ def track_backward(outputs: Any) -> None:
         node = t.grad_fn if isinstance(t, torch.Tensor) else None
         # The outputs of one compiled graph mostly share one node: observe each node once.
         if node is not None and node is not observed:
-            if not watch_function_backward(node, _backward_runs):
+            if watch_function_backward(node, _backward_runs):
+                setattr(node, _SEED_ATTR, seed)  # a Python Function's node: an attribute, 0.1 us
+            else:
                 node.register_prehook(_on_backward_through)
+                node.metadata[_SEED_ATTR] = seed
             observed = node
     if observed is None:
         _hooks.frozen_sampled = True  # no backward will run through it (NOTE [frozen graphs])
     else:
         _hooks.awaiting_backward = True  # NOTE [unseen backward]
+
+
+#: NOTE [recompute seed]: activation checkpointing around a block compiled alone calls its PQT graph
+#: again inside the backward pass; that recompute must draw what its forward drew. The stream may
+#: have moved since (a second backward through a retained graph runs after the first counted its
+#: micro-batch; a forward under `fixed_seed` whose backward runs after the block), so the seed is
+#: not asked of the stream but found where the forward left it: on the autograd node of each
+#: sampling call's outputs (`track_backward`). The recompute starts from the node whose saved
+#: tensors the engine is unpacking, a node of that forward, and walks towards its inputs to the
+#: nearest node that holds a seed; every sampling call of one forward has the same seed. Calls
+#: outside a backward pass never walk.
+_SEED_ATTR = "_pqt_forward_seed"
+_SEED_SEARCH_LIMIT = 100_000  # nodes visited at most (a forward's graph is far smaller between two PQT graphs)
+
+
+def in_backward() -> bool:
+    """Whether this thread runs inside a backward pass (a recompute of activation checkpointing)."""
+    return current_graph_task_id() != -1
+
+
+def forward_seed() -> Optional[int]:
+    """Inside a backward pass: the seed of the forward whose graph it runs, from the nearest
+    sampling call's node (NOTE [recompute seed]); None if none is found."""
+    start = current_autograd_node()
+    queue, seen = collections.deque([start] if start is not None else []), {id(start)}
+    while queue and len(seen) < _SEED_SEARCH_LIMIT:
+        node = queue.popleft()
+        seed = getattr(node, _SEED_ATTR, None)
+        if seed is None and not hasattr(node, "_forward_cls"):  # a C++ node keeps it in its metadata
+            seed = node.metadata.get(_SEED_ATTR)
+        if seed is not None:
+            return seed
+        for nxt, _ in node.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                queue.append(nxt)
+    return None
 
 
 def reset() -> None:

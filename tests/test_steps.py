@@ -73,7 +73,7 @@ def test_a_compiled_sampling_call_is_watched_and_any_other_node_hooked():
     out.sum().backward()
     assert pqt_compile.seed_state()["micro_batch"] == before + 1
     eager = torch.randn(3, requires_grad=True) * 2
-    steps.track_backward(eager)
+    steps.track_backward(eager, 5)
     assert not hasattr(eager.grad_fn, compat.autograd._ON_BACKWARD)
     eager.sum().backward()
     assert pqt_compile.seed_state()["micro_batch"] == before + 2

@@ -14,6 +14,7 @@ from .registry import TORCH_CHECKED, CompatError, require
 
 __all__ = [
     "current_graph_task_id",
+    "current_autograd_node",
     "queue_backward_callback",
     "watch_function_backward",
     "compiled_autograd_on",
@@ -30,6 +31,13 @@ def current_graph_task_id() -> int:
     one (a recompute of activation checkpointing runs inside one). torch._C._current_graph_task_id
     (torch 2.13)."""
     return int(require("torch._C", "_current_graph_task_id", "the seed rule")())
+
+
+def current_autograd_node() -> Optional[Any]:
+    """The autograd node the engine is running in this thread (None outside a backward pass); for
+    a Python Function's node, the node object its forward returned as `grad_fn` (so attributes set
+    on it then are there). torch._C._current_autograd_node (torch 2.11-2.15)."""
+    return require("torch._C", "_current_autograd_node", "the seed rule (a recompute draws its forward's seed)")()
 
 
 def queue_backward_callback(fn: Callable[[], None]) -> None:

@@ -41,6 +41,7 @@ SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("torch.utils._sympy.functions", "FloorDiv", "block indices in the Inductor lowering"),
     ("torch.utils._triton", "has_triton", "the Triton kernel of the eager op on CUDA"),
     ("torch._C", "_current_graph_task_id", "the seed rule (a recompute inside a backward)"),
+    ("torch._C", "_current_autograd_node", "the seed rule (a recompute draws its forward's seed)"),
     ("torch.autograd.function", "BackwardCFunction", "the seed rule (watching a backward)"),
     ("torch._dynamo.compiled_autograd", "compiled_autograd_enabled", "refusing compiled autograd (the seed rule)"),
     ("torch.utils.checkpoint", "CheckpointFunction",

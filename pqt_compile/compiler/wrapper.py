@@ -136,7 +136,8 @@ class PQTCompiled:
     lookup (a dict hit, its identity check iterating in C), the training flag of each module that
     owns a keyed weight (once per module, not per Parameter: a bias is never keyed), the seed of
     the current step (seeds.current_seed, memoised), and marking the graph's autograd node so that
-    its backward pass is counted (no hook registered: compat NOTE [watched backward]). No
+    its backward pass is counted and a recompute finds its seed (no hook registered: compat NOTE
+    [watched backward]; steps.py NOTE [recompute seed]). No
     host-device synchronisation. `pqt_compile.compile`'s nothing-sampled hooks leave after the
     first training call (guards.warn_if_nothing_sampled). Past the wrapper, the
     added inputs cost no size check in the generated code (compat NOTE [0-d input asserts]) and
@@ -215,16 +216,19 @@ class PQTCompiled:
             params = [args[pos] for pos in self.weights.positions]
             guards.mark_seen(params, resolved.names)
         if sampling:
-            seed = current_seed()
-            if self.config.per_rank_noise:
-                rank = _rank()
-                if rank is not None:  # without a process group, one process: the plain seed
-                    seed = rank_seed(seed, rank)
+            # A recompute (inside a backward pass) draws its forward's seed: steps.py NOTE [recompute seed].
+            seed = steps.forward_seed() if steps.in_backward() else None
+            if seed is None:
+                seed = current_seed()
+                if self.config.per_rank_noise:
+                    rank = _rank()
+                    if rank is not None:  # without a process group, one process: the plain seed
+                        seed = rank_seed(seed, rank)
             if not plan.watched:
                 steps.install()  # refuses compiled autograd: then asked again at the next call
                 plan.watched = True
                 guards.watch(self.config, params or [args[pos] for pos in self.weights.positions])
             out = plan.fn(*args, self._seeds.tensor(seed), *self._keys_for(plan, resolved, enabled))
-            steps.track_backward(out)
+            steps.track_backward(out, seed)
             return out
         return plan.fn(*args, self._seeds.tensor(0), *self._keys_for(plan, resolved, enabled))
