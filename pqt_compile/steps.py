@@ -171,8 +171,9 @@ def _on_backward_through(grad_outputs: Any) -> None:
 
 
 def track_backward(outputs: Any, seed: int) -> None:
-    """Count the backward pass through `outputs` (a sampling call's results, drawn with `seed`)
-    when it ends, and keep `seed` on their autograd node for a recompute (NOTE [recompute seed])."""
+    """Count the backward pass through `outputs` (a sampling call's results) when it ends, and keep
+    `seed` (the stream's seed of the call, before any per-rank mixing) on their autograd node for a
+    recompute (NOTE [recompute seed])."""
     if not torch.is_grad_enabled() or current_graph_task_id() != -1:
         return
     if compiled_autograd_on():  # its context, entered around the step (a cheap check per call)
@@ -201,8 +202,9 @@ def track_backward(outputs: Any, seed: int) -> None:
 #: not asked of the stream but found where the forward left it: on the autograd node of each
 #: sampling call's outputs (`track_backward`). The recompute starts from the node whose saved
 #: tensors the engine is unpacking, a node of that forward, and walks towards its inputs to the
-#: nearest node that holds a seed; every sampling call of one forward has the same seed. Calls
-#: outside a backward pass never walk.
+#: nearest node that holds a seed; every sampling call of one forward has the same stream seed
+#: (kept before per-rank mixing, which each graph's config applies again). Calls outside a
+#: backward pass never walk.
 _SEED_ATTR = "_pqt_forward_seed"
 _SEED_SEARCH_LIMIT = 100_000  # nodes visited at most (a forward's graph is far smaller between two PQT graphs)
 

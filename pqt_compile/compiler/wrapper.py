@@ -217,18 +217,19 @@ class PQTCompiled:
             guards.mark_seen(params, resolved.names)
         if sampling:
             # A recompute (inside a backward pass) draws its forward's seed: steps.py NOTE [recompute seed].
-            seed = steps.forward_seed() if steps.in_backward() else None
-            if seed is None:
-                seed = current_seed()
-                if self.config.per_rank_noise:
-                    rank = _rank()
-                    if rank is not None:  # without a process group, one process: the plain seed
-                        seed = rank_seed(seed, rank)
+            stream_seed = steps.forward_seed() if steps.in_backward() else None
+            if stream_seed is None:
+                stream_seed = current_seed()
+            seed = stream_seed
+            if self.config.per_rank_noise:
+                rank = _rank()
+                if rank is not None:  # without a process group, one process: the plain seed
+                    seed = rank_seed(seed, rank)
             if not plan.watched:
                 steps.install()  # refuses compiled autograd: then asked again at the next call
                 plan.watched = True
                 guards.watch(self.config, params or [args[pos] for pos in self.weights.positions])
             out = plan.fn(*args, self._seeds.tensor(seed), *self._keys_for(plan, resolved, enabled))
-            steps.track_backward(out, seed)
+            steps.track_backward(out, stream_seed)
             return out
         return plan.fn(*args, self._seeds.tensor(0), *self._keys_for(plan, resolved, enabled))
