@@ -41,7 +41,8 @@ from .config import PQTConfig
 from .memo import ObjectMemo
 from .selection import admits, could_be_sampled, not_matmul_weights, samplable
 
-__all__ = ["mark_seen", "keyed_name", "watch", "after_optimizer_step", "note_graph_call", "warn_if_nothing_sampled", "reset"]
+__all__ = ["mark_seen", "keyed_name", "watch", "expect_graphs", "check_expected", "after_optimizer_step", "note_graph_call",
+           "warn_if_nothing_sampled", "reset"]
 
 
 class _State:
@@ -53,6 +54,9 @@ class _State:
         self.pending: list[tuple[PQTConfig, list]] = []  # (config, weakrefs to a graph's weights)
         self.graph_calls = 0  # calls of PQT graphs holding weights (for the nothing-sampled check)
         self.checked_configs: set[PQTConfig] = set()  # whose include/exclude patterns were checked
+        self.expecting: list[tuple[weakref.ref, PQTConfig]] = []  # NOTE [compiled over]
+        self.expecting_version = 0  # bumped when `expecting` changes
+        self.held_by: ObjectMemo[tuple[bool, ...]] = ObjectMemo()  # per optimizer: holds each expected model's weights
 
 
 _state = _State()
@@ -75,6 +79,65 @@ def keyed_name(p: Any) -> Optional[str]:
 def watch(config: PQTConfig, params: Sequence[Any]) -> None:
     """Check the registered models that hold `params` (a graph's weights) at the next optimizer step."""
     _state.pending.append((config, [weakref.ref(p) for p in params]))
+
+
+#: NOTE [compiled over]: a model given to `pqt_compile.compile` and then compiled again with
+#: another backend (`torch.compile(pqt_compile.compile(model))`; `pqt_compile.compile(model,
+#: inplace=True)` then `model.compile()`, as transformers' Trainer does with torch_compile=True)
+#: never reaches pqt: Dynamo traces through the inner compile, and the nothing-sampled hooks run
+#: inside the outer compiled code. It trained clean, with no word. So the model is expected: at an
+#: optimizer step that updates weights of it that have gradients, if no PQT graph has received any
+#: of its weights, it is named (once). Checked at each step until its weights are seen (then O(1));
+#: `pqt_compile.compile` installs the optimizer hook (steps.install_hook) for this. A model compiled only with
+#: `torch.compile(model, backend="pqt")` inside another compile runs no pqt code at all: not seen.
+def expect_graphs(model: torch.nn.Module, config: PQTConfig) -> None:
+    """Expect PQT graphs to receive `model`'s weights before an optimizer step trains them."""
+    _state.expecting.append((weakref.ref(model), config))
+    _state.expecting_version += 1
+
+
+def check_expected(optimizer: torch.optim.Optimizer) -> None:
+    """NOTE [compiled over]: warn about each expected model whose trained weights no PQT graph
+    received. What an optimizer holds is decided once per optimizer and expected set (a frozen or
+    unused expected model costs no walk over its weights at each step)."""
+    if not _state.expecting:
+        return
+    held = _state.held_by.get(optimizer, _state.expecting_version)
+    if held is None:
+        ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        held = tuple(m is not None and any(id(p) in ids for p in m.parameters()) for m in (r() for r, _ in _state.expecting))
+        _state.held_by.put(optimizer, _state.expecting_version, held)
+    if not any(held):
+        return
+    waiting = []
+    for (ref, config), holds in zip(_state.expecting, held):
+        model = ref()
+        if model is None:
+            continue
+        if not holds:
+            waiting.append((ref, config))
+            continue
+        params = {id(p): p for p in model.parameters()}
+        stand_ins = _stand_ins()  # FSDP2: the graphs received the unsharded Parameters
+        if any(_seen_name(p, stand_ins) is not None for p in params.values()):
+            continue  # reached PQT graphs: nothing to check any more
+        named = naming.weight_names(model)
+        trained = [p for g in optimizer.param_groups for p in g["params"] if id(p) in params and p.grad is not None]
+        admitted = [p for p in trained if could_be_sampled(p, config, named[id(p)][1].name, named[id(p)][1].aliases)]
+        if not admitted:
+            waiting.append((ref, config))  # not trained by this optimizer yet
+            continue
+        warnings.warn(
+            f"pqt: an optimizer step trained {len(admitted)} weight(s) of {type(naming.unwrap(model)).__name__}, given to "
+            "pqt_compile.compile, but no PQT-compiled graph received any of its weights: it trained without noise. "
+            "A torch.compile or Module.compile applied on top of a pqt-compiled model compiles it again with its own "
+            "backend (Dynamo traces through the inner compile). Compile it once, with pqt: pqt_compile.compile(model) "
+            "or torch.compile(model, backend='pqt') alone (transformers' Trainer: leave torch_compile off).",
+            stacklevel=4,
+        )
+    if len(waiting) != len(_state.expecting):
+        _state.expecting = waiting
+        _state.expecting_version += 1
 
 
 def note_graph_call() -> None:

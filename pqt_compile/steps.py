@@ -40,7 +40,7 @@ from .compat import (compiled_autograd_on, current_autograd_node, current_graph_
                      watch_function_backward)
 from .memo import ObjectMemo
 
-__all__ = ["install", "track_backward", "in_backward", "forward_seed", "optimizer_counts", "pending", "set_pending"]
+__all__ = ["install", "install_hook", "track_backward", "in_backward", "forward_seed", "optimizer_counts", "pending", "set_pending"]
 
 
 class _Hooks:
@@ -74,6 +74,12 @@ def install() -> None:
     of each compiled graph, which also refuses compiled autograd asked for in Dynamo's config)."""
     if compiled_autograd_on(check_config=True):
         raise RuntimeError(_COMPILED_AUTOGRAD)
+    install_hook()
+
+
+def install_hook() -> None:
+    """The global optimizer step-post hook, once per process (also by `pqt_compile.compile`, for
+    guards NOTE [compiled over])."""
     if _hooks.optimizer_hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -93,6 +99,7 @@ def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    guards.check_expected(optimizer)  # O(1) once every pqt_compile.compile'd model reached PQT graphs
     # A step ends a training step only after a backward pass through sampling graphs: an
     # optimizer stepped with no backward since the last step is not training. Such steps exist:
     # torch.distributed.checkpoint's get_state_dict initialises a stateless optimizer by calling

@@ -264,3 +264,27 @@ def test_a_pattern_that_matches_no_weight_name_warns_once_after_a_step(entry):
         assert [s.split(" matches")[0].split("PQTConfig's ")[1] for s in said] == bad, said  # once each
         if bad:
             assert "such as 'body.fc1.weight'" in said[0] and "'_orig_mod.' prefix is not part of them" in said[0]
+
+
+@pytest.mark.parametrize("how", ["wrapped", "compiled_again"])
+def test_a_pqt_compiled_model_compiled_over_by_another_backend_is_named_at_the_step(how):
+    """guards.py NOTE [compiled over]: torch.compile(pqt_compile.compile(model)), or an in-place pqt
+    compile followed by model.compile() (transformers' Trainer with torch_compile=True), trains with
+    Inductor alone: Dynamo traces through the inner compile. Clean, with no word, before."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(4, 32)
+    if how == "wrapped":
+        call = torch.compile(pqt_compile.compile(model))
+    else:
+        pqt_compile.compile(model, inplace=True)
+        model.compile()
+        call = model
+    said = _train(call, model, x, steps=3)
+    assert len(said) == 1 and "an optimizer step trained 2 weight(s) of MLP, given to pqt_compile.compile, but no " \
+        "PQT-compiled graph received any of its weights" in said[0], said
+    assert pqt_compile.seed_state()["step"] == 0  # what it says: no sampling call, the stream never moved
+    # Compiled once with pqt, the same training says nothing.
+    torch._dynamo.reset()
+    model = MLP()
+    assert _train(pqt_compile.compile(model), model, x, steps=3) == []

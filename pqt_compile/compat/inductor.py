@@ -18,6 +18,7 @@ from .registry import CompatError, require
 __all__ = [
     "inductor_config",
     "inductor_config_options",
+    "inductor_option_type",
     "ieee_division",
     "ieee_division_patches",
     "triton_divides_exactly",
@@ -48,6 +49,15 @@ def inductor_config() -> Any:
 def inductor_config_options() -> set[str]:
     """The names of Inductor's config options (to refuse an unknown torch.compile option)."""
     return set(require("torch._inductor.config", "_config", "telling Inductor options from unknown ones"))
+
+
+def inductor_option_type(name: str) -> Any:
+    """The declared type of Inductor config option `name` (a class, or a typing form such as
+    `Optional[...]`), as torch.compile checks an option's value: `torch._inductor.config.get_type`
+    (torch 2.11-2.15)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.get_type(name)
 
 
 # NOTE [division on torch 2.11]: NVFP4's block scale and its round-to-nearest units divide two fp32

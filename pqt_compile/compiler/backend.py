@@ -13,13 +13,14 @@ supplies seed and keys at each call.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .. import guards, naming
+from .. import guards, naming, steps
 from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
-                      ieee_division_patches, inductor_config_options, mode_options)
+                      ieee_division_patches, inductor_config_options, inductor_option_type, mode_options)
 from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
@@ -51,6 +52,11 @@ def split_options(options: Optional[dict]) -> tuple[PQTConfig, dict]:
             f"pqt backend: unknown option(s) {unknown}; accepted: the PQTConfig fields {sorted(fields - {'seed'})} "
             "and Inductor config options"
         )
+    for name, value in rest.items():  # as torch.compile checks Inductor's options ("False" would be true)
+        declared = inductor_option_type(name)
+        if typing.get_origin(declared) is None and isinstance(declared, type) and not isinstance(value, declared):
+            raise ValueError(f"pqt backend: Inductor option {name!r} takes a {declared.__name__}, got "
+                             f"{type(value).__name__} {value!r}")
     return (base.replace(**pqt) if pqt else base), rest
 
 
@@ -227,18 +233,30 @@ def compile(
     """`torch.compile(model, backend="pqt")` with a config object.
 
     `mode` keeps its Inductor meaning and `options` takes Inductor config options (both may be
-    given, unlike torch.compile's); other kwargs (dynamic, fullgraph) go to torch.compile. Also
+    given, unlike torch.compile's; PQT settings go in the config only); other kwargs (dynamic,
+    fullgraph) go to torch.compile. Also
     registers the model's parameter names, so keys match `reference.run(model, ...)` even when
     blocks are compiled separately, and warns if a training call compiled nothing at all. With
     `inplace=True` the module itself is compiled (`nn.Module.compile`) and returned: for
     frameworks that expect the original class, such as transformers' Trainer.
     """
     cfg = config_or_default(config, "pqt_compile.compile")
+    if not isinstance(model, torch.nn.Module) or hasattr(model, "_orig_mod"):
+        raise TypeError(
+            f"pqt_compile.compile: {type(model).__name__} is {'already compiled' if hasattr(model, '_orig_mod') else 'not an nn.Module'}; "
+            "pass the model itself (an already compiled one's model is its ._orig_mod), and compile it once"
+        )
+    pqt_fields = sorted(set(options or {}) & {f.name for f in dataclasses.fields(PQTConfig)})
+    if pqt_fields:  # two places for one setting: the config, which the guards check, would not be what runs
+        raise ValueError(f"pqt_compile.compile: {pqt_fields} are PQTConfig fields; give them in the config "
+                         f"(PQTConfig({pqt_fields[0]}=...)), and only Inductor options in options=")
     split_options({"config": cfg, **(options or {})})  # refuse bad options now, not at first call
     if mode and mode != "default":
         mode_options(mode)  # ... and a bad mode (Inductor's own message names the modes)
     naming.register(model)
     check_experts(model, admits_fn(cfg, model))
+    guards.expect_graphs(model, cfg)  # NOTE [compiled over] in guards.py, checked by the optimizer hook
+    steps.install_hook()
 
     def pqt(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})

@@ -47,6 +47,17 @@ def test_bad_options_fail_at_compile_time(options, match):
 def test_pqt_compile_refuses_unknown_options_when_called():
     with pytest.raises(ValueError, match="formt"):
         pqt_compile.compile(nn.Linear(8, 8), options={"formt": "int8"})
+    # A PQT field in options overrode the config silently, and the guards checked the config.
+    with pytest.raises(ValueError, match=r"\['exclude', 'format'\] are PQTConfig fields; give them in the config"):
+        pqt_compile.compile(nn.Linear(8, 8), PQTConfig(format="int4"), options={"format": "fp8_e4m3", "exclude": ["."]})
+    # An Inductor option of the wrong type, as torch.compile refuses it ("False" switched autotuning on).
+    with pytest.raises(ValueError, match=r"Inductor option 'max_autotune' takes a bool, got str 'False'"):
+        pqt_compile.compile(nn.Linear(8, 8), options={"max_autotune": "False"})
+    with pytest.raises(ValueError, match=r"'max_autotune' takes a bool"):
+        pqt_backend(None, [], options={"max_autotune": "False"})
+    compiled = torch.compile(nn.Linear(8, 8))
+    with pytest.raises(TypeError, match=r"OptimizedModule is already compiled; pass the model itself .*\._orig_mod"):
+        pqt_compile.compile(compiled)
     with pytest.raises(TypeError, match="PQTConfig"):
         pqt_compile.compile(nn.Linear(8, 8), config={"format": "int8"})
     with pytest.raises(RuntimeError, match="max_autotune.*max-autotune"):  # a bad mode too, not at the first call
