@@ -120,3 +120,16 @@ def test_explain_leaves_other_compiled_models_and_the_seed_stream_alone():
     assert torch.equal(before, again)
 
 
+
+
+def test_explain_leaves_buffers_and_torchs_generators_as_they_were():
+    """explain runs a training step: BatchNorm's running statistics moved and dropout drew from
+    torch's generator, so a later run's data order and masks changed, against its promise."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 8))
+    x = torch.randn(4, 32)
+    buffers, rng = {n: b.clone() for n, b in m.named_buffers()}, torch.get_rng_state()
+    pqt_compile.explain(m, x)
+    assert all(torch.equal(b, buffers[n]) for n, b in m.named_buffers()) and int(m[1].num_batches_tracked) == 0
+    assert torch.equal(torch.get_rng_state(), rng)
