@@ -184,14 +184,12 @@ def set_seed_state(state: dict[str, int]) -> None:
             "call; the stream now advances per training step and cannot continue it exactly. Start a new "
             "stream with pqt_compile.manual_seed(seed) instead of loading it"
         )
-    try:
-        values = {k: int(state[k]) for k in _STATE_KEYS}
-        exact = all(values[k] == state[k] for k in _STATE_KEYS)  # 1.7 is not a step (int() would make it 1)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"pqt: not a seed state (expected the keys {list(_STATE_KEYS)}): {state!r}") from e
-    if not exact or values["step"] < 0 or values["micro_batch"] < 0 or not _INT64[0] <= values["base"] < _INT64[1]:
-        raise ValueError(f"pqt: not a seed state (integers expected: step and micro_batch >= 0, base within "
-                         f"int64): {state!r}")
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        raise ValueError(f"pqt: not a seed state (expected the keys {list(_STATE_KEYS)}): {state!r}")
+    try:  # the ranges step_seed and manual_seed accept (1.7 or True is not a step)
+        values = {k: _check_int(state[k], f"the seed state's {k}", None if k == "base" else 0) for k in _STATE_KEYS}
+    except ValueError as e:
+        raise ValueError(f"{e} (in the seed state {state!r})") from None
     for k, v in values.items():
         setattr(_stream, k, v)
 
@@ -206,6 +204,9 @@ class PQTState:
     """
 
     def __init__(self, config: PQTConfig) -> None:
+        if not isinstance(config, PQTConfig):  # its repr is what a resume is checked against
+            raise TypeError(f"pqt: PQTState takes the PQTConfig the model is trained with, got {config!r}; e.g. "
+                            "PQTState(PQTConfig(format='fp4_e2m1'))")
         self.config = config
 
     def state_dict(self) -> dict:
@@ -214,6 +215,10 @@ class PQTState:
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or not ("step" in state or "counter" in state):
             raise ValueError("pqt: this checkpoint holds no PQT seed state; resuming would reseed the noise")
+        if "config" not in state:
+            raise ValueError("pqt: this seed state holds no PQT config (a seed_state() dict, not a PQTState's "
+                             "state_dict); restore it with pqt_compile.set_seed_state(state), and checkpoint "
+                             "PQTState(config).state_dict() from now on")
         saved = state.get("config")
         if _parse_config(saved) != self.config:
             raise ValueError(

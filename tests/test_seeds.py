@@ -60,3 +60,21 @@ def test_int64_extremes_are_seeds():
     pqt_compile.set_seed_state({"base": -(2**63), "step": 3, "micro_batch": 1})
     assert pqt_compile.seed_state() == {"base": -(2**63), "step": 3, "micro_batch": 1}
     pqt_compile.set_seed_state(state)
+
+
+@pytest.mark.parametrize("state", [{"base": 0, "step": 2**70, "micro_batch": 0}, {"base": 0, "step": True, "micro_batch": 0},
+                                   {"base": 0, "step": 1, "micro_batch": -1}])
+def test_a_seed_state_step_seed_would_refuse_is_refused(state):
+    """step_seed(2**70) and manual_seed(True) are refused; a state holding them was set, and its
+    seed could not be reproduced."""
+    with pytest.raises(ValueError, match="the seed state's"):
+        pqt_compile.set_seed_state(state)
+
+
+def test_pqt_state_takes_a_config_and_names_a_state_without_one():
+    with pytest.raises(TypeError, match=r"PQTState takes the PQTConfig .* got 'fp4_e2m1'"):
+        pqt_compile.PQTState("fp4_e2m1")
+    with pytest.raises(TypeError, match="got None"):
+        pqt_compile.PQTState(None)
+    with pytest.raises(ValueError, match=r"holds no PQT config \(a seed_state\(\) dict.*set_seed_state"):
+        pqt_compile.PQTState(pqt_compile.PQTConfig()).load_state_dict(pqt_compile.seed_state())
