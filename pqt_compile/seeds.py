@@ -39,6 +39,7 @@ __all__ = [
     "rank_seed",
     "seed_state",
     "set_seed_state",
+    "check_seed",
     "PQTState",
 ]
 
@@ -74,6 +75,11 @@ def _check_int(value: object, what: str, minimum: Optional[int] = None) -> int:
         bound = f" in [{low}, 2**63)" if minimum is not None else " within int64, [-2**63, 2**63)"
         raise ValueError(f"pqt: {what} must be an int{bound}, got {value!r}")
     return value
+
+
+def check_seed(value: object) -> int:
+    """`value` if it is a seed (an int within int64, what the op takes); a ValueError naming it otherwise."""
+    return _check_int(value, "a seed")
 
 
 class _Stream:

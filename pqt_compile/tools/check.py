@@ -32,6 +32,7 @@ from tabulate import tabulate
 
 from ..compat import pytree
 from ..config import PQTConfig, config_or_default
+from .cli import UsageError, eager_outputs
 from .restore import model_state_restored
 
 __all__ = ["check", "CheckReport", "Comparison", "CheckError", "BOUNDS", "GRAD_FLOOR", "MARGIN"]
@@ -171,12 +172,16 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
     Raises CheckError (one line) for a model that samples nothing or that the reference cannot
     trace.
     """
-    from .. import guards, reference
+    from .. import guards, reference, seeds
     from ..compiler.backend import pqt_backend
     from ..naming import named_parameters, unwrap
 
     if not isinstance(model, torch.nn.Module):
         raise CheckError(f"pqt check: expected an nn.Module, got {type(model).__name__}")
+    try:
+        seeds.check_seed(seed)
+    except ValueError as e:
+        raise CheckError(f"pqt check: {e}") from None
     model = unwrap(model)  # a torch.compile / DDP wrapper: check the model inside
     config = config_or_default(config, "pqt_compile.check").replace(sample_in_eval=True)
     params = named_parameters(model)
@@ -187,6 +192,10 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
     bound = BOUNDS[dtype]
     amp = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext
 
+    try:  # first, before anything is compiled (cli.eager_outputs says why)
+        clean = _leaves(eager_outputs(model, args, kwargs, amp))
+    except UsageError as e:
+        raise CheckError(f"pqt check: {e}") from None
     with model_state_restored(model):
         model.eval()
         with torch.enable_grad():
@@ -211,8 +220,6 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
             got, got_grads = _step(lambda: compiled(*args, **kwargs), params, seed, amp)
             want, want_grads = _step(lambda: reference.run(model, *args, seed=seed, config=config, **kwargs),
                                      params, seed, amp)
-        with torch.no_grad(), amp():
-            clean = _leaves(model(*args, **kwargs))
 
     for (name, a), (_, b), (_, c) in zip(got, want, clean):
         if _floating(a) and _floating(b):

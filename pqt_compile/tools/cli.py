@@ -7,11 +7,12 @@ Conventions: a bad command line is one line on stderr and exit status 2 (`UsageE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
@@ -66,17 +67,36 @@ def build(preset: Optional[str], factory: Optional[str], batch: int, seq: int, v
         made = PRESETS[preset]()
     else:
         raise UsageError("give --preset NAME or --model module:function")
-    if isinstance(made, tuple):
-        model, args = made[0], tuple(made[1])
-    else:
-        model = made
-        v = vocab or getattr(getattr(model, "config", None), "vocab_size", None)
-        if not v:
-            raise UsageError("the model has no config.vocab_size: give --vocab, or return (model, example_args) from the factory")
-        args = (torch.randint(0, v, (batch, seq)),)
+    if isinstance(made, tuple) and not (len(made) == 2 and isinstance(made[1], (tuple, list))):
+        raise UsageError(f"the factory returned a tuple of {len(made)} ({', '.join(type(x).__name__ for x in made)}); "
+                         "return the model, or (model, example_args) with example_args a tuple")
+    model = made[0] if isinstance(made, tuple) else made
     if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"the factory returned {type(model).__name__}, not an nn.Module")
-    return model, args
+        raise UsageError(f"the factory returned {type(model).__name__}, not an nn.Module (or (model, example_args))")
+    if isinstance(made, tuple):
+        return model, tuple(made[1])
+    v = vocab or getattr(getattr(model, "config", None), "vocab_size", None)
+    if not v:
+        raise UsageError("the model has no config.vocab_size: give --vocab, or return (model, example_args) from the factory")
+    return model, (torch.randint(0, v, (batch, seq)),)
+
+
+def eager_outputs(model: torch.nn.Module, args: tuple, kwargs: Optional[dict] = None,
+                  amp: Callable[[], ContextManager] = contextlib.nullcontext) -> Any:
+    """The model's outputs on `args` in eager mode (eval, no_grad; the model's state restored after).
+    The tools run this before compiling: inputs the model cannot take (a token past its positions)
+    fail here, in Python, where compiled code would index out of bounds and abort the process.
+    UsageError (one line) if the model raises."""
+    from .restore import model_state_restored
+
+    try:
+        with model_state_restored(model), torch.no_grad(), amp():
+            model.eval()
+            return model(*args, **(kwargs or {}))
+    except Exception as e:  # noqa: BLE001 - the user's model and inputs: one line, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(f"the model fails on these inputs in eager mode ({type(e).__name__}: {first}); give inputs it "
+                         "takes (--seq, --batch, --vocab), or fix the model") from None
 
 
 def load_hf_directory(path: str) -> torch.nn.Module:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Optional
 
-from .cli import UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments
+from .cli import UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments, eager_outputs
 
 __all__ = ["main"]
 
@@ -34,6 +34,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         config = config_from_arguments(a)
         model, args = build(a.preset, a.factory, a.batch, a.seq, a.vocab)
+        eager_outputs(model, args)  # before compiling: compiled code would abort on inputs the model cannot take
     except UsageError as e:
         print(f"pqt-dump: error: {e}", file=sys.stderr)
         return 2

@@ -48,3 +48,12 @@ def branchy() -> tuple[nn.Module, tuple]:
 
 def raises() -> nn.Module:
     raise RuntimeError("weights file not found: /nowhere/model.pt")
+
+
+def one_item_tuple():
+    """A factory that forgot its example inputs."""
+    return (nn.Linear(4, 4),)
+
+
+def not_a_module():
+    return 42

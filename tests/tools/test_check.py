@@ -96,7 +96,12 @@ def test_check_of_a_tied_sdpa_model_and_of_misnamed_weights(monkeypatch):
     (["--model", "support.check_models:mlp", "--block-size", "0"], ["block_size"]),
     pytest.param(["--model", "support.check_models:mlp", "--device", "cuda"], ["CUDA is not available", "--device cpu"],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
-], ids=["factory_raises", "no_sampled_weight", "untraceable", "no_checkpoint", "broken_checkpoint", "bad_flag", "no_cuda"])
+    (["--model", "support.check_models:one_item_tuple"], ["returned a tuple of 1 (Linear)", "(model, example_args)"]),
+    (["--model", "support.check_models:not_a_module"], ["the factory returned int, not an nn.Module"]),
+    (["--model", "support.check_models:mlp", "--seed", str(10**20)], ["a seed must be an int within int64"]),
+    (["--preset", "gpt2-tiny", "--seq", "500"], ["fails on these inputs in eager mode (IndexError", "--seq"]),
+], ids=["factory_raises", "no_sampled_weight", "untraceable", "no_checkpoint", "broken_checkpoint", "bad_flag", "no_cuda",
+        "one_item_tuple", "not_a_module", "seed_past_int64", "past_the_positions"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, words, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
