@@ -147,7 +147,7 @@ class SampleForm:
             wo, seed_v, key_v = self.wo, load_seed(), load_key()
             w32 = ops.to_dtype(self.load_w(idx), torch.float32)
             params = self._params_of(wo, load_amax(bidx), self.live(wo, key_v))
-            r = None if self.rtn else self._draw(wo, idx, *stream_words(wo, seed_v, key_v))
+            r = None if self.rtn else self._draw(wo, idx, *self._scalar_words(seed_v, key_v))
             return ops.to_dtype(value_from_block_values(wo, self.spec, self.noise, w32, params, r), self.out_dtype)
 
         g, device, out_dtype, size = self.geometry, self.device, self.out_dtype, self.size
@@ -176,6 +176,16 @@ class SampleForm:
                                   inner_fn=lambda idx: value(idx, self._block_index(idx)))
         out.realize()
         return out
+
+    def _scalar_words(self, seed_v: Any, key_v: Any) -> tuple[Any, Any]:
+        """The stream words from the scalar seed and key, in the element part's word type. Where
+        that is C++'s int32 they are computed in int64 and cut to their low 32 bits (as
+        `stream_words_buffer` does): they depend on no index, so the C++ code computes them as
+        scalars, where an int32 product that wraps is undefined behaviour (NOTE [int32 words]); g++
+        used it on a uint8 key, whose range it knows, and the bits differed from the eager op's."""
+        if isinstance(self.wo, Int32WordOps):
+            return tuple(self.wo.to_word(v) for v in stream_words(InductorOps(), seed_v, key_v))  # type: ignore[return-value]
+        return stream_words(self.wo, seed_v, key_v)
 
     def block_values(self, load_key: Loader):
         """NOTE [per-block step]: the block's values (formula.block_params) once per block, in one

@@ -75,6 +75,19 @@ def test_a_negative_key_is_bit_exact_too():
     assert torch.equal(got, w.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("seed_dtype,key_dtype", [(torch.int64, torch.uint8), (torch.uint16, torch.int64)])
+def test_a_small_weights_stream_words_are_bit_exact_from_any_integer_seed_and_key(seed_dtype, key_dtype):
+    """forms.SampleForm._scalar_words: the one-kernel form (a weight of at most 4096 elements) computed
+    the stream words as scalar int32 products that wrap (undefined behaviour); g++ used it on a uint8
+    key, whose range it knows, and all 128 samples differed from the eager op's."""
+    w = torch.randn(4, 32)
+    f, cf = _compiled(PQTConfig(), 1, torch.float32)
+    seed, key = torch.tensor(3, dtype=seed_dtype), torch.tensor(200, dtype=key_dtype)
+    with inductor_config.patch(fx_graph_cache=False):
+        got = cf(w, seed, key)
+    assert torch.equal(got.view(torch.int32), f(w, seed, key).view(torch.int32))
+
+
 def test_ste_lowering_equals_quantize_and_draws_nothing():
     torch.manual_seed(0)
     w = torch.randn(32, 64) * torch.logspace(-30, 30, 64)  # blocks from tiny to huge (2^-64 scaling)
