@@ -3,7 +3,8 @@
 A weight is sampled if and only if
 1. it is a Parameter (a buffer never is);
 2. its dtype is float32, bfloat16 or float16;
-3. a forward matmul (mm, addmm, bmm, baddbmm: what linear, matmul and einsum lower to) reads
+3. a forward matmul (mm, addmm, mv, addmv, bmm, baddbmm, addbmm: what linear, matmul and einsum
+   lower to; compiler/passes/matmul_ops.py) reads
    it as an operand;
 4. it has at least 2 dims;
 5. that matmul contracts a single axis of it: the axis its blocks run along;

@@ -137,13 +137,14 @@ def decompositions_keeping_matmuls() -> dict:
     """Inductor's decomposition table (`select_decomp_table`, torch 2.13-2.15) without its own
     rewrites of aten.mm and addmm into multiplies and sums (one-row or one-column shapes, tiny
     ones on the CPU, K = 1; on a GPU under coordinate-descent tuning every one-row or one-column
-    matmul), and with bmm's kept for the outer product only ([B, M, 1] x [B, 1, N]: a rotary
+    matmul) and of aten.mv and addmv (W @ v with a 1-D v: always a multiply and a sum), and with
+    bmm's kept for the outer product only ([B, M, 1] x [B, 1, N]: a rotary
     position table; no weight is contracted over one element): compiler/backend.py NOTE [matmuls
     stay matmuls]. Reads Inductor's config: call it under the compile's patches."""
     table = _MatmulKeepingTable(require("torch._inductor.decomposition", "select_decomp_table",
                                         "keeping small matmuls sampled")())
     aten = torch.ops.aten
-    for op in (aten.mm.default, aten.addmm.default):
+    for op in (aten.mm.default, aten.addmm.default, aten.mv.default, aten.addmv.default):
         table.pop(op, None)
     bmm = table.pop(aten.bmm.default, None)
     if bmm is not None:

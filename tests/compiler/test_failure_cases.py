@@ -192,12 +192,25 @@ class _Bmm(nn.Module):
         return torch.bmm(x, self.w)
 
 
+class _MatVec(nn.Module):
+    """W @ v with a 1-D v (aten.mv, which Inductor decomposes into a multiply and a sum), and a
+    batch-summed product (aten.addbmm): both trained clean, without a word, before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.experts = nn.Parameter(torch.randn(48, 64) * 0.1), nn.Parameter(torch.randn(2, 24, 40) * 0.1)
+
+    def forward(self, v):
+        return torch.addbmm(torch.zeros(1, 40), (self.w @ v).view(2, 1, 24), self.experts)
+
+
 @pytest.mark.parametrize("make,x_shape", [
     (lambda: nn.Linear(32, 1), (1, 32)),             # addmm, one row times one column
     (lambda: nn.Linear(16, 16), (1, 16)),            # addmm, one row, tiny
     (lambda: nn.Linear(1, 16, bias=False), (5, 1)),  # mm, K = 1
     (_Bmm, (4, 1, 32)),                              # bmm, one row times one column
-], ids=["addmm_1x1", "addmm_one_row", "mm_k1", "bmm_1x1"])
+    (_MatVec, (64,)),                                # mv, addbmm
+], ids=["addmm_1x1", "addmm_one_row", "mm_k1", "bmm_1x1", "mv_addbmm"])
 def test_small_matmuls_are_sampled_as_the_reference_samples_them(make, x_shape):
     """backend.py NOTE [matmuls stay matmuls]: Inductor decomposes these products into multiplies
     and sums while tracing; the pass saw no matmul and the weight trained clean (no warning)."""
@@ -285,9 +298,11 @@ class _ReadButNotSamplable(nn.Module):
         super().__init__()
         self.W_o = nn.Parameter(torch.randn(4, 8, 16) * 0.1)  # per head: [h, d, m]
         self.fc64 = nn.Linear(16, 16, dtype=torch.float64)
+        self.bil = nn.Bilinear(16, 16, 4, bias=False)  # its weight [4, 16, 16] contracted along two axes
 
     def forward(self, a):  # a: [b, h, d]
-        return self.fc64(torch.einsum("bhd,hdm->bm", a, self.W_o).double()).float()
+        y = self.fc64(torch.einsum("bhd,hdm->bm", a, self.W_o).double()).float()
+        return self.bil(y, y)
 
 
 def test_a_matrix_a_matmul_reads_but_pqt_cannot_sample_warns():
@@ -296,19 +311,21 @@ def test_a_matrix_a_matmul_reads_but_pqt_cannot_sample_warns():
     torch.manual_seed(0)
     m, a = _ReadButNotSamplable(), torch.randn(2, 4, 8)
     _, skipped = reference.trace_weight_edges(m, a)
-    assert {s.name: s.trains_clean for s in skipped} == {"W_o": True, "fc64.weight": True, "fc64.bias": False}
-    _, skipped = reference.trace_weight_edges(m, a, config=PQTConfig(exclude=("W_o", "fc64")))
+    assert {s.name: s.trains_clean for s in skipped} == {"W_o": True, "fc64.weight": True, "fc64.bias": False,
+                                                         "bil.weight": True}
+    _, skipped = reference.trace_weight_edges(m, a, config=PQTConfig(exclude=("W_o", "fc64", "bil")))
     assert not any(s.trains_clean for s in skipped)
     torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = pqt_compile.compile(m)(a)
-    said = [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
-    assert len(said) == 2, said
+    said = sorted(str(w.message) for w in caught if str(w.message).startswith("pqt:"))
+    assert len(said) == 3, said
     assert re.match(r"pqt: weight 'W_o' feeds a matmul that contracts several of its axes at once .* trains without "
-                    r"noise. Store it with those axes as one", said[0] if "W_o" in said[0] else said[1])
+                    r"noise. Store it with those axes as one", said[0])
+    assert re.match(r"pqt: weight 'bil.weight' feeds a matmul that contracts several of its axes", said[1])
     assert re.match(r"pqt: weight 'fc64.weight' feeds a matmul but has an unsupported dtype torch.float64 .* Train in "
-                    r"one of those", said[1] if "W_o" in said[0] else said[0])
+                    r"one of those", said[2])
     with torch.no_grad():
         assert torch.equal(out, m(a))  # what the warnings say: clean
     # A float64 model: the dtype is named, not the include/exclude patterns (the guard said "Fix the patterns").

@@ -21,13 +21,19 @@ __all__ = ["MATMUL_OPERANDS", "matmul_operands", "group_dims", "op_name"]
 
 aten = torch.ops.aten
 
-#: matmul op -> {operand position: contracted dim of that operand (negative: from the end)}
+#: matmul op -> {operand position: contracted dim of that operand (negative: from the end), or None
+#: where the op contracts several dims of it at once (no single block axis: read, never sampled,
+#: and warned as selection.Reason.MIXED_AXES)}
 MATMUL_OPERANDS: dict = {
     aten.mm.default: {0: 1, 1: 0},
     aten.addmm.default: {1: 1, 2: 0},
+    aten.mv.default: {0: 1, 1: 0},  # W @ v with a 1-D v (torch.matmul, torch.mv)
+    aten.addmv.default: {1: 1, 2: 0},
     aten.bmm.default: {0: 2, 1: 1},
     aten.baddbmm.default: {1: 2, 2: 1},
+    aten.addbmm.default: {1: 2, 2: 1},
     aten._grouped_mm.default: {0: -1, 1: -2},  # NOTE [grouped matmuls]
+    aten._trilinear.default: {1: None},  # F.bilinear / nn.Bilinear: its weight [O, I1, I2] contracted along I1 and I2
 }
 #: op -> {operand position: the dim of a 3-D operand that enumerates groups (experts)}
 _GROUP_DIMS: dict = {aten._grouped_mm.default: {1: 0}}

@@ -278,7 +278,7 @@ def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: list[Node]) 
             if operands is not None:
                 for pos, cdim in operands.items():
                     if len(user.args) > pos and user.args[pos] is node:
-                        axis = dims[cdim] if dims is not None and -len(dims) <= cdim < len(dims) else None
+                        axis = dims[cdim] if cdim is not None and dims is not None and -len(dims) <= cdim < len(dims) else None
                         axis = axis if isinstance(axis, int) and axis >= 0 else None
                         grouped = experts
                         g = group_dims(user.target).get(pos)
