@@ -148,6 +148,11 @@ def module_rules_miss(model: torch.nn.Module, config: PQTConfig, axes: dict[str,
 
 
 def not_matmul_weights(model: torch.nn.Module) -> set[int]:
-    """ids of the Parameters whose module reads them without a matmul (an embedding's table, a
-    convolution's kernel): never sampled, whatever the patterns say."""
-    return {id(p) for m in model.modules() if isinstance(m, _NOT_MATMUL_MODULES) for p in m.parameters(recurse=False)}
+    """ids of the Parameters whose modules all read them without a matmul (an embedding's table, a
+    convolution's kernel): never sampled, whatever the patterns say. A table tied to a head (a
+    Linear's weight too) is not one of them: the head's matmul reads it."""
+    lookups, others = set(), set()
+    for m in model.modules():
+        into = lookups if isinstance(m, _NOT_MATMUL_MODULES) else others
+        into.update(id(p) for p in m.parameters(recurse=False))
+    return lookups - others

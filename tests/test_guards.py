@@ -288,3 +288,24 @@ def test_a_pqt_compiled_model_compiled_over_by_another_backend_is_named_at_the_s
     torch._dynamo.reset()
     model = MLP()
     assert _train(pqt_compile.compile(model), model, x, steps=3) == []
+
+
+def test_a_tied_head_admitted_alone_is_sampled_and_no_pattern_warning_says_otherwise():
+    """The nothing-sampled guard skipped every embedding table, one tied to a head included, and
+    told a model whose tied head trains with noise to fix its patterns."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+
+    class TiedLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.mlp, self.head = nn.Embedding(50, 32), nn.Linear(32, 32), nn.Linear(32, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(torch.relu(self.mlp(self.emb(x))))
+
+    model, x = TiedLM(), torch.randint(0, 50, (8,))
+    cfg = PQTConfig(include=(r"^head\.",))
+    assert _train(pqt_compile.compile(model, cfg), model, x, steps=1) == []
+    assert list(pqt_compile.reference.sampled_axes(model, cfg, (x,))) == ["emb.weight"]
