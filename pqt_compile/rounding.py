@@ -59,7 +59,8 @@ def rtn_params(o: SampleOps, amax: Any, spec: FormatSpec, live: Any = None) -> t
 
 def rtn_from_params(o: SampleOps, w32: Any, params: tuple, spec: FormatSpec) -> Any:
     """The round-to-nearest value of w (fp32) from its block's `rtn_params`; w itself where the
-    block is not valid (zero, NaN or Inf) or switched off, and where Δ underflows fp32."""
+    block is not valid (zero, NaN or Inf) or switched off, and where Δ underflows fp32, its zeros
+    as +0 (`_plus_zero`)."""
     *p, limit, pre, post = params
     absw = o.abs(w32)
     c = step_from_params(o, absw, tuple(p), spec)  # 2^23 Δ pre, < 0 (or NaN) if not valid
@@ -67,7 +68,14 @@ def rtn_from_params(o: SampleOps, w32: Any, params: tuple, spec: FormatSpec) -> 
     q = o.mul(o.minimum(o.sub(o.add(x, c), c), limit), post)
     signed = o.where(o.logical_and(o.lt(w32, o.f32(0.0)), o.gt(q, o.f32(0.0))), o.sub(o.f32(0.0), q), q)
     # Δ >= 2^-149 (not underflowed) exactly where c = 2^23 Δ pre >= 2^-126: both are powers of two.
-    return o.where(o.ge(c, o.f32(_MIN_C)), signed, w32)
+    return o.where(o.ge(c, o.f32(_MIN_C)), signed, _plus_zero(o, w32))
+
+
+def _plus_zero(o: SampleOps, w32: Any) -> Any:
+    """w with -0 as +0: every zero a rounding gives is +0 (method.md), the zeros of a block it
+    leaves as they are (an all-zero one) too, as the packed form stores them. A select, not w + 0,
+    which a compiler allowed to ignore the sign of zero may fold away."""
+    return o.where(o.le(o.abs(w32), o.f32(0.0)), o.f32(0.0), w32)  # |w| <= 0: a zero of either sign, not NaN
 
 
 def rtn_value(o: SampleOps, w32: Any, amax: Any, spec: FormatSpec, live: Any = None) -> Any:
@@ -90,10 +98,10 @@ def nvfp4_units(o: SampleOps, absw: Any, scale: Any) -> Any:
 def nvfp4_rtn_from_params(o: SampleOps, w32: Any, params: tuple) -> Any:
     """NVFP4's round-to-nearest value of w (fp32) from its block's formula_nvfp4.block_params:
     sign(w) * q * S with q = nvfp4_units (an exact product: q has 2 significant bits, S 4); w
-    itself where the block gets no scale (S < 0). A weight that rounds to zero gives +0."""
+    itself where the block gets no scale (S < 0), its zeros as +0. A weight that rounds to zero gives +0."""
     (scale,) = params
     valid = o.gt(scale, o.f32(0.0))
     absw = o.abs(w32)
     q = o.mul(nvfp4_units(o, absw, o.where(valid, scale, o.f32(1.0))), scale)
     signed = o.where(o.logical_and(o.lt(w32, o.f32(0.0)), o.gt(q, o.f32(0.0))), o.sub(o.f32(0.0), q), q)
-    return o.where(valid, signed, w32)
+    return o.where(valid, signed, _plus_zero(o, w32))

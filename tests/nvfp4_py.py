@@ -72,10 +72,11 @@ def scales(amax_b: float, amax_t: float) -> Optional[Fraction]:
 
 def deployed(w: float, amax_b: float, amax_t: float) -> float:
     """The round-to-nearest value of one element: sign(w) q S, q the E2M1 point nearest |w| / S
-    (exact), ties to even, saturated at 6; +0 for a zero; w itself where the block has no scale."""
+    (exact), ties to even, saturated at 6; +0 for a zero; w itself where the block has no scale
+    (a zero as +0, method.md: quantize returns +0.0 for every zero)."""
     s = scales(amax_b, amax_t)
     if s is None:
-        return float(np.float32(w))
+        return float(np.float32(w)) if w != 0 else 0.0
     q, _ = nearest_even(E2M1, abs(Fraction(float(np.float32(w)))) / s)
     v = float(q * s)
     return -v if w < 0 and v > 0 else v

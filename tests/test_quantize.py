@@ -152,3 +152,15 @@ def test_nvfp4_alone_is_not_idempotent_and_a_known_packing_is_written_as_it_is()
     changed = q.clone()
     changed[0, 1] = 0.5
     assert torch.equal(unpack(pack(changed, axis=1, config=cfg, known=p)), quantize(changed, axis=1, config=cfg))
+
+
+@pytest.mark.parametrize("fmt,block", [("fp8_e4m3", 4), ("nvfp4", 16)])
+def test_an_all_zero_block_of_negative_zeros_quantizes_to_plus_zero_as_it_packs(fmt, block):
+    """method.md: quantize returns +0.0 for every zero. A block of -0.0 (no scale: left as it was)
+    kept its sign, while the packed form stores +0, so unpack(pack(w)) was not quantize(w) bit for
+    bit (and a writer could not recognise the weight as its own packing)."""
+    cfg = PQTConfig(format=fmt, block_size=block)
+    w = torch.cat([torch.full((1, block), -0.0), torch.linspace(0.1, 1.0, block)[None]], dim=1)
+    q = quantize(w, axis=1, config=cfg)
+    assert not torch.signbit(q).any()
+    assert torch.equal(unpack(pack(w, axis=1, config=cfg)).view(torch.int32), q.view(torch.int32))
