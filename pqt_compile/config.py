@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Union
 
 from .blocks import block_code
 from .formats import NVFP4, NVFP4_BLOCK, FormatSpec, parse_format
+from .formula import noise_std_problem
 
 __all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size", "config_or_default"]
 
@@ -137,6 +138,9 @@ class PQTConfig:
             s = _DEFAULT_STD[self.noise] if self.noise_std is None else self.noise_std
         if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0):
             raise ValueError(f"PQTConfig.noise_std must be a finite number > 0 (units of the step), got {s!r}")
+        problem = None if s is None else noise_std_problem(self.noise, float(s))
+        if problem is not None:
+            raise ValueError(f"PQTConfig.noise_std: {problem}")
         # Resolved here so that the op, explain and the cache key see the number itself.
         object.__setattr__(self, "noise_std", None if s is None else float(s))
         object.__setattr__(self, "include", _check_patterns("include", self.include))

@@ -31,7 +31,7 @@ the same bits as two separate operations, and there is nothing to reassociate.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -48,6 +48,8 @@ __all__ = [
     "noise_from_hash",
     "check_draw_input",
     "check_noise",
+    "noise_std_problem",
+    "MAX_ROUNDED_THRESHOLDS",
     "noise_scale",
     "rounded_thresholds",
     "floor_log2",
@@ -211,6 +213,40 @@ def check_noise(noise: str, noise_std: float) -> None:
         raise ValueError(f"pqt: noise must be 'gaussian', 'uniform', 'rounded_gaussian' or 'rtn', got {noise!r}")
     if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0):
         raise ValueError(f"pqt: noise_std must be a finite number > 0 (units of the step), got {noise_std!r}")
+    problem = noise_std_problem(noise, noise_std)
+    if problem is not None:
+        raise ValueError(f"pqt: {problem}")
+
+
+#: "rounded_gaussian" compares |z| with each threshold, once per element (`noise_from_hash`): at most
+#: this many (noise_std up to about 18.5 steps).
+MAX_ROUNDED_THRESHOLDS = 64
+
+
+def noise_std_problem(noise: str, noise_std: float) -> Optional[str]:
+    """Why a finite noise_std > 0 cannot be drawn as asked (None if it can): its fp32 scale
+    underflows (every r = 0: the weights would train clean) or a draw overflows fp32; for
+    "rounded_gaussian", every draw rounds to 0, or more thresholds than MAX_ROUNDED_THRESHOLDS."""
+    if noise == "rounded_gaussian":
+        first = math.ceil(0.5 * math.sqrt(_GAUSSIAN_VAR) / noise_std)
+        if first > _GAUSSIAN_MEAN:
+            return (f"noise_std {noise_std!r} with noise 'rounded_gaussian' rounds every draw to 0 (below about "
+                    f"{0.5 * math.sqrt(_GAUSSIAN_VAR) / _GAUSSIAN_MEAN:.3f} steps): the weights would train without "
+                    "noise; use a larger noise_std")
+        if (_GAUSSIAN_MEAN / math.sqrt(_GAUSSIAN_VAR)) * noise_std + 0.5 > MAX_ROUNDED_THRESHOLDS:
+            return (f"noise_std {noise_std!r} with noise 'rounded_gaussian' needs more than {MAX_ROUNDED_THRESHOLDS} "
+                    "rounding thresholds (one comparison per element each); use noise_std <= 18 or noise 'gaussian'")
+        return None
+    if noise not in ("gaussian", "uniform"):
+        return None
+    largest_draw = _GAUSSIAN_MEAN if noise == "gaussian" else 2**24 - 1
+    scale = noise_std / math.sqrt(_GAUSSIAN_VAR if noise == "gaussian" else _UNIFORM_VAR)
+    if scale < 2.0**-126:  # below fp32's normal range: r underflows to 0 (or loses its precision)
+        return (f"noise_std {noise_std!r} is too small for fp32: the noise would round to 0 and the weights train "
+                "without noise; use a noise_std of at least 1e-30")
+    if scale * largest_draw >= FLT_MAX:
+        return f"noise_std {noise_std!r} is too large for fp32: a draw would be Inf; use a noise_std below 1e30"
+    return None
 
 
 def check_draw_input(t: torch.Tensor, what: str) -> None:

@@ -120,6 +120,11 @@ def test_sample_t_is_the_transposed_sample_laid_out_for_a_gemm():
     ("gaussian", float("nan"), "noise_std must be a finite number > 0"),  # every element NaN, silently
     ("gaussian", -1.0, "noise_std must be a finite number > 0"),
     ("laplace", 0.3, "noise must be"),
+    # Finite and > 0, yet not drawable: all-NaN/Inf weights, or weights left clean (every r = 0), silently.
+    ("gaussian", 1e300, "too large for fp32: a draw would be Inf"),
+    ("uniform", 1e-50, "too small for fp32: the noise would round to 0"),
+    ("rounded_gaussian", 0.1, "rounds every draw to 0"),
+    ("rounded_gaussian", 1e6, "more than 64 rounding thresholds"),
 ])
 def test_the_raw_op_refuses_a_noise_the_formula_does_not_define(noise, noise_std, match):
     """PQTConfig validates its noise; the op (torch.ops.pqt.sample) does too, eager and at trace time."""
