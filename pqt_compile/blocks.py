@@ -199,9 +199,10 @@ def check_sample_args(w: torch.Tensor, axis: int, spec: FormatSpec, code: int, o
     if index_strides is None and index_offset != 0:
         raise ValueError(f"pqt: index_offset {index_offset} needs index_strides (the full weight's strides)")
     if index_strides is not None and (len(index_strides) != w.dim() or index_offset < 0
-                                      or any(s < 0 for s in index_strides)):
+                                      or any(s < 0 or s == 0 and n > 1 for s, n in zip(index_strides, w.shape))):
         raise ValueError(f"pqt: index_strides {list(index_strides)} / index_offset {index_offset} do not place a "
-                         f"weight of shape {tuple(w.shape)}: one non-negative stride per dim, offset >= 0")
+                         f"weight of shape {tuple(w.shape)}: one stride per dim, positive where the dim has more than "
+                         "one element (two elements at one index would draw the same noise), offset >= 0")
     if index_bound(w.shape, index_strides, index_offset) > 2**32:
         raise ValueError(f"pqt: weight has {index_bound(w.shape, index_strides, index_offset)} elements; at most "
                          "2^32 are supported (the counter is 32-bit)")

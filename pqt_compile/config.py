@@ -109,9 +109,9 @@ class PQTConfig:
             )
         parse_format(self.format)  # raises ValueError naming the accepted formats
         b = default_block_size(self.format) if self.block_size is None else self.block_size
-        if isinstance(b, bool) or not (isinstance(b, int) and b > 0 or b in ("row", "tensor")):
-            raise ValueError(
-                f"PQTConfig.block_size must be a positive int, 'row' or 'tensor', got {b!r}"
+        if isinstance(b, bool) or not (isinstance(b, int) and 0 < b < 2**63 or b in ("row", "tensor")):
+            raise ValueError(  # < 2**63: the op's schema carries it as an int64
+                f"PQTConfig.block_size must be a positive int (below 2**63), 'row' or 'tensor', got {b!r}"
             )
         if self.format == NVFP4 and b != NVFP4_BLOCK:
             raise ValueError(

@@ -258,11 +258,15 @@ _sample_t_op.register_autograd(_backward_t, setup_context=_setup_context)
 
 
 def _as_int64_tensor(v: Union[int, torch.Tensor], name: str, device: torch.device, low: int, high: int) -> torch.Tensor:
-    """`v` as a 0-d int64 tensor on `device`, refused unless low <= v < high."""
+    """`v` as a 0-d int64 tensor on `device`, refused unless low <= v < high. A tensor whose dtype
+    holds only such values is not read (no device sync; under torch.compile, no data-dependent guard:
+    the seed stays a run-time value, with fullgraph=True too)."""
     if isinstance(v, torch.Tensor):
         check_draw_input(v, name)
         t = v.reshape(()).to(device=device, dtype=torch.int64)
-        value = int(t) if t.device.type == "cpu" else None  # no device sync to check a GPU value
+        info = torch.iinfo(v.dtype)
+        within = low <= info.min and info.max < high
+        value = int(t) if t.device.type == "cpu" and not within else None  # no device sync to check a GPU value
     else:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"pqt: {name} must be an int or an integer tensor, got {v!r}")

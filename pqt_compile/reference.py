@@ -39,7 +39,7 @@ from .config import PQTConfig, config_or_default
 from .moe import check_experts, traced_as_compiled
 from .naming import named_parameters
 from .op import sample
-from .seeds import key_for_name
+from .seeds import check_seed, key_for_name
 from .selection import admits_fn, module_rule_axes, module_rules_miss
 
 __all__ = ["sampled_weights", "run", "trace", "trace_weight_edges", "sampled_axes", "ReferenceTraceError"]
@@ -191,6 +191,7 @@ def run(model: torch.nn.Module, *args: Any, seed: int, config: Optional[PQTConfi
     tensors (an HF KV-cache object) come back as None: pass use_cache=False to such models.
     """
     config = config_or_default(config, "pqt_compile.reference.run")
+    check_seed(seed)  # 1.9 or True would be truncated into another draw
     check_experts(model, admits_fn(config, model))  # the compiler's refusal, here too
     t = _Traced(model, args, kwargs)
     graph = t.gm.graph

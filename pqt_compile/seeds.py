@@ -156,6 +156,7 @@ def advance_micro_batch() -> None:
 def rank_seed(seed: int, rank: int) -> int:
     """The seed rank `rank` uses for a call seeded `seed` under `PQTConfig(per_rank_noise=True)`
     (pass it to `reference.run(..., seed=rank_seed(seed, rank))` to reproduce that rank)."""
+    _check_int(seed, "rank_seed's seed")
     _check_int(rank, "a rank", 0)
     return _mix64(seed ^ _mix64(0x632BE59BD9B4E019 + rank))
 

@@ -14,7 +14,7 @@ def test_config_defaults():
 @pytest.mark.parametrize(
     "field,value",
     [("format", "fp3"), ("block_size", 0), ("block_size", "col"), ("block_size", True), ("noise", "laplace"),
-     ("noise_std", 0.0), ("noise_std", float("nan")), ("noise_std", 1e300), ("noise_std", 1e-50), ("include", "("),
+     ("noise_std", 0.0), ("noise_std", float("nan")), ("noise_std", 1e300), ("noise_std", 1e-50), ("block_size", 2**70), ("include", "("),
      ("exclude", 3), ("share_sample", 1)],
 )
 def test_config_errors_name_the_field_and_value(field, value):

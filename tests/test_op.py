@@ -158,3 +158,24 @@ def test_the_raw_op_refuses_a_seed_or_key_that_is_not_one_integer(seed, key, mat
             op(w, seed, key, 1, "fp6_e3m2", 32, "gaussian", 1.0, torch.float32)
     with pytest.raises(ValueError, match=match):  # the public function, by the same rule
         sample(w, seed=seed, key=key)
+
+
+def test_a_tensor_seed_stays_a_run_time_value_under_fullgraph_compile():
+    """op._as_int64_tensor read an int64 seed tensor's value to check its range, which it always
+    holds: under torch.compile(fullgraph=True) that was a data-dependent guard, and it failed."""
+    import pqt_compile.compiler.lowering  # noqa: F401  (the Inductor lowering of pqt.sample)
+
+    w = torch.randn(8, 64)
+    torch._dynamo.reset()
+    f = torch.compile(lambda w, s: pqt_compile.sample(w, seed=s, key=5), fullgraph=True)
+    for s in (7, -(2**62)):
+        assert torch.equal(f(w, torch.tensor(s)), pqt_compile.sample(w, seed=s, key=5))
+
+
+def test_index_strides_that_put_two_elements_at_one_index_are_refused():
+    """[0, 0] gave every element the same draw r, silently."""
+    w = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="positive where the dim has more than one element"):
+        torch.ops.pqt.sample(w, torch.tensor(1), torch.tensor(2), 1, "fp4_e2m1", 32, "gaussian", 0.3, torch.float32, [0, 0], 0)
+    one_row = torch.randn(1, 8)  # a stride of 0 on a dim of one element places nothing twice
+    torch.ops.pqt.sample(one_row, torch.tensor(1), torch.tensor(2), 1, "fp4_e2m1", 32, "gaussian", 0.3, torch.float32, [0, 1], 0)

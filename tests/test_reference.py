@@ -222,3 +222,10 @@ def test_moe_reference_equals_the_independent_computation(arch):
     # The gathered experts' gradients are scattered back by index_put(accumulate=True), whose
     # summation order differs between the two runs: fp32 reassociation (conftest NOTE [tolerance]).
     assert max(max_rel_err(g_ind[n], g_ref[n]) for n in g_ref) < FP32_REL_TOL
+
+
+@pytest.mark.parametrize("seed", [1.9, True, 2**64])
+def test_run_refuses_a_seed_that_is_not_an_int64(seed):
+    """run passed its seed to torch.full unchecked: 1.9 drew seed 1's noise, True seed 1's."""
+    with pytest.raises(ValueError, match="a seed must be an int"):
+        reference.run(torch.nn.Linear(4, 4), torch.randn(2, 4), seed=seed)

@@ -1,6 +1,7 @@
 """seeds.py: keys, and the seed of each (step, micro-batch) (NOTE [the seed rule])."""
 
 import pytest
+import torch
 
 import pqt_compile
 from pqt_compile import seeds
@@ -78,3 +79,9 @@ def test_pqt_state_takes_a_config_and_names_a_state_without_one():
         pqt_compile.PQTState(None)
     with pytest.raises(ValueError, match=r"holds no PQT config \(a seed_state\(\) dict.*set_seed_state"):
         pqt_compile.PQTState(pqt_compile.PQTConfig()).load_state_dict(pqt_compile.seed_state())
+
+
+def test_rank_seed_checks_its_seed():
+    for bad in (2**70, 1.5, torch.tensor(3)):
+        with pytest.raises(ValueError, match="rank_seed's seed"):
+            pqt_compile.rank_seed(bad, 0)
