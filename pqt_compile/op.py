@@ -39,7 +39,7 @@ from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
 from .formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from .rounding import nvfp4_rtn_from_params, rtn_value
 
-__all__ = ["sample", "sample_eager", "nvfp4_tensor_amax", "element_index", "RTN", "EAGER_CHUNK"]
+__all__ = ["sample", "sample_eager", "nvfp4_tensor_amax", "element_index", "RTN", "EAGER_CHUNK", "SAMPLE_SCHEMA"]
 
 #: The op's `noise` for PQTConfig(mode="ste"): round to nearest (rounding.py), no draw.
 RTN = "rtn"
@@ -165,7 +165,15 @@ def _sample_impl(w, seed, key, axis, format, block_size, noise, noise_std, out_d
                         index_offset, tensor_amax)
 
 
-@torch.library.custom_op("pqt::sample", mutates_args=(), device_types=("cpu", "cuda"))
+#: The ops' schema, written out: `int` where type hints would give SymInt. axis, block_size and the
+#: placement are compile-time constants of the code the lowering writes; as SymInts (Dynamo makes an int
+#: argument that changed between calls one) they reached the lowering as sympy expressions and crashed
+#: it. Declared int, Dynamo specialises them: another value compiles another graph.
+SAMPLE_SCHEMA = ("(Tensor w, Tensor seed, Tensor key, int axis, str format, int block_size, str noise, float noise_std, "
+                 "ScalarType out_dtype, int[]? index_strides=None, int index_offset=0, Tensor? tensor_amax=None) -> Tensor")
+
+
+@torch.library.custom_op("pqt::sample", mutates_args=(), device_types=("cpu", "cuda"), schema=SAMPLE_SCHEMA)
 def _sample_op(
     w: torch.Tensor,
     seed: torch.Tensor,
@@ -205,7 +213,7 @@ def _sample_fake(w, seed, key, axis, format, block_size, noise, noise_std, out_d
     return torch.empty(w.shape, dtype=out_dtype, device=w.device)
 
 
-@torch.library.custom_op("pqt::sample_t", mutates_args=(), device_types=("cpu", "cuda"))
+@torch.library.custom_op("pqt::sample_t", mutates_args=(), device_types=("cpu", "cuda"), schema=SAMPLE_SCHEMA)
 def _sample_t_op(
     w: torch.Tensor,
     seed: torch.Tensor,

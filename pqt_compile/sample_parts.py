@@ -73,7 +73,9 @@ def value_from_block_values(o: SampleOps, spec: FormatSpec, noise: str, w32: Any
     return sample_from_params(o, w32, values, r, spec)
 
 
-@torch.library.custom_op("pqt::block_values", mutates_args=(), device_types=("cpu", "cuda"))
+@torch.library.custom_op("pqt::block_values", mutates_args=(), device_types=("cpu", "cuda"),  # int: op.SAMPLE_SCHEMA
+                         schema="(Tensor w, Tensor key, int axis, str format, int block_size, str noise, "
+                                "Tensor? tensor_amax=None) -> Tensor")
 def _block_values_op(w: torch.Tensor, key: torch.Tensor, axis: int, format: str, block_size: int, noise: str,
                      tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     spec = parse_format(format)
@@ -117,7 +119,10 @@ def _check_words_inputs(seed: torch.Tensor, keys: list[torch.Tensor]) -> None:
         check_draw_input(k, f"keys[{i}]")
 
 
-@torch.library.custom_op("pqt::sample_from_values", mutates_args=(), device_types=("cpu", "cuda"))
+@torch.library.custom_op("pqt::sample_from_values", mutates_args=(), device_types=("cpu", "cuda"),  # int: op.SAMPLE_SCHEMA
+                         schema="(Tensor w, Tensor values, Tensor? words, int axis, str format, int block_size, "
+                                "str noise, float noise_std, ScalarType out_dtype, int[]? index_strides=None, "
+                                "int index_offset=0) -> Tensor")
 def _sample_from_values_op(w: torch.Tensor, values: torch.Tensor, words: Optional[torch.Tensor], axis: int,
                            format: str, block_size: int, noise: str, noise_std: float, out_dtype: torch.dtype,
                            index_strides: Optional[list[int]] = None, index_offset: int = 0) -> torch.Tensor:

@@ -179,3 +179,17 @@ def test_index_strides_that_put_two_elements_at_one_index_are_refused():
         torch.ops.pqt.sample(w, torch.tensor(1), torch.tensor(2), 1, "fp4_e2m1", 32, "gaussian", 0.3, torch.float32, [0, 0], 0)
     one_row = torch.randn(1, 8)  # a stride of 0 on a dim of one element places nothing twice
     torch.ops.pqt.sample(one_row, torch.tensor(1), torch.tensor(2), 1, "fp4_e2m1", 32, "gaussian", 0.3, torch.float32, [0, 1], 0)
+
+
+def test_an_axis_or_block_size_that_changes_between_compiled_calls_recompiles():
+    """The schema said SymInt: Dynamo made an int argument that changed between calls a SymInt, and
+    the lowering crashed on it (a sympy Mod as a list index). Declared int: another graph."""
+    import pqt_compile.compiler.lowering  # noqa: F401  (the Inductor lowering of pqt.sample)
+
+    torch._dynamo.reset()
+    w = torch.randn(32, 32)
+    f = torch.compile(lambda w, axis, block: pqt_compile.sample(w, seed=torch.tensor(5), key=torch.tensor(9), axis=axis,
+                                                                config=PQTConfig(block_size=block)), fullgraph=True)
+    for axis, block in ((1, 32), (0, 16), (1, 8)):
+        want = pqt_compile.sample(w, seed=5, key=9, axis=axis, config=PQTConfig(block_size=block))
+        assert torch.equal(f(w, axis, block).view(torch.int32), want.view(torch.int32)), (axis, block)
