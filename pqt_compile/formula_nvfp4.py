@@ -114,10 +114,17 @@ def block_scale(o: SampleOps, amax_b: Any, s_t_inv: Any) -> Any:
 def block_params(o: SampleOps, amax_b: Any, tensor: tuple[Any, Any]) -> tuple[Any]:
     """Per-block value, from the block's amax (fp32) and `tensor_params`: (S,), the block's whole
     scale s_b s_t (exact), or -1 where the block gets no noise (a zero block, or a tensor without
-    scales or switched off)."""
+    scales or switched off).
+
+    NaN where the block's amax exceeds 2688 s_t: a tensor amax given by the caller (a shard's
+    all-reduced one) below the block's own, which no valid input gives (amax_b <= amax_t <= 2688
+    s_t). The eager op refuses such an amax; compiled code cannot without reading a device value,
+    so the block samples to NaN there, loudly, where it would have sampled almost clean."""
     s_t, s_t_inv = tensor
     valid = o.logical_and(o.gt(amax_b, o.f32(0.0)), o.gt(s_t, o.f32(0.0)))
-    return (o.where(valid, o.mul(block_scale(o, amax_b, s_t_inv), s_t), o.f32(-1.0)),)
+    scale = o.mul(block_scale(o, amax_b, s_t_inv), s_t)
+    over = o.gt(o.mul(amax_b, s_t_inv), o.f32(TENSOR_SCALE_DIVISOR))  # exact: s_t_inv is a power of two
+    return (o.where(valid, o.where(over, o.f32(float("nan")), scale), o.f32(-1.0)),)
 
 
 def step_units(o: SampleOps, absw: Any, scale: Any) -> Any:
@@ -134,4 +141,4 @@ def sample_from_params(o: SampleOps, w32: Any, params: tuple[Any], r: Any) -> An
     block gets no noise (S < 0)."""
     (scale,) = params
     noise = o.mul(step_units(o, o.abs(w32), scale), o.mul(scale, r))
-    return o.where(o.gt(scale, o.f32(0.0)), o.add(w32, noise), w32)
+    return o.where(o.lt(scale, o.f32(0.0)), w32, o.add(w32, noise))  # S NaN (block_params): NaN

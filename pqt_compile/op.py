@@ -15,7 +15,9 @@ switches the noise off (the compiled path's runtime switch; `sample()` refuses o
 means w is the whole weight (its own row-major strides, offset 0).
 `tensor_amax` (format "nvfp4" only) is the whole weight's max |w|, a one-element float tensor, for
 a shard whose weight is split across ranks (the compiled path feeds the all-reduced amax); None
-computes it from w, which a shard therefore cannot leave out. The other formats ignore it.
+computes it from w, which a shard therefore cannot leave out. The other formats ignore it. One
+below w's own max |w| is refused eagerly; under torch.compile (no device read) the blocks above
+it sample to NaN (formula_nvfp4.block_params).
 
 `sample_t` takes the same arguments and a 2-D w [N, K]; it returns sample(...).t() laid out
 [K, N] contiguous: the same values, in the layout a GEMM reads its B operand. Only the

@@ -104,4 +104,4 @@ def nvfp4_rtn_from_params(o: SampleOps, w32: Any, params: tuple) -> Any:
     absw = o.abs(w32)
     q = o.mul(nvfp4_units(o, absw, o.where(valid, scale, o.f32(1.0))), scale)
     signed = o.where(o.logical_and(o.lt(w32, o.f32(0.0)), o.gt(q, o.f32(0.0))), o.sub(o.f32(0.0), q), q)
-    return o.where(valid, signed, _plus_zero(o, w32))
+    return o.where(o.lt(scale, o.f32(0.0)), _plus_zero(o, w32), signed)  # S NaN (block_params): NaN

@@ -120,3 +120,23 @@ def test_pack_refuses_what_it_cannot_store():
         pack(torch.full((2, 16), 1e-35), axis=1, config=NV)
     tiny = torch.full((2, 16), 1e-35)
     assert torch.equal(quantize(tiny, axis=1, config=NV), tiny)  # left as it is (docs/method.md)
+
+
+def test_a_tensor_amax_below_the_weights_own_samples_to_nan_under_compile():
+    """formula_nvfp4.block_params: eager refuses such an amax; compiled code cannot without a
+    device sync, and sampled the weight almost clean (every scale at E4M3's floor), silently. Now
+    the blocks above the given amax are NaN; the right amax is bit-exact with eager."""
+    import pqt_compile.compiler.lowering  # noqa: F401  (the Inductor lowering of pqt.sample)
+
+    torch._dynamo.reset()
+    w = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+    f = lambda w, a: OP(w, torch.tensor(1), torch.tensor(2), 1, "nvfp4", 16, "gaussian", 0.3, torch.float32, None, 0, a)  # noqa: E731
+    low = torch.tensor([0.5])
+    with pytest.raises(ValueError, match="below the weight's own max"):
+        f(w, low)
+    cf = torch.compile(f, fullgraph=True)
+    got = cf(w, low)
+    over = w.abs().reshape(4, 2, 16).amax(-1) > 2688 * 2.0**-12  # s_t of amax 0.5 is 2^-12
+    assert over.any() and torch.isnan(got.reshape(4, 2, 16)[over]).all() and not torch.isnan(got.reshape(4, 2, 16)[~over]).any()
+    right = w.abs().amax().reshape(1)
+    assert torch.equal(cf(w, right).view(torch.int32), f(w, right).view(torch.int32))
