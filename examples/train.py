@@ -152,7 +152,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     try:
         a.seed_list = [int(s) for s in a.seeds.split(",") if s]
     except ValueError:
-        p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
+        a.seed_list = []
+    if not a.seed_list:
+        p.error(f"--seeds {a.seeds!r}: expected one or more comma-separated integers, e.g. 0,1,2")
+    # Counts checked here, before the set-up: they failed with a traceback after it (or after training).
+    for flag, value, least in (("--batch", a.batch, 1), ("--eval-batches", a.eval_batches, 1), ("--evals", a.evals, 1),
+                               ("--pretrain-steps", a.pretrain_steps, 0), ("--warmup", a.warmup, 0),
+                               ("--threads", a.threads, 1), ("--seq", a.seq, 2), ("--calibrate-steps", a.calibrate_steps, 1)):
+        if value is not None and value < least:
+            p.error(f"{flag} {value}: must be at least {least}")
     if not 0 < a.ste_fraction < 1:
         p.error(f"--ste-fraction {a.ste_fraction}: must be in (0, 1)")
     lr, warmup = SCENARIO_DEFAULTS[a.scenario]
@@ -191,7 +199,10 @@ def _block(b):
 
 def deploy_grids(a: argparse.Namespace, cfg: PQTConfig) -> dict[str, PQTConfig]:
     """{label: config} of every grid the final models are quantized to; the target's label is its format."""
-    grids = {cfg.format: cfg, a.lower_format: cfg.replace(format=a.lower_format)}
+    try:
+        grids = {cfg.format: cfg, a.lower_format: cfg.replace(format=a.lower_format)}
+    except ValueError as e:
+        raise SystemExit(f"--lower-format {a.lower_format!r}: {e}") from None
     for g in (x for x in a.deploy_grids.split(",") if x):
         fmt, _, b = g.partition(":")
         try:

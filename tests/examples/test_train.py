@@ -196,10 +196,16 @@ def test_arms_switch_stages_at_their_steps():
 
 def test_bad_arguments_are_refused_with_the_fix(capsys):
     for argv, msg in ((["--arms", "pqt,fancy"], "unknown arm"), (["--seeds", "0,x"], "comma-separated integers"),
-                      (["--ste-fraction", "1.5"], "must be in (0, 1)")):
+                      (["--ste-fraction", "1.5"], "must be in (0, 1)"),
+                      # These failed with a traceback after the set-up (or after training):
+                      (["--seeds", ""], "one or more comma-separated integers"), (["--batch", "0"], "--batch 0: must be"),
+                      (["--eval-batches", "0"], "--eval-batches 0: must be at least 1")):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
         assert msg in capsys.readouterr().err
+    a = train.parse_args(["--lower-format", "bogus"])
+    with pytest.raises(SystemExit, match="--lower-format 'bogus': unknown format 'bogus'"):
+        train.deploy_grids(a, train.pqt_config(a))
 
 
 @pytest.mark.parametrize("d,width", [(64, 160), (128, 320), (256, 672)])
