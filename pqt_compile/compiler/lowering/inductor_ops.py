@@ -155,7 +155,10 @@ class Int32WordOps(InductorOps):
     no undefined behaviour; xor and and are the same bits; a logical right shift by n is the
     arithmetic one masked to its low 32 - n bits. The one construct with undefined behaviour is
     a *scalar* int32 multiply that overflows, so the lowering uses this handler only where the
-    C++ backend vectorises (lowering/sample.py, `_int32_words`), int64 words elsewhere.
+    C++ backend vectorises (lowering/sample.py, `_int32_words`), int64 words elsewhere; and even
+    there a word that depends on no index (the stream words from the scalar seed and key) is
+    computed in int64 and cut to int32 (forms.SampleForm._scalar_words): the C++ code computes it
+    as a scalar, and g++ used the undefined wrap on a uint8 key (session 18).
     """
 
     def index_word(self, index: sympy.Expr) -> Any:
