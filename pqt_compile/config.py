@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Union
 
 from .blocks import block_code
 from .formats import NVFP4, NVFP4_BLOCK, FormatSpec, parse_format
-from .formula import noise_std_problem
+from .formula_noise import noise_std_problem
 
 __all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size", "config_or_default"]
 

@@ -35,7 +35,8 @@ from .blocks import block_amax, check_sample_args
 from .compat import has_triton
 from .config import PQTConfig, config_or_default
 from .formats import FormatSpec, parse_format
-from .formula import TorchOps, check_draw_input, check_noise, element_hash, noise_from_hash, sample_value, stream_words
+from .formula import TorchOps, check_draw_input, element_hash, sample_value, stream_words
+from .formula_noise import check_noise, noise_from_hash
 from .formula_nvfp4 import block_params as nvfp4_block_params
 from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
 from .formula_nvfp4 import tensor_params as nvfp4_tensor_params

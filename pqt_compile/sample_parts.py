@@ -34,9 +34,9 @@ import torch
 
 from .blocks import block_shape, check_sample_args, expand_blocks, per_block_amax
 from .formats import FormatSpec, parse_format
-from .formula import (MASK32, SampleOps, TorchOps, block_params, check_draw_input, check_noise, element_hash,
-                      noise_from_hash, sample_from_params)
+from .formula import MASK32, SampleOps, TorchOps, block_params, check_draw_input, element_hash, sample_from_params
 from .formula import stream_words as formula_stream_words
+from .formula_noise import check_noise, noise_from_hash
 from .formula_nvfp4 import block_params as nvfp4_block_params
 from .formula_nvfp4 import sample_from_params as nvfp4_sample_from_params
 from .formula_nvfp4 import tensor_params as nvfp4_tensor_params

@@ -14,7 +14,8 @@ import math
 import pytest
 import torch
 
-from pqt_compile.formula import TorchOps, element_hash, noise_from_hash, noise_scale, stream_words
+from pqt_compile.formula import TorchOps, element_hash, stream_words
+from pqt_compile.formula_noise import noise_from_hash, noise_scale
 
 N = 1 << 20
 

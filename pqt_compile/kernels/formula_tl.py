@@ -87,7 +87,7 @@ def sample_tile(w, amax, idx, s1, s2, on, IS_INT: tl.constexpr, EMAX: tl.constex
 
 @triton.jit
 def noise_tile(idx, s1, s2, GAUSSIAN: tl.constexpr, SCALE: tl.constexpr):
-    """formula.noise_from_hash(element_hash(idx, s1, s2)) for "gaussian" and "uniform"."""
+    """formula_noise.noise_from_hash(formula.element_hash(idx, s1, s2)) for "gaussian" and "uniform"."""
     h = mix32(mix32(idx ^ s1) ^ s2)
     if GAUSSIAN:
         z = ((h & 255) + ((h >> 8) & 255) + ((h >> 16) & 255) + (h >> 24)).to(tl.int32) - 510

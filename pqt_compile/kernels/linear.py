@@ -22,7 +22,8 @@ import triton.language as tl
 
 from ..blocks import block_amax, block_length, check_sample_args
 from ..config import PQTConfig, config_or_default
-from ..formula import TorchOps, noise_scale
+from ..formula import TorchOps
+from ..formula_noise import noise_scale
 from ..formula_nvfp4 import block_params as nvfp4_block_params
 from ..formula_nvfp4 import tensor_params as nvfp4_tensor_params
 from ..op import sample

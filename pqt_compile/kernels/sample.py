@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..blocks import TENSOR, block_amax, block_length, check_sample_args
 from ..formats import parse_format
-from ..formula import noise_scale
+from ..formula_noise import noise_scale
 from .formula_tl import bf16_rne, nvfp4_block, nvfp4_sample_tile, nvfp4_tensor, sample_tile, stream_words
 
 __all__ = ["sample_triton"]

@@ -25,7 +25,8 @@ from ...blocks import (SUPPORTED_DTYPES, TENSOR, block_length, has_partial_block
                        row_major_strides)
 from ...compat import inductor_lowering_api, mark_prologue_candidate, triton_divides_exactly
 from ...formats import parse_format
-from ...formula import element_hash, noise_from_hash, stream_words
+from ...formula import element_hash, stream_words
+from ...formula_noise import noise_from_hash
 from ...op import RTN
 from ...sample_parts import block_values_of, num_block_values, value_from_block_values
 from ..targets import cpp_vectorised, gemm_templates, sample_plan, triton_codegen

@@ -33,7 +33,7 @@ __all__ = ["PQTPass", "source_hash", "recording", "active_recording", "Recording
 
 log = logging.getLogger("pqt_compile.passes")
 _PKG = Path(__file__).resolve().parents[2]  # the pqt_compile package
-_SOURCES = ("formula.py", "formula_nvfp4.py", "rounding.py", "op.py", "sample_parts.py", "formats.py", "blocks.py",
+_SOURCES = ("formula.py", "formula_noise.py", "formula_nvfp4.py", "rounding.py", "op.py", "sample_parts.py", "formats.py", "blocks.py",
             "config.py", "selection.py", "sharding.py", "compiler/passes", "compiler/lowering", "compiler/graph_abi.py",
             "compiler/targets.py", "compat/inductor.py")  # compat/inductor.py: the wrappers' input checks (NOTE [0-d input asserts])
 
