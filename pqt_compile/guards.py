@@ -110,6 +110,7 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
     if not any(held):
         return
     waiting = []
+    stand_ins = _stand_ins()  # FSDP2: the graphs received the unsharded Parameters
     for (ref, config), holds in zip(_state.expecting, held):
         model = ref()
         if model is None:
@@ -118,11 +119,10 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
             waiting.append((ref, config))
             continue
         params = {id(p): p for p in model.parameters()}
-        stand_ins = _stand_ins()  # FSDP2: the graphs received the unsharded Parameters
         if any(_seen_name(p, stand_ins) is not None for p in params.values()):
             continue  # reached PQT graphs: nothing to check any more
-        named = naming.weight_names(model)
         trained = [p for g in optimizer.param_groups for p in g["params"] if id(p) in params and p.grad is not None]
+        named = naming.weight_names(model) if trained else {}
         admitted = [p for p in trained if could_be_sampled(p, config, named[id(p)][1].name, named[id(p)][1].aliases)]
         if not admitted:
             waiting.append((ref, config))  # not trained by this optimizer yet

@@ -180,8 +180,10 @@ def _on_backward_through(grad_outputs: Any) -> None:
 def track_backward(outputs: Any, seed: int) -> None:
     """Count the backward pass through `outputs` (a sampling call's results) when it ends, and keep
     `seed` (the stream's seed of the call, before any per-rank mixing) on their autograd node for a
-    recompute (NOTE [recompute seed])."""
-    if not torch.is_grad_enabled() or current_graph_task_id() != -1:
+    recompute (NOTE [recompute seed]). Precondition: called outside a backward pass (`in_backward`,
+    which the caller reads once per call): a call inside one is a recompute, of a micro-batch whose
+    backward is already counted."""
+    if not torch.is_grad_enabled():
         return
     if compiled_autograd_on():  # its context, entered around the step (a cheap check per call)
         raise RuntimeError(_COMPILED_AUTOGRAD)

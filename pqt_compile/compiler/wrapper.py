@@ -217,7 +217,8 @@ class PQTCompiled:
             guards.mark_seen(params, resolved.names)
         if sampling:
             # A recompute (inside a backward pass) draws its forward's seed: steps.py NOTE [recompute seed].
-            stream_seed = steps.forward_seed() if steps.in_backward() else None
+            recompute = steps.in_backward()
+            stream_seed = steps.forward_seed() if recompute else None
             if stream_seed is None:
                 stream_seed = current_seed()
             seed = stream_seed
@@ -230,6 +231,7 @@ class PQTCompiled:
                 plan.watched = True
                 guards.watch(self.config, params or [args[pos] for pos in self.weights.positions])
             out = plan.fn(*args, self._seeds.tensor(seed), *self._keys_for(plan, resolved, enabled))
-            steps.track_backward(out, stream_seed)
+            if not recompute:
+                steps.track_backward(out, stream_seed)
             return out
         return plan.fn(*args, self._seeds.tensor(0), *self._keys_for(plan, resolved, enabled))

@@ -204,6 +204,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     from safetensors.torch import save_file
 
     config = config_or_default(config, "pqt_compile.export.write_compressed_tensors")
+    packed = packed or {}
     fmt, weights_args = scheme_for(config)
     check_destination(out_dir, force=force)
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
@@ -227,7 +228,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
             ignore.append(name)  # stored dense: the head (as llm-compressor does), excluded weights
             continue
         weight_name = sampled[id(module.weight)]
-        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, (packed or {}).get(weight_name)).items():
+        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, packed.get(weight_name)).items():
             tensors[f"{name}.{suffix}"] = t
         compressed.append(name)
     if not compressed:
@@ -243,7 +244,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
             continue
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled:  # a sampled weight stored dense (the head): its deployed values
-            t = quantize(param.detach(), axis=axes[sampled[id(param)]], config=config, known=(packed or {}).get(sampled[id(param)]))
+            t = quantize(param.detach(), axis=axes[sampled[id(param)]], config=config, known=packed.get(sampled[id(param)]))
         tensors[key] = t.detach().contiguous()
     qconfig = _quantization_config(fmt, weights_args, ignore)
     with atomic_output(out_dir, directory=True, force=force) as tmp:

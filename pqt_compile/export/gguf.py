@@ -141,6 +141,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     import gguf
 
     config = config_or_default(config, "pqt_compile.export.write_gguf")
+    packed = packed or {}
     qtype = gguf_type_for(config, gguf_type)
     check_destination(path, force=force)
     model = unwrap(model)
@@ -167,7 +168,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled and qtype == "NVFP4" and target.name in _NO_TENSOR_SCALE:
             name, axis = sampled[id(param)]
-            deployed = quantize(param.detach(), axis=axis, config=config, known=(packed or {}).get(name))
+            deployed = quantize(param.detach(), axis=axis, config=config, known=packed.get(name))
             tensors.append((target.name, *_dense_array(target.dense(deployed))))
         elif param is not None and id(param) in sampled:
             name, axis = sampled[id(param)]
@@ -175,10 +176,10 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
                 why = _nvfp4_refusal(plan.arch, target.name, written)
                 if why is not None:
                     raise ExportError(f"{name}: {why}")
-                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=(packed or {}).get(name))
+                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=packed.get(name))
                 data = nvfp4_blocks(nv, name)
             else:
-                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name, known=(packed or {}).get(name))
+                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name, known=packed.get(name))
             if data.shape[0] != target.dense(t).shape[0]:
                 raise ExportError(f"{name}: sampled along axis {axis}, which is not the reduction axis of llama.cpp's "
                                   f"layout for {target.name}")

@@ -55,6 +55,7 @@ def write_gpt_oss_mxfp4(model: torch.nn.Module, out_dir: str, config: Optional[P
     from safetensors.torch import save_file
 
     config = config_or_default(config, "pqt_compile.export.write_gpt_oss_mxfp4", PQTConfig(format="fp4_e2m1", block_size=32))
+    packed = packed or {}
     if config.format != "fp4_e2m1" or config.block_size != MX_BLOCK:
         raise ExportError(f"gpt-oss's MXFP4 checkpoint holds fp4_e2m1 in blocks of 32; this model was trained for "
                           f"{config.format} / block {config.block_size}: train with PQTConfig(format='fp4_e2m1', "
@@ -86,12 +87,12 @@ def write_gpt_oss_mxfp4(model: torch.nn.Module, out_dir: str, config: Optional[P
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in experts:
             mx = pack_mxfp4(param.detach(), axis=1, config=config, order=NibbleOrder.PAIRS, name=key,
-                            known=(packed or {}).get(experts[id(param)]))
+                            known=packed.get(experts[id(param)]))
             tensors[f"{key}_blocks"] = mx.blocks().contiguous()
             tensors[f"{key}_scales"] = mx.scales.contiguous()
             continue
         if param is not None and canonical_name(raw_key) in axes:  # sampled, stored dense: deployed values
-            t = quantize(param.detach(), axis=axes[key], config=config, known=(packed or {}).get(key))
+            t = quantize(param.detach(), axis=axes[key], config=config, known=packed.get(key))
         tensors[key] = t.detach().contiguous()
     with atomic_output(out_dir, directory=True, force=force) as tmp:
         model.config.save_pretrained(tmp)

@@ -126,19 +126,18 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
             f"but the config asks for {config.format!r} with {config.block_size!r}; load it with its own config (or config=None)"
         )
     params = named_parameters(model)
-    model_state = {canonical_name(k): v for k, v in model.state_dict(keep_vars=True).items()}
-    own = {canonical_name(k): k for k in model.state_dict()}  # a compiled wrapper's keys hold `_orig_mod`
+    raw_state = model.state_dict(keep_vars=True)
+    model_state = {canonical_name(k): v for k, v in raw_state.items()}
+    own = {canonical_name(k): k for k in raw_state}  # a compiled wrapper's keys hold `_orig_mod`
     state = {own.get(k[len("state/"):], k[len("state/"):]): v for k, v in tensors.items() if k.startswith("state/")}
     _check_fits(path, meta, tensors, params, model_state)
     with torch.no_grad():
-        deployed = {}
         for name, packed in weights.items():
-            deployed[name] = params[name]
             params[name].copy_(unpack(packed).to(params[name].device))
         for key, source in meta["tied"].items():
             target = model_state[key]
-            if target is not deployed[source]:  # tied when saved, not in this model: the same values
-                target.copy_(deployed[source].to(target.device, target.dtype))
+            if target is not params[source]:  # tied when saved, not in this model: the same values
+                target.copy_(params[source].to(target.device, target.dtype))
         result = model.load_state_dict(state, strict=False)
     unexpected = list(result.unexpected_keys)
     absent = [k for k in result.missing_keys if canonical_name(k) not in meta["weights"] and canonical_name(k) not in meta["tied"]]
@@ -170,7 +169,7 @@ def _check_fits(path: str, meta: dict, tensors: dict[str, torch.Tensor], params:
     """Refuse a model that does not fit the file, before anything is copied into it: every key on
     both sides, every shape equal (`copy_` would broadcast a [1, K] weight into [N, K])."""
     missing = [n for n in meta["weights"] if n not in params]
-    if missing:
+    if missing:  # a buffer of that name would pass the key check: a packed weight goes into a Parameter
         raise ValueError(f"pqt_compile.export.load: the model has no parameter(s) {missing} that {path} holds")
     saved = {n: tuple(w["shape"]) for n, w in meta["weights"].items()}
     saved.update({k[len("state/"):]: tuple(t.shape) for k, t in tensors.items() if k.startswith("state/")})

@@ -327,7 +327,9 @@ def test_a_matrix_a_matmul_reads_but_pqt_cannot_sample_warns():
     assert re.match(r"pqt: weight 'fc64.weight' feeds a matmul but has an unsupported dtype torch.float64 .* Train in "
                     r"one of those", said[2])
     with torch.no_grad():
-        assert torch.equal(out, m(a))  # what the warnings say: clean
+        # What the warnings say: clean (a sample would move it by ~1e-2; Inductor may order a reduction
+        # differently from eager: the compiled-vs-eager fp32 bound, not bit equality).
+        assert max_rel_err(out, m(a)) < FP32_REL_TOL
     # A float64 model: the dtype is named, not the include/exclude patterns (the guard said "Fix the patterns").
     torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as caught:

@@ -370,7 +370,8 @@ def find_weight_edges(
         # Walked in any floating dtype, so that a float64 matrix a matmul reads is told apart (and warned).
         uses = _walk(node, bwd, opaque, blocked) if val is not None and val.dtype.is_floating_point else []
         fwd = [u for u in uses if not u.is_backward]
-        if not fwd and opaque and val.dtype in SUPPORTED_DTYPES and val.dim() >= 2 and admits(name):  # NOTE [opaque consumers]
+        admitted = admits(name)
+        if not fwd and opaque and val.dtype in SUPPORTED_DTYPES and val.dim() >= 2 and admitted:  # NOTE [opaque consumers]
             raise ValueError(
                 f"pqt: weight {name!r} {tuple(val.shape)} is read by the custom op {sorted(set(opaque))[0]}, whose "
                 "inside pqt cannot see, so it would train without noise. For transformers experts use "
@@ -380,16 +381,17 @@ def find_weight_edges(
         axes = [u.axis for u in fwd if u.axis is not None]
         reason = skip_reason(
             dtype=getattr(val, "dtype", None), ndim=val.dim() if val is not None else 0, forward_matmul=bool(fwd),
-            single_axis=bool(axes), admitted=admits(name),
+            single_axis=bool(axes), admitted=admitted,
         )
         via = None
-        if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admits(name):
+        if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admitted:
             weights_only = _weights_only(graph, weights, set(constants)) if weights_only is None else weights_only
             via = _matmul_behind(blocked, weights_only, bwd)
             reason = Reason.NOT_FOLLOWED.format(op=via) if via is not None else reason
         if reason is not None:
-            skipped.append(SkippedWeight(name, reason, trains_clean=(bool(fwd) or via is not None) and val.dim() >= 2
-                                         and admits(name) and reason != Reason.EXCLUDED))
+            # Admitted (so not EXCLUDED), a matrix a forward matmul reads: DTYPE, MIXED_AXES or NOT_FOLLOWED.
+            trains_clean = admitted and val.dim() >= 2 and (bool(fwd) or via is not None)
+            skipped.append(SkippedWeight(name, reason, trains_clean=trains_clean))
             continue
         edge = WeightEdge(node, name, axes[0], uses)
         if edge.expert_axes:  # shown by explain and pqt-dump (NOTE [expert paths])
