@@ -29,6 +29,7 @@ from ..selection import admits_fn
 from ..sharding import is_dtensor, shard_layout
 from . import cached_warnings, graph_abi
 from .passes.manager import PassManager
+from .passes.matvec_as_matmul import MatVecAsMatmulPass
 from .passes.sample_pass import SamplePass
 from .passes.template_layout_pass import TemplateLayoutPass
 from .wrapper import PQTCompiled
@@ -121,7 +122,7 @@ class GraphCompiler:
                            num_primals, aliases, {primal[pos]: n for pos, n in self.weights.buffers.items()},
                            shards=shards, sample_inference=self.training,
                            key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)})
-        passes = PassManager([pass_, TemplateLayoutPass()])
+        passes = PassManager([pass_, MatVecAsMatmulPass(), TemplateLayoutPass()])
         # NVFP4 divides: on a torch without ops.div_rn, Triton must divide as IEEE does (compat NOTE
         # [division on torch 2.11]); a patch the user gave explicitly wins (the lowering then refuses).
         division = ieee_division_patches() if parse_format(self.config.format).two_level else {}
@@ -134,8 +135,10 @@ class GraphCompiler:
         # Linear(d, 1) value head. The pass would then find no matmul and the weight would train
         # clean, where the reference samples it. A pqt compile keeps them matmuls (an extern GEMM
         # call for a tiny product, where Inductor would have fused a reduction), bar bmm's outer
-        # products (K = 1: rotary tables, no weight). Fixed here, like the asserts: not in the
-        # pass's cache_key.
+        # products (K = 1: rotary tables, no weight). Inductor has no lowering of mv and addmv: the
+        # MatVecAsMatmulPass turns them into one-column mm and addmm after the sampling (an ATen
+        # fallback would be refused wherever CI is set). Fixed here, like the asserts: not in
+        # the pass's cache_key.
         patches = {**division, **self.patches, "joint_custom_pre_pass": passes}
         return cached_warnings.compile_and_warn(
             lambda autograd_cache: compile_fx(self.gm, example_inputs, patches, scalar_index_asserts=False,

@@ -204,16 +204,32 @@ class _MatVec(nn.Module):
         return torch.addbmm(torch.zeros(1, 40), (self.w @ v).view(2, 1, 24), self.experts)
 
 
+class _AddMatVec(nn.Module):
+    """b + W @ v with scaling (aten.addmv, which Inductor decomposes like mv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(48, 64) * 0.1), nn.Parameter(torch.randn(48))
+
+    def forward(self, v):
+        return torch.addmv(self.b, self.w, v, beta=0.5, alpha=2.0)
+
+
 @pytest.mark.parametrize("make,x_shape", [
     (lambda: nn.Linear(32, 1), (1, 32)),             # addmm, one row times one column
     (lambda: nn.Linear(16, 16), (1, 16)),            # addmm, one row, tiny
     (lambda: nn.Linear(1, 16, bias=False), (5, 1)),  # mm, K = 1
     (_Bmm, (4, 1, 32)),                              # bmm, one row times one column
     (_MatVec, (64,)),                                # mv, addbmm
-], ids=["addmm_1x1", "addmm_one_row", "mm_k1", "bmm_1x1", "mv_addbmm"])
-def test_small_matmuls_are_sampled_as_the_reference_samples_them(make, x_shape):
+    (_AddMatVec, (64,)),                             # addmv
+], ids=["addmm_1x1", "addmm_one_row", "mm_k1", "bmm_1x1", "mv_addbmm", "addmv"])
+def test_small_matmuls_are_sampled_as_the_reference_samples_them(make, x_shape, monkeypatch, tmp_path):
     """backend.py NOTE [matmuls stay matmuls]: Inductor decomposes these products into multiplies
-    and sums while tracing; the pass saw no matmul and the weight trained clean (no warning)."""
+    and sums while tracing; the pass saw no matmul and the weight trained clean (no warning).
+    Compiled cold with CI set, as CI services set it: Inductor then refuses to fall back to an
+    ATen kernel it has a decomposition for (aten.mv: passes/matvec_as_matmul.py)."""
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # cold: the lowering runs
     torch._dynamo.reset()
     torch.manual_seed(0)
     m, x = make(), torch.randn(x_shape)

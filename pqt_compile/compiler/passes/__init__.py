@@ -2,6 +2,7 @@
 
 - weight_edges: find weight Parameter -> matmul operand paths and their reduction axes.
 - insert_sample: rewire those paths through one `pqt.sample` per weight and dtype.
+- matvec_as_matmul: aten.mv / addmv as one-column mm / addmm, which Inductor lowers.
 - template_layout: where a Triton GEMM template may read a sample, give it the layout it reads.
 """
 
