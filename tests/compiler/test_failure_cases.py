@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import pqt_compile
@@ -304,6 +305,57 @@ def test_a_weight_reaching_a_matmul_through_an_op_not_followed_warns(make, weigh
             warnings.simplefilter("always")
             pqt_compile.compile(make_other())(inputs).sum().backward()
         assert not [w for w in caught if str(w.message).startswith("pqt:")], make_other.__name__
+
+
+class _MaskedAndDirect(nn.Module):
+    """One weight read by a matmul directly and, pruned by a mask buffer, by another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(64, 64) * 0.1)
+        self.register_buffer("mask", (torch.rand(64, 64) > 0.5).float())
+
+    def forward(self, x):
+        return torch.cat([F.linear(x, self.w), F.linear(x, self.w * self.mask)])
+
+
+def test_a_weight_also_read_clean_through_an_op_not_followed_warns():
+    """weight_edges.py NOTE [partly clean]: the direct product was sampled, the masked one read the
+    clean weight, and nothing said so (the op was looked for only when no matmul read the weight)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = _MaskedAndDirect(), torch.randn(8, 64)
+    with pytest.warns(UserWarning, match=r"weight 'w' is sampled where a matmul reads it directly, but it also "
+                                         r"reaches a matmul through aten::mul"):
+        with pqt_compile.fixed_seed(7):
+            out = pqt_compile.compile(m)(x)
+    assert max_rel_err(out, reference.run(m, x, seed=7)) < FP32_REL_TOL  # the reference reads it the same way
+    w_hat = sample(m.w.detach(), seed=7, key=key_for_name("w"), axis=1)
+    direct, masked = out.detach().split(8)
+    assert max_rel_err(direct, F.linear(x, w_hat)) < FP32_REL_TOL
+    assert max_rel_err(masked, F.linear(x, m.w * m.mask)) < FP32_REL_TOL  # clean, as warned
+    (edge,) = reference.trace_weight_edges(m, x)[0]
+    assert edge.clean_via == "aten::mul.Tensor" and "also reaches a matmul through" in edge.notes[-1]
+
+
+def test_a_spectral_norm_weight_trains_clean_with_a_warning_and_its_buffers_move_as_in_eager():
+    """spectral_norm's power iteration multiplies the weight by its buffers (mv); its Linear reads
+    W / sigma. The pass sampled the power iteration only: the Linear ran clean, the buffer u moved
+    from the noisy weight (2.5% off eager), explain listed the weight as sampled and nothing warned.
+    Now it is not sampled, as a weight_norm weight is not, and the compile warns."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = nn.utils.parametrizations.spectral_norm(nn.Linear(64, 64, bias=False)), torch.randn(8, 64)
+    eager = copy.deepcopy(m)
+    with pytest.warns(UserWarning, match=r"weight 'parametrizations.weight.original' reaches a matmul through "
+                                         r"aten::div"):
+        with pqt_compile.fixed_seed(7):
+            out = pqt_compile.compile(m)(x)
+    want = eager(x)
+    assert max_rel_err(out, want) < FP32_REL_TOL
+    assert max_rel_err(m.parametrizations.weight[0]._u, eager.parametrizations.weight[0]._u) < FP32_REL_TOL
+    edges, skipped = reference.trace_weight_edges(m, x)
+    assert not edges and [(s.name, s.trains_clean) for s in skipped] == [("parametrizations.weight.original", True)]
 
 
 class _ReadButNotSamplable(nn.Module):

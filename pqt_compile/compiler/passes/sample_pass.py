@@ -125,7 +125,7 @@ class SamplePass(PQTPass):
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
         sampled = is_joint or self.config.sample_in_eval or self.sample_inference
         if sampled:
-            messages = not_followed_warnings(skipped)
+            messages = not_followed_warnings(skipped, edges)
             self.warnings += messages
             warn_all(messages)
         recorder = active_recording()
@@ -159,12 +159,17 @@ class SamplePass(PQTPass):
                       reduce_amax=reduce_amax)
 
 
-def not_followed_warnings(skipped: list[SkippedWeight]) -> list[str]:
+def not_followed_warnings(skipped: list[SkippedWeight], edges: Sequence[WeightEdge] = ()) -> list[str]:
     """The warnings for the admitted matrix weights that a matmul reads and the pass leaves clean
     (`SkippedWeight.trains_clean`): reached by a path the pass does not follow (weight_edges.py NOTE
-    [ops not followed]), of a dtype it does not sample (float64), or contracted over several axes."""
+    [ops not followed]), of a dtype it does not sample (float64), or contracted over several axes;
+    and for the sampled weights that one such path reads clean (weight_edges.py NOTE [partly clean])."""
     return [f"pqt: weight {s.name!r} {_why_clean(s.reason)} pqt_compile.explain(model, ...) lists every weight."
-            for s in skipped if s.trains_clean]
+            for s in skipped if s.trains_clean] + [
+        f"pqt: weight {e.name!r} is sampled where a matmul reads it directly, but it also reaches a matmul through "
+        f"{e.clean_via}, which pqt does not follow: that product reads the clean weight, without noise. Give that "
+        "computation its own Parameter, or exclude the weight in the PQTConfig to train it clean everywhere. "
+        "pqt_compile.explain(model, ...) lists every weight." for e in edges if e.clean_via is not None]
 
 
 def _why_clean(reason: str) -> str:

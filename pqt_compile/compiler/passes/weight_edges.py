@@ -23,6 +23,14 @@ NOTE [opaque consumers]: a weight that no known matmul reads but that a custom o
 prims and pqt reads (a library's fused MoE kernel) is refused: pqt cannot see whether that op
 multiplies by it, and sampling nothing would let it train clean.
 
+NOTE [partly clean]: a weight that a matmul reads directly and that also reaches a matmul with
+data through an op not followed (`F.linear(x, W)` and `F.linear(x, W * mask)`) is sampled on its
+direct paths and read clean on the other: the edge keeps that op (`clean_via`) and the pass warns.
+A weight whose direct matmuls multiply it by weights and buffers alone, while its product with
+data goes through such an op (spectral_norm: the power iteration's `mv(W, v)`, then `W / sigma`
+into the Linear), is not sampled at all, as a weight_norm weight is not: sampling only the power
+iteration would move its buffers and leave the Linear clean.
+
 NOTE [forward decides]: in a joint graph the backward reuses the weight in matmuls that
 contract another axis (grad_input = grad_out @ W contracts N, not K). Only forward paths
 decide the axis and the dtype; backward paths are rewired to the same sample so that one
@@ -93,6 +101,7 @@ class WeightEdge:
     axis: int
     uses: list[MatmulUse] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    clean_via: Optional[str] = None  # an op through which it also reaches a matmul, clean (NOTE [partly clean])
 
     @property
     def expert_axes(self) -> tuple[int, ...]:
@@ -342,6 +351,13 @@ def _matmul_behind(blocked: list[Node], weights_only: set[Node], bwd: set[Node])
     return None
 
 
+def _reads_data(use: MatmulUse, weights_only: set[Node]) -> bool:
+    """Whether a matmul use multiplies the weight by something computed from data (an input that is
+    not a weight or buffer), rather than by weights and buffers alone."""
+    return any(isinstance(a, Node) and a not in weights_only
+               for i, a in enumerate(use.matmul.args) if i != use.operand)
+
+
 def find_weight_edges(
     graph: Graph,
     weights: dict[Node, str],
@@ -384,16 +400,22 @@ def find_weight_edges(
             single_axis=bool(axes), admitted=admitted,
         )
         via = None
-        if reason == Reason.NOT_MATMUL and blocked and val.dim() >= 2 and admitted:
+        if reason in (None, Reason.NOT_MATMUL) and blocked and val.dim() >= 2 and admitted:
             weights_only = _weights_only(graph, weights, set(constants)) if weights_only is None else weights_only
             via = _matmul_behind(blocked, weights_only, bwd)
-            reason = Reason.NOT_FOLLOWED.format(op=via) if via is not None else reason
+            if via is not None and (reason is not None or not any(_reads_data(u, weights_only) for u in fwd)):
+                # NOTE [partly clean]: its own matmuls multiply it by weights alone (spectral_norm's
+                # power iteration); the product with data reads a computation of the clean weight.
+                reason = Reason.NOT_FOLLOWED.format(op=via)
         if reason is not None:
             # Admitted (so not EXCLUDED), a matrix a forward matmul reads: DTYPE, MIXED_AXES or NOT_FOLLOWED.
             trains_clean = admitted and val.dim() >= 2 and (bool(fwd) or via is not None)
             skipped.append(SkippedWeight(name, reason, trains_clean=trains_clean))
             continue
-        edge = WeightEdge(node, name, axes[0], uses)
+        edge = WeightEdge(node, name, axes[0], uses, clean_via=via)
+        if via is not None:  # NOTE [partly clean]; warned by sample_pass.not_followed_warnings
+            edge.notes.append(f"also reaches a matmul through {via}, which pqt does not follow: that product reads "
+                              "the clean weight")
         if edge.expert_axes:  # shown by explain and pqt-dump (NOTE [expert paths])
             edge.notes.append(f"experts along axis {edge.expert_axes[0]} (blocks per expert along axis {min(axes)}); "
                               f"implementation: {', '.join(edge.kinds)}")
