@@ -9,7 +9,11 @@ model that is already compiled with PQT, in place, so that it is still the same 
 (save_pretrained, generation and Trainer's own checks keep working):
 
     pqt_compile.compile(model, PQTConfig(format="fp4_e2m1"), inplace=True)
-    Trainer(model=model, args=TrainingArguments(..., torch_compile=False), ...).train()
+    Trainer(model=model, args=TrainingArguments(..., torch_compile=False), ...,
+            callbacks=[PQTStateCallback(cfg)]).train()
+
+PQTStateCallback (pqt_compile/hf_trainer.py) puts the PQT seed stream into Trainer's checkpoints,
+so that `train(resume_from_checkpoint=...)` draws the uninterrupted run's noise.
 
 Trainer's evaluation runs under no_grad and model.eval(), so it sees the clean weights.
 """
@@ -46,14 +50,18 @@ def make_trainer(out: str, steps: int, config: Optional[pqt_compile.PQTConfig] =
     """A Trainer for a tiny GPT-2 trained with PQT (the integration this example shows)."""
     from transformers import Trainer, TrainingArguments
 
+    from pqt_compile.hf_trainer import PQTStateCallback
+
     train_tokens, val_tokens = split(load_corpus())
     model = build_model("gpt2", "tiny", seq)
     model.config.use_cache = False
-    pqt_compile.compile(model, config or pqt_compile.PQTConfig(format="fp4_e2m1"), inplace=True)
+    config = config or pqt_compile.PQTConfig(format="fp4_e2m1")
+    pqt_compile.compile(model, config, inplace=True)
     args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
                              learning_rate=3e-3, logging_steps=max(1, steps // 5), save_strategy="no", report_to=[],
                              use_cpu=not torch.cuda.is_available(), torch_compile=False, dataloader_num_workers=0)
-    return Trainer(model=model, args=args, train_dataset=ByteChunks(train_tokens, seq), eval_dataset=ByteChunks(val_tokens[:4096], seq))
+    return Trainer(model=model, args=args, train_dataset=ByteChunks(train_tokens, seq), eval_dataset=ByteChunks(val_tokens[:4096], seq),
+                   callbacks=[PQTStateCallback(config)])
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

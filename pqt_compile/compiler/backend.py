@@ -224,6 +224,19 @@ def _refuse_tensor_subclass_weights(weights: GraphWeights, example_inputs: list)
             )
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, as the closure was
+class _ConfiguredBackend:
+    """`pqt_backend` with a compile's mode and options: a module-level class rather than a closure,
+    so that the compiled module pickles (`torch.save(pqt_compile.compile(model))`), as one that
+    torch.compile(backend="pqt") returns does."""
+
+    mode: Optional[str]
+    options: dict
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        return pqt_backend(gm, example_inputs, mode=self.mode, options=dict(self.options))
+
+
 def compile(
     model: torch.nn.Module,
     config: Optional[PQTConfig] = None,
@@ -261,9 +274,7 @@ def compile(
     guards.expect_graphs(model, cfg)  # NOTE [compiled over] in guards.py, checked by the optimizer hook
     steps.install_hook()
 
-    def pqt(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
-        return pqt_backend(gm, example_inputs, mode=mode, options={"config": cfg, **(options or {})})
-
+    pqt = _ConfiguredBackend(mode, {"config": cfg, **(options or {})})
     if inplace:
         # No nothing-sampled guard here: hooks on the module itself would run inside the compiled call.
         model.compile(backend=pqt, **kwargs)

@@ -1,6 +1,7 @@
 """The pqt backend: options, registration, seeds and keys, modes, recompiles, caching, memory."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -73,6 +74,22 @@ def test_options_reach_the_sample():
     with pqt_compile.fixed_seed(5):
         y = cm(eye)  # eye @ W_hat^T = W_hat^T, exactly
     want = sample(m.weight, seed=5, key=key_for_name("weight"), axis=1, config=cfg)
+    assert torch.equal(y.t(), want)
+
+
+def test_a_model_pqt_compile_returns_pickles_and_the_loaded_copy_samples_with_its_config():
+    """Its backend was a closure: torch.save and pickle failed ("Can't pickle local object"), where
+    torch.compile(model, backend="pqt") pickles."""
+    torch._dynamo.reset()
+    m = nn.Linear(40, 8, bias=False)
+    cfg = PQTConfig(format="fp4_e2m1", block_size=8)
+    buf = io.BytesIO()
+    torch.save(pqt_compile.compile(m, cfg), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with pqt_compile.fixed_seed(5):
+        y = loaded(torch.eye(40))
+    want = sample(loaded._orig_mod.weight, seed=5, key=key_for_name("weight"), axis=1, config=cfg)
     assert torch.equal(y.t(), want)
 
 

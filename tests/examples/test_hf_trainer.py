@@ -5,6 +5,7 @@ import torch
 import pqt_compile
 from conftest import FP32_REL_TOL, max_rel_err
 from examples import hf_trainer
+from pqt_compile.hf_trainer import PQTStateCallback
 import pytest
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch
@@ -16,6 +17,7 @@ def test_trainer_trains_with_pqt_and_evaluates_clean(tmp_path):
     trainer = hf_trainer.make_trainer(str(tmp_path), steps=3, config=cfg, batch=4)
     model = trainer.model
     assert type(model).__name__ == "GPT2LMHeadModel"  # the same class: compiled in place
+    assert any(isinstance(c, PQTStateCallback) for c in trainer.callback_handler.callbacks)  # resumable
     x = torch.randint(0, 256, (2, 64))
     model.train()
     with pqt_compile.fixed_seed(5):

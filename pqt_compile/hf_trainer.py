@@ -1,0 +1,85 @@
+"""PQTStateCallback: the PQT seed stream in every Hugging Face Trainer checkpoint.
+
+    from pqt_compile.hf_trainer import PQTStateCallback
+    Trainer(model=model, args=args, ..., callbacks=[PQTStateCallback(cfg)])
+
+Trainer checkpoints the model, optimizer, scheduler and RNG states, not pqt_compile's seed stream
+(seeds.py): without this callback, `trainer.train(resume_from_checkpoint=...)` restarts the
+stream at step 0, and the resumed steps draw the noise of the run's first steps again, without
+a word. The callback is a transformers `ExportableState`: Trainer writes its state, the stream's
+position and the config (`PQTState(cfg).state_dict()`, plain JSON), into each checkpoint's
+trainer_state.json, and at a resume the callback loads it back before the first step, so the
+resumed run draws what the uninterrupted run would have drawn. It reads the saved state from the
+resumed TrainerState itself, so it works whether or not `restore_callback_states_from_checkpoint`
+is set. A resume from a checkpoint that holds no PQT state is refused, as `PQTState` refuses one.
+
+Importing this module imports transformers; `import pqt_compile` does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .config import PQTConfig
+from .seeds import PQTState, parse_config
+
+__all__ = ["PQTStateCallback"]
+
+
+class PQTStateCallback(TrainerCallback, ExportableState):
+    """Saves the PQT seed stream with each Trainer checkpoint and restores it at a resume.
+
+    Args:
+        config: the PQTConfig the model is trained with (or its repr, as Trainer rebuilds the
+            callback from the checkpoint's JSON); a resume with another config is refused.
+        allow_missing_state: resume from a checkpoint saved without this callback by continuing
+            the stream where it stands (its noise then differs from the uninterrupted run's);
+            by default such a resume is refused.
+        pqt_state: the saved stream (set by Trainer when it restores the callback).
+    """
+
+    def __init__(self, config: Union[PQTConfig, str], allow_missing_state: bool = False,
+                 pqt_state: Optional[dict] = None) -> None:
+        parsed = parse_config(config) if isinstance(config, str) else config
+        if not isinstance(parsed, PQTConfig):
+            raise TypeError(f"pqt: PQTStateCallback takes the PQTConfig the model is trained with, got {config!r}; "
+                            "e.g. PQTStateCallback(PQTConfig(format='fp4_e2m1'))")
+        self.config = parsed
+        self.allow_missing_state = bool(allow_missing_state)
+        self.pqt_state = pqt_state
+
+    def state(self) -> dict:
+        """What Trainer writes into trainer_state.json at a checkpoint: the stream as it stands."""
+        return {"args": {"config": repr(self.config), "allow_missing_state": self.allow_missing_state},
+                "attributes": {"pqt_state": PQTState(self.config).state_dict()}}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 0:  # a fresh run: the stream stands where the user seeded it
+            return
+        saved = _saved_stream(state.stateful_callbacks, type(self).__name__)
+        if saved is None:
+            if self.allow_missing_state:
+                # Trainer's checkpoint save indexes the resumed state's entry for each ExportableState
+                # callback and raises a KeyError for one the resumed checkpoint lacks (transformers 5.25).
+                state.stateful_callbacks[type(self).__name__] = self.state()
+                return
+            raise ValueError(
+                f"pqt: this run resumes a Trainer checkpoint at step {state.global_step} that holds no PQT seed state "
+                "(it was saved without PQTStateCallback); resuming would restart the noise stream at step 0 and repeat "
+                "the first steps' noise. Resume from a checkpoint saved with PQTStateCallback, or pass "
+                "PQTStateCallback(cfg, allow_missing_state=True) to continue the stream where it stands"
+            )
+        PQTState(self.config).load_state_dict(saved)  # refuses another config, or no PQT state
+
+
+def _saved_stream(stateful_callbacks: Optional[dict], name: str) -> Optional[dict]:
+    """The `pqt_state` a checkpoint's TrainerState holds for the callback class `name`, or None."""
+    entry = (stateful_callbacks or {}).get(name)
+    if isinstance(entry, list):  # several callbacks of one class: one stream, the first holds it
+        entry = entry[0] if entry else None
+    if not isinstance(entry, dict):
+        return None
+    return entry.get("attributes", {}).get("pqt_state")
