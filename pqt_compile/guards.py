@@ -36,13 +36,13 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import naming
-from .compat import fsdp2_unsharded_params
+from .compat import dynamo_runs_eagerly, fsdp2_unsharded_params
 from .config import PQTConfig
 from .memo import ObjectMemo
 from .selection import admits, could_be_sampled, not_matmul_weights, samplable
 
 __all__ = ["mark_seen", "keyed_name", "watch", "expect_graphs", "check_expected", "after_optimizer_step", "note_graph_call",
-           "warn_if_nothing_sampled", "reset"]
+           "graph_calls", "warn_if_nothing_sampled", "reset"]
 
 
 class _State:
@@ -127,12 +127,14 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
         if not admitted:
             waiting.append((ref, config))  # not trained by this optimizer yet
             continue
+        cause = dynamo_runs_eagerly()
         warnings.warn(
             f"pqt: an optimizer step trained {len(admitted)} weight(s) of {type(naming.unwrap(model)).__name__}, given to "
             "pqt_compile.compile, but no PQT-compiled graph received any of its weights: it trained without noise. "
-            "A torch.compile or Module.compile applied on top of a pqt-compiled model compiles it again with its own "
-            "backend (Dynamo traces through the inner compile). Compile it once, with pqt: pqt_compile.compile(model) "
-            "or torch.compile(model, backend='pqt') alone (transformers' Trainer: leave torch_compile off).",
+            + (f"{cause}: Dynamo runs the model eagerly; undo that for PQT training." if cause else
+               "A torch.compile or Module.compile applied on top of a pqt-compiled model compiles it again with its own "
+               "backend (Dynamo traces through the inner compile). Compile it once, with pqt: pqt_compile.compile(model) "
+               "or torch.compile(model, backend='pqt') alone (transformers' Trainer: leave torch_compile off)."),
             stacklevel=4,
         )
     if len(waiting) != len(_state.expecting):
@@ -143,6 +145,11 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
 def note_graph_call() -> None:
     """A PQT graph that holds weights ran (sampling or not)."""
     _state.graph_calls += 1
+
+
+def graph_calls() -> int:
+    """How many calls of PQT graphs holding weights ran in this process (steps.py NOTE [no graph ran])."""
+    return _state.graph_calls
 
 
 def after_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
@@ -289,7 +296,10 @@ def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
         state["done"] = True
         for handle in handles:  # checked on the first training call only
             handle.remove()
-        if _state.graph_calls == state["before"]:
+        if _state.graph_calls == state["before"] and (cause := dynamo_runs_eagerly()):
+            warnings.warn(f"pqt: this training call ran no PQT-compiled graph, so no weight was sampled: {cause}, so "
+                          "Dynamo runs the model eagerly; undo that for PQT training.", stacklevel=2)
+        elif _state.graph_calls == state["before"]:
             warnings.warn(
                 "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "
                 "(Dynamo compiled nothing here, or ran this frame eagerly because its recompile limit was "

@@ -22,6 +22,10 @@ rule] in seeds.py), observed with hooks.
 * An optimizer step that updates a PQT-compiled model's weights after sampling calls whose
   backward was never seen (NOTE [unseen backward]): a new step too, with a warning (once).
 
+* An optimizer step that updates a PQT-compiled model's weights when PQT graphs ran before this
+  optimizer's previous step but none since (NOTE [no graph ran]): the model now runs eagerly, so
+  the step trained clean; a warning (once) names why where it can (compat.dynamo_runs_eagerly).
+
 Limits, written down in docs/design.md: a pipeline schedule that runs several forwards before
 their backwards gives them one draw; two PQT models trained interleaved in one process share the
 counters (each sees every other step). Pin seeds with `fixed_seed` where that matters.
@@ -31,13 +35,14 @@ from __future__ import annotations
 
 import collections
 import warnings
+import weakref
 from typing import Any, Optional
 
 import torch
 
 from . import guards, naming, seeds
-from .compat import (compiled_autograd_on, current_autograd_node, current_graph_task_id, queue_backward_callback,
-                     watch_function_backward)
+from .compat import (compiled_autograd_on, current_autograd_node, current_graph_task_id, dynamo_runs_eagerly,
+                     queue_backward_callback, watch_function_backward)
 from .memo import ObjectMemo
 
 __all__ = ["install", "install_hook", "track_backward", "in_backward", "forward_seed", "optimizer_counts", "pending", "set_pending"]
@@ -51,6 +56,8 @@ class _Hooks:
         self.frozen_sampled = False  # a sampling call with no backward through it since the last step
         self.awaiting_backward = False  # a sampling call observed, no backward pass seen since
         self.warned_unseen = False
+        self.graph_calls_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> guards.graph_calls()
+        self.warned_no_graph = False
 
 
 _hooks = _Hooks()
@@ -100,6 +107,9 @@ def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     guards.check_expected(optimizer)  # O(1) once every pqt_compile.compile'd model reached PQT graphs
+    calls = guards.graph_calls()
+    before = _hooks.graph_calls_at.get(optimizer)
+    _hooks.graph_calls_at[optimizer] = calls
     # A step ends a training step only after a backward pass through sampling graphs: an
     # optimizer stepped with no backward since the last step is not training. Such steps exist:
     # torch.distributed.checkpoint's get_state_dict initialises a stateless optimizer by calling
@@ -117,6 +127,13 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
         _hooks.awaiting_backward = _hooks.frozen_sampled = False
         seeds.advance_step()
         _warn_unseen_backward()
+    elif before == calls and calls and not _hooks.warned_no_graph and _updates(optimizer) and optimizer_counts(optimizer):
+        # NOTE [no graph ran]: PQT graphs ran before this optimizer's previous step and none since:
+        # the model now runs eagerly (set_stance("force_eager"), Dynamo disabled, its uncompiled
+        # module called), so this step trained its weights clean. Per optimizer: a second optimizer
+        # stepping after the first in one iteration has seen graphs run since its own last step.
+        _hooks.warned_no_graph = True
+        _warn_no_graph_ran()
     elif _hooks.frozen_sampled and seeds.micro_batch() == 0 and _updates(optimizer):
         # NOTE [frozen graphs]: a PQT graph whose inputs are all frozen (backend.py NOTE [training
         # graphs]) samples, but no backward pass runs through it; if none ran through any PQT
@@ -156,6 +173,19 @@ def _warn_unseen_backward() -> None:
             "nothing through the sampled graphs",
             stacklevel=3,
         )
+
+
+def _warn_no_graph_ran() -> None:
+    cause = dynamo_runs_eagerly()
+    warnings.warn(
+        "pqt: an optimizer step updated weights of a PQT-compiled model, but no PQT-compiled graph ran since this "
+        "optimizer's previous step: those weights trained without noise. "
+        + (f"{cause}: Dynamo runs the model eagerly; undo that for PQT training."
+           if cause else "Dynamo ran the model eagerly (torch.compiler.set_stance('force_eager'), Dynamo disabled), or "
+           "the model was called around its compiled wrapper (model._orig_mod, a copy of an in-place compiled model); "
+           "call the compiled model.") + " Said once.",
+        stacklevel=3,
+    )
 
 
 def _end_of_backward() -> None:
@@ -246,4 +276,5 @@ def reset() -> None:
     """Forget the per-optimizer decisions and a pending callback (for tests); the hook stays."""
     _hooks.queued_for = -1
     _hooks.counts = ObjectMemo()
-    _hooks.frozen_sampled = _hooks.awaiting_backward = _hooks.warned_unseen = False
+    _hooks.frozen_sampled = _hooks.awaiting_backward = _hooks.warned_unseen = _hooks.warned_no_graph = False
+    _hooks.graph_calls_at = weakref.WeakKeyDictionary()

@@ -129,3 +129,66 @@ def test_a_backward_pqt_cannot_see_still_ends_the_step_with_a_warning():
         cm(x).sum().backward()  # seen again: counted, no warning
         opt.step()
     assert pqt_compile.seed_state()["step"] == start["step"] + 3
+
+
+def _pqt_warnings(caught):
+    return [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
+
+
+@pytest.mark.parametrize("entry", ["torch.compile", "pqt_compile.compile"])
+def test_an_optimizer_step_after_the_model_ran_eagerly_warns_once_naming_why(entry):
+    """NOTE [no graph ran]: set_stance("force_eager") after a compiled step ran every later step
+    eagerly, clean, without a word (the guards stop checking a model once its weights were seen)."""
+    import warnings
+
+    torch._dynamo.reset()
+    m, x = MLP(), torch.randn(4, 32)
+    cm = torch.compile(m, backend="pqt") if entry == "torch.compile" else pqt_compile.compile(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    cm(x).sum().backward()
+    opt.step()
+    with warnings.catch_warnings(record=True) as caught, torch.compiler.set_stance("force_eager"):
+        warnings.simplefilter("always")
+        for _ in range(3):
+            cm(x).sum().backward()
+            opt.step()
+    said = _pqt_warnings(caught)
+    assert len(said) == 1 and "no PQT-compiled graph ran since this optimizer's previous step" in said[0]
+    assert "torch.compiler.set_stance('force_eager') is in force" in said[0]
+
+
+def test_two_optimizers_stepping_after_one_backward_do_not_warn():
+    """The check is per optimizer: the second optimizer of an iteration saw graphs run since its own
+    previous step, though none ran since the first optimizer's step."""
+    import warnings
+
+    torch._dynamo.reset()
+    m, x = MLP(), torch.randn(4, 32)
+    cm = pqt_compile.compile(m)
+    first, second = list(m.parameters())[:2], list(m.parameters())[2:]
+    opts = [torch.optim.SGD(first, lr=0.01), torch.optim.SGD(second, lr=0.01)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            cm(x).sum().backward()
+            for opt in opts:
+                opt.step()
+    assert not _pqt_warnings(caught)
+
+
+def test_a_model_run_eagerly_because_dynamo_is_disabled_is_named_as_such():
+    """The nothing-sampled and compiled-over warnings blamed a recompile limit or an outer compile."""
+    import warnings
+
+    torch._dynamo.reset()
+    m, x = MLP(), torch.randn(4, 32)
+    with torch._dynamo.config.patch(disable=True), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cm = pqt_compile.compile(m)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        for _ in range(2):
+            cm(x).sum().backward()
+            opt.step()
+    said = _pqt_warnings(caught)
+    assert len(said) == 2 and all("Dynamo is disabled (torch._dynamo.config.disable" in s for s in said), said
+    assert not any("recompile limit" in s or "applied on top" in s for s in said)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -21,6 +23,8 @@ __all__ = [
     "frame_modules",
     "dynamo_counters",
     "dynamo_recompile_limit",
+    "dynamo_runs_eagerly",
+    "parameters_as_attributes_cause",
 ]
 
 
@@ -207,3 +211,38 @@ def dynamo_recompile_limit(limit: int) -> Any:
     process that compiles one model's forward with many configs, or many copies of one model."""
     config = require("torch._dynamo", "config", "a raised recompile limit")
     return config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, 64 * limit))
+
+
+# ---- Dynamo: settings that run compiled code eagerly or change what a graph receives -------
+def dynamo_runs_eagerly() -> Optional[str]:
+    """Why Dynamo runs compiled models eagerly right now, in words (a message names it), or None:
+    TORCHDYNAMO_DISABLE=1 (torch.compile then returns a no-op wrapper, torch 2.11-2.15),
+    torch._dynamo.config.disable (TORCH_COMPILE_DISABLE=1), or a stance set by
+    torch.compiler.set_stance that runs frames eagerly (eval_frame._stance, reassigned by each
+    set_stance: read at each call)."""
+    if os.environ.get("TORCHDYNAMO_DISABLE", "") == "1":
+        return "Dynamo is disabled (TORCHDYNAMO_DISABLE=1)"
+    if getattr(torch._dynamo.config, "disable", False):
+        return "Dynamo is disabled (torch._dynamo.config.disable, TORCH_COMPILE_DISABLE=1)"
+    stance = getattr(getattr(sys.modules.get("torch._dynamo.eval_frame"), "_stance", None), "stance", "default")
+    if stance in ("force_eager", "eager_on_recompile"):
+        return f"torch.compiler.set_stance({stance!r}) is in force"
+    return None
+
+
+def parameters_as_attributes_cause(grad_enabled: bool) -> str:
+    """The setting that made Dynamo hold a graph's Parameters as attributes rather than inputs
+    (torch 2.11-2.15), in words: Inductor freezing under no_grad (torch._dynamo.utils
+    is_parameter_freezing), prepare_freezing, or inline_inbuilt_nn_modules off (torch <= 2.12)."""
+    dynamo_config = torch._dynamo.config
+    if getattr(importlib.import_module("torch._inductor.config"), "freezing", False) and not grad_enabled:
+        return ("Inductor freezing is on (torch._inductor.config.freezing, TORCHINDUCTOR_FREEZING=1) and grad is off, "
+                "so Dynamo folds the weights into the graph as constants")
+    if getattr(dynamo_config, "prepare_freezing", False):
+        return "torch._dynamo.config.prepare_freezing is on (TORCHDYNAMO_PREPARE_FREEZING=1)"
+    with warnings.catch_warnings():  # deprecated, and always True, from torch 2.13
+        warnings.simplefilter("ignore", FutureWarning)
+        inlined = getattr(dynamo_config, "inline_inbuilt_nn_modules", True)
+    if inlined is False:
+        return "torch._dynamo.config.inline_inbuilt_nn_modules is False"
+    return "a Dynamo setting lifted them out of the graph's inputs"

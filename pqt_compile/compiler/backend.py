@@ -20,7 +20,8 @@ import torch
 
 from .. import guards, naming, steps
 from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
-                      ieee_division_patches, inductor_config_options, inductor_option_type, mode_options)
+                      ieee_division_patches, inductor_config, inductor_config_options, inductor_option_type, mode_options,
+                      parameters_as_attributes_cause)
 from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
@@ -152,9 +153,15 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     from . import lowering  # noqa: F401  (registers the Inductor lowering of pqt.sample)
 
     if any(True for _ in gm.parameters()):  # checked first: such a graph has no Parameter inputs
+        # Inductor freezing lifts the weights of a no_grad graph into constants. Such a graph runs
+        # clean anyway unless the config samples in eval: then it is plain Inductor's, frozen.
+        grad_enabled = torch.is_grad_enabled()
+        if not grad_enabled and not config.sample_in_eval and inductor_config().freezing:
+            return compile_fx(gm, example_inputs, inductor_patches)
         raise RuntimeError(
-            "pqt: this graph holds its parameters as attributes; pqt needs them as graph inputs, "
-            "which is Dynamo's default: set torch._dynamo.config.inline_inbuilt_nn_modules = True"
+            f"pqt: this graph holds its parameters as attributes: {parameters_as_attributes_cause(grad_enabled)}. pqt "
+            "samples weights that reach the graph as inputs, Dynamo's default: turn that setting off for a pqt compile"
+            + (" (sample_in_eval samples no_grad calls too)" if config.sample_in_eval and not grad_enabled else "")
         )
     roots = register_roots(example_inputs)  # through torch.compile too: the guards and the names need the model
     for root in roots:

@@ -5,6 +5,7 @@ import io
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 import torch.nn as nn
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -108,6 +109,31 @@ def test_sampled_weight_is_bit_exact_in_forward_and_backward():
     assert torch.equal(x.grad, torch.eye(70, 16) @ want)
     # and the weight's gradient is the plain one (identity through the sample)
     assert torch.equal(m.weight.grad, torch.eye(70, 16).t() @ torch.eye(70))
+
+
+def test_inductor_freezing_evaluates_clean_and_a_graph_that_must_sample_names_the_setting():
+    """Inductor freezing (TORCHINDUCTOR_FREEZING=1) makes Dynamo fold a no_grad graph's weights into
+    constants: every no_grad call crashed, telling the user to set inline_inbuilt_nn_modules, which
+    torch 2.13 ignores. Such a graph is clean anyway: plain Inductor's, frozen. One that must sample
+    (sample_in_eval; any graph under prepare_freezing) is refused naming the real setting."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, x = MLP(), torch.randn(4, 32)
+    with inductor_config.patch(freezing=True):
+        cm = pqt_compile.compile(m)
+        with pqt_compile.fixed_seed(3):
+            assert max_rel_err(cm(x), reference.run(m, x, seed=3)) < FP32_REL_TOL  # training: sampled
+        m.eval()
+        with torch.no_grad():
+            assert max_rel_err(cm(x), m(x)) < FP32_REL_TOL
+        torch._dynamo.reset()
+        with torch.no_grad(), pytest.raises(Exception, match=r"Inductor freezing is on .* turn that setting off .*"
+                                                            r"sample_in_eval samples no_grad calls too"):
+            pqt_compile.compile(m, PQTConfig(sample_in_eval=True))(x)
+    torch._dynamo.reset()
+    m.train()
+    with torch._dynamo.config.patch(prepare_freezing=True), pytest.raises(Exception, match=r"prepare_freezing is on"):
+        pqt_compile.compile(m)(x)
 
 
 def test_eval_no_grad_and_inference_mode_use_clean_weights():
