@@ -12,7 +12,7 @@ model that is already compiled with PQT, in place, so that it is still the same 
     Trainer(model=model, args=TrainingArguments(..., torch_compile=False), ...,
             callbacks=[PQTStateCallback(cfg)]).train()
 
-PQTStateCallback (pqt_compile/hf_trainer.py) puts the PQT seed stream into Trainer's checkpoints,
+PQTStateCallback (pqt_compile/hf_callback.py) puts the PQT seed stream into Trainer's checkpoints,
 so that `train(resume_from_checkpoint=...)` draws the uninterrupted run's noise.
 
 Trainer's evaluation runs under no_grad and model.eval(), so it sees the clean weights.
@@ -50,7 +50,7 @@ def make_trainer(out: str, steps: int, config: Optional[pqt_compile.PQTConfig] =
     """A Trainer for a tiny GPT-2 trained with PQT (the integration this example shows)."""
     from transformers import Trainer, TrainingArguments
 
-    from pqt_compile.hf_trainer import PQTStateCallback
+    from pqt_compile.hf_callback import PQTStateCallback
 
     train_tokens, val_tokens = split(load_corpus())
     model = build_model("gpt2", "tiny", seq)

@@ -5,7 +5,7 @@ import torch
 import pqt_compile
 from conftest import FP32_REL_TOL, max_rel_err
 from examples import hf_trainer
-from pqt_compile.hf_trainer import PQTStateCallback
+from pqt_compile.hf_callback import PQTStateCallback
 import pytest
 
 pytestmark = pytest.mark.private_api  # exercises private torch/Triton APIs: CI reruns it on the newest torch

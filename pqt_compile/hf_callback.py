@@ -1,6 +1,6 @@
 """PQTStateCallback: the PQT seed stream in every Hugging Face Trainer checkpoint.
 
-    from pqt_compile.hf_trainer import PQTStateCallback
+    from pqt_compile.hf_callback import PQTStateCallback
     Trainer(model=model, args=args, ..., callbacks=[PQTStateCallback(cfg)])
 
 Trainer checkpoints the model, optimizer, scheduler and RNG states, not pqt_compile's seed stream

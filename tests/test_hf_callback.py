@@ -1,4 +1,4 @@
-"""PQTStateCallback (pqt_compile/hf_trainer.py): a Trainer run resumed from a checkpoint draws the
+"""PQTStateCallback (pqt_compile/hf_callback.py): a Trainer run resumed from a checkpoint draws the
 noise of the uninterrupted run; a checkpoint without PQT state, or with another config, is refused."""
 
 import json
@@ -9,11 +9,12 @@ import torch
 
 import pqt_compile
 from pqt_compile import PQTConfig
-from pqt_compile.hf_trainer import PQTStateCallback
+from pqt_compile.hf_callback import PQTStateCallback
 
 pytestmark = [pytest.mark.third_party, pytest.mark.private_api]  # transformers' Trainer, the compile path
 
 transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # Trainer needs it
 CFG = PQTConfig(format="fp4_e2m1")
 
 
