@@ -42,7 +42,7 @@ from .memo import ObjectMemo
 from .selection import admits, could_be_sampled, not_matmul_weights, samplable
 
 __all__ = ["mark_seen", "keyed_name", "watch", "expect_graphs", "check_expected", "after_optimizer_step", "note_graph_call",
-           "graph_calls", "warn_if_nothing_sampled", "reset"]
+           "graph_calls", "eager_cause", "warn_if_nothing_sampled", "reset"]
 
 
 class _State:
@@ -127,11 +127,10 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
         if not admitted:
             waiting.append((ref, config))  # not trained by this optimizer yet
             continue
-        cause = dynamo_runs_eagerly()
         warnings.warn(
             f"pqt: an optimizer step trained {len(admitted)} weight(s) of {type(naming.unwrap(model)).__name__}, given to "
             "pqt_compile.compile, but no PQT-compiled graph received any of its weights: it trained without noise. "
-            + (f"{cause}: Dynamo runs the model eagerly; undo that for PQT training." if cause else
+            + (eager_cause() or
                "A torch.compile or Module.compile applied on top of a pqt-compiled model compiles it again with its own "
                "backend (Dynamo traces through the inner compile). Compile it once, with pqt: pqt_compile.compile(model) "
                "or torch.compile(model, backend='pqt') alone (transformers' Trainer: leave torch_compile off)."),
@@ -145,6 +144,13 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
 def note_graph_call() -> None:
     """A PQT graph that holds weights ran (sampling or not)."""
     _state.graph_calls += 1
+
+
+def eager_cause() -> Optional[str]:
+    """The sentence a warning about weights that trained clean gives when Dynamo runs models eagerly
+    (compat.dynamo_runs_eagerly), or None when it does not."""
+    cause = dynamo_runs_eagerly()
+    return f"{cause}: Dynamo runs the model eagerly; undo that for PQT training." if cause else None
 
 
 def graph_calls() -> int:
@@ -296,9 +302,9 @@ def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
         state["done"] = True
         for handle in handles:  # checked on the first training call only
             handle.remove()
-        if _state.graph_calls == state["before"] and (cause := dynamo_runs_eagerly()):
-            warnings.warn(f"pqt: this training call ran no PQT-compiled graph, so no weight was sampled: {cause}, so "
-                          "Dynamo runs the model eagerly; undo that for PQT training.", stacklevel=2)
+        if _state.graph_calls == state["before"] and (cause := eager_cause()):
+            warnings.warn(f"pqt: this training call ran no PQT-compiled graph, so no weight was sampled. {cause}",
+                          stacklevel=2)
         elif _state.graph_calls == state["before"]:
             warnings.warn(
                 "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "

@@ -41,8 +41,8 @@ from typing import Any, Optional
 import torch
 
 from . import guards, naming, seeds
-from .compat import (compiled_autograd_on, current_autograd_node, current_graph_task_id, dynamo_runs_eagerly,
-                     queue_backward_callback, watch_function_backward)
+from .compat import (compiled_autograd_on, current_autograd_node, current_graph_task_id, queue_backward_callback,
+                     watch_function_backward)
 from .memo import ObjectMemo
 
 __all__ = ["install", "install_hook", "track_backward", "in_backward", "forward_seed", "optimizer_counts", "pending", "set_pending"]
@@ -176,14 +176,12 @@ def _warn_unseen_backward() -> None:
 
 
 def _warn_no_graph_ran() -> None:
-    cause = dynamo_runs_eagerly()
     warnings.warn(
         "pqt: an optimizer step updated weights of a PQT-compiled model, but no PQT-compiled graph ran since this "
         "optimizer's previous step: those weights trained without noise. "
-        + (f"{cause}: Dynamo runs the model eagerly; undo that for PQT training."
-           if cause else "Dynamo ran the model eagerly (torch.compiler.set_stance('force_eager'), Dynamo disabled), or "
-           "the model was called around its compiled wrapper (model._orig_mod, a copy of an in-place compiled model); "
-           "call the compiled model.") + " Said once.",
+        + (guards.eager_cause() or "Dynamo ran the model eagerly (torch.compiler.set_stance('force_eager'), Dynamo "
+           "disabled), or the model was called around its compiled wrapper (model._orig_mod, a copy of an in-place "
+           "compiled model); call the compiled model.") + " Said once.",
         stacklevel=3,
     )
 
