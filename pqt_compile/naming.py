@@ -1,9 +1,10 @@
 """Weight names: the qualified name that keys a weight's noise, one rule for the compiled path,
 the reference, export and the guards.
 
-A weight's name is its qualified name in the registered model (the "root"), with
-torch.compile's `_orig_mod` segments dropped (`canonical_name`), so a block swapped for its
-compiled wrapper (torchtitan's per-block layout) keeps the plain model's name, hence its noise.
+A weight's name is its qualified name in the registered model (the "root"), with wrapper segments
+dropped (`canonical_name`: torch.compile's `_orig_mod`, the activation-checkpoint and FSDP1
+wrappers'), so a block swapped for its compiled or checkpointed wrapper (torchtitan's per-block
+layout) keeps the plain model's name, hence its noise.
 A tied weight has its first name; its other names are its aliases (include/exclude match them).
 
 Where names come from, in order:
@@ -79,10 +80,17 @@ class WeightName:
 
 
 
+#: Module-name segments that wrappers add and that are not part of the model's own names:
+#: torch.compile's OptimizedModule; torch's activation-checkpoint wrapper (`checkpoint_wrapper`,
+#: torchtitan's way of checkpointing a block) and FSDP1's wrapper, whose state dicts leave them
+#: out too. Dropped, so that wrapping a block changes neither its names nor its noise.
+WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
+
+
 def canonical_name(name: str) -> str:
-    """A qualified name without torch.compile's wrapper segments ("h.0._orig_mod.fc.weight" ->
-    "h.0.fc.weight")."""
-    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+    """A qualified name without wrapper segments (WRAPPER_SEGMENTS: "h.0._orig_mod.fc.weight" and
+    "h.0._checkpoint_wrapped_module.fc.weight" -> "h.0.fc.weight")."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -106,7 +106,8 @@ def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    guards.check_expected(optimizer)  # O(1) once every pqt_compile.compile'd model reached PQT graphs
+    if _updates(optimizer):  # not DCP's initialising step (lr 0, zero gradients): it trains nothing
+        guards.check_expected(optimizer)  # O(1) once every pqt_compile.compile'd model reached PQT graphs
     calls = guards.graph_calls()
     before = _hooks.graph_calls_at.get(optimizer)
     _hooks.graph_calls_at[optimizer] = calls

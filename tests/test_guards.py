@@ -290,6 +290,31 @@ def test_a_pqt_compiled_model_compiled_over_by_another_backend_is_named_at_the_s
     assert _train(pqt_compile.compile(model), model, x, steps=3) == []
 
 
+def test_dcps_initialising_optimizer_step_is_not_training_and_leaves_the_check_armed():
+    """torch.distributed.checkpoint's get_state_dict steps a fresh optimizer with zero gradients at
+    lr 0 (the README's resume recipe): that step was named as clean training, with the compiled-over
+    advice, and dropped the model from the check, so a real compile over it went unnamed."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(4, 32)
+    outer = torch.compile(pqt_compile.compile(model), backend="eager")  # compiled over: trains clean
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_state_dict(model, opt)
+    assert not [w for w in caught if str(w.message).startswith("pqt:")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            outer(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    said = [str(w.message) for w in caught if str(w.message).startswith("pqt:")]
+    assert len(said) == 1 and "no PQT-compiled graph received any of its weights" in said[0], said
+
+
 def test_a_tied_head_admitted_alone_is_sampled_and_no_pattern_warning_says_otherwise():
     """The nothing-sampled guard skipped every embedding table, one tied to a head included, and
     told a model whose tied head trains with noise to fix its patterns."""

@@ -170,6 +170,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     if not weights.positions:  # no Parameter inputs: nothing to sample
         return compile_fx(gm, example_inputs, inductor_patches)
     _refuse_tensor_subclass_weights(weights, example_inputs)
+    _refuse_per_rank_noise_under_tensor_parallelism(config, weights, example_inputs)
     device = example_inputs[weights.positions[0]].device
     key_slots = graph_abi.key_slots([example_inputs[pos] for pos in weights.positions])
     compiler = GraphCompiler(gm, config, inductor_patches, weights, key_slots)
@@ -228,6 +229,25 @@ def _refuse_tensor_subclass_weights(weights: GraphWeights, example_inputs: list)
                 f"pqt: weight {name!r} is a tensor subclass ({type(t).__name__}); pqt samples plain and DTensor "
                 "weights only. Keep the weight a plain Parameter while training with pqt (convert it after), or "
                 "exclude it in the PQTConfig."
+            )
+
+
+def _refuse_per_rank_noise_under_tensor_parallelism(config: PQTConfig, weights: GraphWeights, example_inputs: list) -> None:
+    """per_rank_noise mixes each process's global rank into the seed (wrapper._rank). The ranks of
+    a tensor-parallel group hold one model: their shards of a weight, and the replicated weights
+    and activations between them, must see one draw. With a rank each, the replicated weights
+    drifted apart and the row-parallel all-reduce summed partial products of different models,
+    silently. Refused where a graph holds a DTensor weight (its TP shard; FSDP2 alone hands the
+    graph plain unsharded Parameters)."""
+    if not config.per_rank_noise:
+        return
+    for pos, name in zip(weights.positions, weights.names):
+        if is_dtensor(example_inputs[pos]):
+            raise ValueError(
+                f"pqt: per_rank_noise=True with the tensor-parallel (DTensor) weight {name!r}: the ranks of a tensor-"
+                "parallel group hold one model and must draw the same noise, but per_rank_noise gives every process "
+                "its own draw, so they would train different models. Use per_rank_noise=False (the default) with "
+                "tensor parallelism."
             )
 
 

@@ -40,6 +40,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     for layout in tp_train.LAYOUTS:
         torch._dynamo.reset()
         results[layout] = tp_train.train(STEPS, GLOBAL_BATCH, layout, config=_config(layout))
+    # per_rank_noise would give each rank of one tensor-parallel model its own draw: refused on
+    # every rank at compile time (before any collective runs, so no rank waits on another).
+    torch._dynamo.reset()
+    try:
+        tp_train.train(1, GLOBAL_BATCH, NVFP4_LAYOUT, config=tp_train.CONFIG.replace(per_rank_noise=True))
+        results["per_rank_noise"] = None
+    except Exception as e:  # noqa: BLE001 - Dynamo wraps the backend's error
+        results["per_rank_noise"] = str(e)
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
@@ -62,6 +70,7 @@ def test_tensor_parallel_matches_one_process(tmp_path):
     clean = train_steps(plain, plain, STEPS, GLOBAL_BATCH, 0, 1, torch.device("cpu"))
     start = {k: v for k, v in tp_train.make_model().state_dict().items()}
     assert set(tp_train.LAYOUTS) == {NVFP4_LAYOUT, "fsdp-tp"}
+    assert "per_rank_noise=True with the tensor-parallel (DTensor) weight" in (got.pop("per_rank_noise") or "")
     for layout in tp_train.LAYOUTS:
         want = single_nvfp4 if layout == NVFP4_LAYOUT else single
         assert set(got[layout]) == set(want), layout
