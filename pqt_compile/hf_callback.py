@@ -18,13 +18,14 @@ Importing this module imports transformers; `import pqt_compile` does not.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+import weakref
+from typing import Any, Optional
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from .config import PQTConfig
-from .seeds import PQTState, parse_config
+from .seeds import PQTState
 
 __all__ = ["PQTStateCallback"]
 
@@ -33,30 +34,45 @@ class PQTStateCallback(TrainerCallback, ExportableState):
     """Saves the PQT seed stream with each Trainer checkpoint and restores it at a resume.
 
     Args:
-        config: the PQTConfig the model is trained with (or its repr, as Trainer rebuilds the
-            callback from the checkpoint's JSON); a resume with another config is refused.
+        config: the PQTConfig the model is trained with; a resume from a checkpoint saved with
+            another config is refused.
         allow_missing_state: resume from a checkpoint saved without this callback by continuing
             the stream where it stands (its noise then differs from the uninterrupted run's);
             by default such a resume is refused.
-        pqt_state: the saved stream (set by Trainer when it restores the callback).
+        pqt_state, rebuilt: set by Trainer only (below).
+
+    NOTE [rebuilt by Trainer]: with `restore_callback_states_from_checkpoint=True` Trainer replaces
+    each ExportableState callback by `type(cb)(**state["args"])` built from the checkpoint's JSON.
+    Had the args held the config, the rebuilt callback would compare the checkpoint's config with
+    itself and accept any resume. So the args say only `rebuilt=True`, and a rebuilt callback takes
+    the settings of the callback the user built (the last one built in this process).
     """
 
-    def __init__(self, config: Union[PQTConfig, str], allow_missing_state: bool = False,
-                 pqt_state: Optional[dict] = None) -> None:
-        parsed = parse_config(config) if isinstance(config, str) else config
-        if not isinstance(parsed, PQTConfig):
+    def __init__(self, config: Optional[PQTConfig] = None, allow_missing_state: bool = False, *,
+                 pqt_state: Optional[dict] = None, rebuilt: bool = False) -> None:
+        if rebuilt:
+            user = _user_built[0]() if _user_built[0] is not None else None
+            if user is None:
+                raise RuntimeError("pqt: Trainer rebuilt a PQTStateCallback from a checkpoint, but no "
+                                   "PQTStateCallback(cfg) was given to this Trainer; pass one in callbacks=[...]")
+            config, allow_missing_state = user.config, user.allow_missing_state
+        if not isinstance(config, PQTConfig):
             raise TypeError(f"pqt: PQTStateCallback takes the PQTConfig the model is trained with, got {config!r}; "
                             "e.g. PQTStateCallback(PQTConfig(format='fp4_e2m1'))")
-        self.config = parsed
+        self.config = config
         self.allow_missing_state = bool(allow_missing_state)
         self.pqt_state = pqt_state
+        if not rebuilt:
+            _user_built[0] = weakref.ref(self)
 
     def state(self) -> dict:
-        """What Trainer writes into trainer_state.json at a checkpoint: the stream as it stands."""
-        return {"args": {"config": repr(self.config), "allow_missing_state": self.allow_missing_state},
-                "attributes": {"pqt_state": PQTState(self.config).state_dict()}}
+        """What Trainer writes into trainer_state.json at a checkpoint: the stream as it stands (with
+        the config it was drawn with, inside `PQTState.state_dict`)."""
+        return {"args": {"rebuilt": True}, "attributes": {"pqt_state": PQTState(self.config).state_dict()}}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """At a resume (global_step > 0), load the stream the resumed checkpoint holds, from the
+        resumed TrainerState itself: whether or not Trainer restores callback objects."""
         if state.global_step == 0:  # a fresh run: the stream stands where the user seeded it
             return
         saved = _saved_stream(state.stateful_callbacks, type(self).__name__)
@@ -75,11 +91,15 @@ class PQTStateCallback(TrainerCallback, ExportableState):
         PQTState(self.config).load_state_dict(saved)  # refuses another config, or no PQT state
 
 
+#: the last PQTStateCallback a user built, for one Trainer rebuilds (NOTE [rebuilt by Trainer])
+_user_built: list[Optional["weakref.ref[PQTStateCallback]"]] = [None]
+
+
 def _saved_stream(stateful_callbacks: Optional[dict], name: str) -> Optional[dict]:
     """The `pqt_state` a checkpoint's TrainerState holds for the callback class `name`, or None."""
     entry = (stateful_callbacks or {}).get(name)
-    if isinstance(entry, list):  # several callbacks of one class: one stream, the first holds it
-        entry = entry[0] if entry else None
+    if isinstance(entry, list):  # several callbacks of one class: Trainer appends at each save, newest last
+        entry = entry[-1] if entry else None
     if not isinstance(entry, dict):
         return None
     return entry.get("attributes", {}).get("pqt_state")

@@ -261,7 +261,7 @@ class GraphWeights:
             if isinstance(ex, torch.nn.Parameter):
                 entry = lookup(ex)
                 positions.append(pos)
-                names.append(entry.name if entry is not None else placeholder_source_name(node) or f"input{pos}")
+                names.append(entry.name if entry is not None else canonical_name(placeholder_source_name(node) or f"input{pos}"))
                 objs.append(ex)
             elif is_buffer_placeholder(node):
                 buffers[pos] = placeholder_source_name(node) or f"input{pos}"

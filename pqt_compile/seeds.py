@@ -39,7 +39,6 @@ __all__ = [
     "rank_seed",
     "seed_state",
     "set_seed_state",
-    "parse_config",
     "check_seed",
     "PQTState",
 ]
@@ -228,7 +227,7 @@ class PQTState:
                              "state_dict); restore it with pqt_compile.set_seed_state(state), and checkpoint "
                              "PQTState(config).state_dict() from now on")
         saved = state.get("config")
-        if parse_config(saved) != self.config:
+        if _parse_config(saved) != self.config:
             raise ValueError(
                 f"pqt: the checkpoint's PQT state was saved with {saved}, "
                 f"not with {self.config!r}; resume with the config it was trained with"
@@ -236,7 +235,7 @@ class PQTState:
         set_seed_state(state)
 
 
-def parse_config(text: object) -> Optional[PQTConfig]:
+def _parse_config(text: object) -> Optional[PQTConfig]:
     """The PQTConfig whose repr `text` is (None if it is not one).
 
     Compared as a config, not as a string: a checkpoint written before a field was added to

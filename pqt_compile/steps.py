@@ -128,7 +128,8 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
         _hooks.awaiting_backward = _hooks.frozen_sampled = False
         seeds.advance_step()
         _warn_unseen_backward()
-    elif before == calls and calls and not _hooks.warned_no_graph and _updates(optimizer) and optimizer_counts(optimizer):
+    elif (before == calls and calls and not _hooks.warned_no_graph and _updates(optimizer) and optimizer_counts(optimizer)
+          and _steps_pqt_gradients(optimizer)):
         # NOTE [no graph ran]: PQT graphs ran before this optimizer's previous step and none since:
         # the model now runs eagerly (set_stance("force_eager"), Dynamo disabled, its uncompiled
         # module called), so this step trained its weights clean. Per optimizer: a second optimizer
@@ -142,6 +143,15 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
         # optimizer step after its forward still ends the step, so each step draws afresh.
         _hooks.frozen_sampled = False
         seeds.advance_step()
+
+
+def _steps_pqt_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` holds a gradient for a weight of a PQT-compiled model (a walk over its
+    parameters: only asked in NOTE [no graph ran]'s rare case). A model trained on alternate steps
+    next to a plain one (one optimizer over both, gradients set to None) has none on the plain
+    model's steps: not a step it trained clean."""
+    held = {id(q) for root, _ in naming.roots() for q in root.parameters()}
+    return any(p.grad is not None and id(p) in held for group in optimizer.param_groups for p in group["params"])
 
 
 def _updates(optimizer: torch.optim.Optimizer) -> bool:

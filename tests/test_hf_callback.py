@@ -72,10 +72,26 @@ def test_a_resumed_trainer_run_draws_the_uninterrupted_runs_noise(uninterrupted,
     assert all(torch.equal(got[n], want[n]) for n in want)  # bit for bit: the same noise, the same batches
 
 
-def test_a_resume_from_a_checkpoint_without_pqt_state_or_with_another_config_is_refused(uninterrupted, tmp_path):
+@pytest.mark.parametrize("restore_flag", [False, True], ids=["state_read_by_the_callback", "trainer_restores_it"])
+def test_a_resume_with_another_config_is_refused(uninterrupted, restore_flag):
+    """With Trainer's callback restore, the callback was rebuilt with the checkpoint's own config and
+    accepted any resume (NOTE [rebuilt by Trainer])."""
     out, _ = uninterrupted
     with pytest.raises(ValueError, match=r"resume with the config it was trained with"):
-        _trainer(out, [PQTStateCallback(PQTConfig(format="int4"))]).train(resume_from_checkpoint=str(out / "checkpoint-2"))
+        _trainer(out, [PQTStateCallback(PQTConfig(format="int4"))], restore_callback_states_from_checkpoint=restore_flag
+                 ).train(resume_from_checkpoint=str(out / "checkpoint-2"))
+
+
+def test_the_newest_of_several_saved_streams_is_loaded():
+    """Trainer appends one entry per save for callbacks of one class: the first was step 0's stream."""
+    from pqt_compile.hf_callback import _saved_stream
+
+    entries = [{"attributes": {"pqt_state": {"step": s}}} for s in (0, 0, 2, 2)]
+    assert _saved_stream({"PQTStateCallback": entries}, "PQTStateCallback") == {"step": 2}
+
+
+def test_a_resume_from_a_checkpoint_without_pqt_state_is_refused(uninterrupted, tmp_path):
+    out, _ = uninterrupted
     plain = tmp_path / "checkpoint-2"  # the same checkpoint, as saved without the callback
     shutil.copytree(out / "checkpoint-2", plain)
     state = json.loads((plain / "trainer_state.json").read_text())
@@ -87,4 +103,4 @@ def test_a_resume_from_a_checkpoint_without_pqt_state_or_with_another_config_is_
     _trainer(out, [PQTStateCallback(CFG, allow_missing_state=True)]).train(resume_from_checkpoint=str(plain))
     assert pqt_compile.seed_state()["step"] == 2
     with pytest.raises(TypeError, match=r"takes the PQTConfig the model is trained with"):
-        PQTStateCallback("fp4_e2m1")
+        PQTStateCallback("fp4_e2m1")  # type: ignore[arg-type]

@@ -176,6 +176,24 @@ def test_two_optimizers_stepping_after_one_backward_do_not_warn():
     assert not _pqt_warnings(caught)
 
 
+def test_a_pqt_model_trained_on_alternate_steps_next_to_a_plain_one_does_not_warn():
+    """One optimizer over a PQT model and a plain one, the two trained on alternate steps: the plain
+    model's steps run no PQT graph, but give the PQT weights no gradient either (set to None)."""
+    import warnings
+
+    torch._dynamo.reset()
+    pqt_model, plain, x = MLP(), nn.Linear(32, 32), torch.randn(4, 32)
+    cm = pqt_compile.compile(pqt_model)
+    opt = torch.optim.AdamW([*pqt_model.parameters(), *plain.parameters()], lr=1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for it in range(4):
+            opt.zero_grad(set_to_none=True)
+            (cm(x) if it % 2 == 0 else plain(x)).sum().backward()
+            opt.step()
+    assert not _pqt_warnings(caught)
+
+
 def test_a_model_run_eagerly_because_dynamo_is_disabled_is_named_as_such():
     """The nothing-sampled and compiled-over warnings blamed a recompile limit or an outer compile."""
     import warnings

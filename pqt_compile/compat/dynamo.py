@@ -225,24 +225,25 @@ def dynamo_runs_eagerly() -> Optional[str]:
     if getattr(torch._dynamo.config, "disable", False):
         return "Dynamo is disabled (torch._dynamo.config.disable, TORCH_COMPILE_DISABLE=1)"
     stance = getattr(getattr(sys.modules.get("torch._dynamo.eval_frame"), "_stance", None), "stance", "default")
-    if stance in ("force_eager", "eager_on_recompile"):
+    if stance in ("force_eager", "eager_on_recompile", "eager_then_compile", "aot_eager_then_compile"):
         return f"torch.compiler.set_stance({stance!r}) is in force"
     return None
 
 
 def parameters_as_attributes_cause(grad_enabled: bool) -> str:
-    """The setting that made Dynamo hold a graph's Parameters as attributes rather than inputs
-    (torch 2.11-2.15), in words: Inductor freezing under no_grad (torch._dynamo.utils
+    """The setting that made Dynamo hold a graph's Parameters as attributes rather than inputs, and
+    its remedy, in words (torch 2.11-2.15): Inductor freezing under no_grad (torch._dynamo.utils
     is_parameter_freezing), prepare_freezing, or inline_inbuilt_nn_modules off (torch <= 2.12)."""
     dynamo_config = torch._dynamo.config
     if getattr(importlib.import_module("torch._inductor.config"), "freezing", False) and not grad_enabled:
         return ("Inductor freezing is on (torch._inductor.config.freezing, TORCHINDUCTOR_FREEZING=1) and grad is off, "
-                "so Dynamo folds the weights into the graph as constants")
+                "so Dynamo folds the weights into the graph as constants; turn freezing off for a pqt compile")
     if getattr(dynamo_config, "prepare_freezing", False):
-        return "torch._dynamo.config.prepare_freezing is on (TORCHDYNAMO_PREPARE_FREEZING=1)"
+        return ("torch._dynamo.config.prepare_freezing is on (TORCHDYNAMO_PREPARE_FREEZING=1); turn it off for a pqt "
+                "compile")
     with warnings.catch_warnings():  # deprecated, and always True, from torch 2.13
         warnings.simplefilter("ignore", FutureWarning)
         inlined = getattr(dynamo_config, "inline_inbuilt_nn_modules", True)
     if inlined is False:
-        return "torch._dynamo.config.inline_inbuilt_nn_modules is False"
-    return "a Dynamo setting lifted them out of the graph's inputs"
+        return "torch._dynamo.config.inline_inbuilt_nn_modules is False; set it to True (Dynamo's default)"
+    return "a Dynamo setting lifted them out of the graph's inputs; undo it for a pqt compile"

@@ -159,8 +159,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
         if not grad_enabled and not config.sample_in_eval and inductor_config().freezing:
             return compile_fx(gm, example_inputs, inductor_patches)
         raise RuntimeError(
-            f"pqt: this graph holds its parameters as attributes: {parameters_as_attributes_cause(grad_enabled)}. pqt "
-            "samples weights that reach the graph as inputs, Dynamo's default: turn that setting off for a pqt compile"
+            "pqt: this graph holds its parameters as attributes, and pqt samples weights that reach the graph as "
+            f"inputs (Dynamo's default): {parameters_as_attributes_cause(grad_enabled)}"
             + (" (sample_in_eval samples no_grad calls too)" if config.sample_in_eval and not grad_enabled else "")
         )
     roots = register_roots(example_inputs)  # through torch.compile too: the guards and the names need the model

@@ -17,7 +17,7 @@ NOTE [one product, one column]: the product is the same sum of the same terms, b
 kernel (a GEMM for a GEMV) may add them in another order; the result is equal within fp
 rounding, not bit for bit, as every compiled matmul is to eager. The sample feeding it is not
 touched: it stays bit-exact. Every rewritten node keeps the meta of the product it replaces
-(activation-checkpoint tags, stack trace), with its own fake value.
+(activation-checkpoint tags, stack trace), with its own fake value and no stale tensor_meta.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def matvec_as_matmul(graph: Graph) -> int:
 def _like(graph: Graph, fake_mode: Any, original: Node, target: Any, args: tuple, kwargs: Optional[dict] = None) -> Node:
     """A new node with `original`'s meta and its own fake value (where the graph carries them)."""
     new = graph.call_function(target, args, kwargs or {})
-    new.meta.update({k: v for k, v in original.meta.items() if k != "val"})
+    new.meta.update({k: v for k, v in original.meta.items() if k not in ("val", "tensor_meta")})  # its own shapes
     _set_val(new, fake_mode)
     return new
 

@@ -41,6 +41,7 @@ def test_the_rewrite_keeps_the_products_meta():
     gm = make_fx(lambda w, v: aten.mv(w, v), tracing_mode="fake")(torch.randn(3, 4), torch.randn(4))
     (mv,) = [n for n in gm.graph.nodes if n.target is aten.mv.default]
     mv.meta["recompute"] = "tag"  # activation-checkpoint tags must survive the rewrite
+    mv.meta["tensor_meta"] = "the product's [3] shape"  # ... and no node may claim the product's shape
     matvec_as_matmul(gm.graph)
     new = [n for n in gm.graph.nodes if n.op == "call_function"]
-    assert new and all(n.meta.get("recompute") == "tag" for n in new)
+    assert new and all(n.meta.get("recompute") == "tag" and "tensor_meta" not in n.meta for n in new)
