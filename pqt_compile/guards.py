@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -96,10 +96,12 @@ def expect_graphs(model: torch.nn.Module, config: PQTConfig) -> None:
     _state.expecting_version += 1
 
 
-def check_expected(optimizer: torch.optim.Optimizer) -> None:
+def check_expected(optimizer: torch.optim.Optimizer, can_update: Callable[[torch.optim.Optimizer], bool]) -> None:
     """NOTE [compiled over]: warn about each expected model whose trained weights no PQT graph
-    received. What an optimizer holds is decided once per optimizer and expected set (a frozen or
-    unused expected model costs no walk over its weights at each step)."""
+    received, at a step that `can_update` says can move a weight (not DCP's lr-0 initialising step,
+    which trains nothing; asked only when an expected model is held, so the usual step reads no
+    learning rate). What an optimizer holds is decided once per optimizer and expected set (a
+    frozen or unused expected model costs no walk over its weights at each step)."""
     if not _state.expecting:
         return
     held = _state.held_by.get(optimizer, _state.expecting_version)
@@ -107,7 +109,7 @@ def check_expected(optimizer: torch.optim.Optimizer) -> None:
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         held = tuple(m is not None and any(id(p) in ids for p in m.parameters()) for m in (r() for r, _ in _state.expecting))
         _state.held_by.put(optimizer, _state.expecting_version, held)
-    if not any(held):
+    if not any(held) or not can_update(optimizer):
         return
     waiting = []
     stand_ins = _stand_ins()  # FSDP2: the graphs received the unsharded Parameters
@@ -302,17 +304,15 @@ def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
         state["done"] = True
         for handle in handles:  # checked on the first training call only
             handle.remove()
-        if _state.graph_calls == state["before"] and (cause := eager_cause()):
-            warnings.warn(f"pqt: this training call ran no PQT-compiled graph, so no weight was sampled. {cause}",
-                          stacklevel=2)
-        elif _state.graph_calls == state["before"]:
+        if _state.graph_calls == state["before"]:
             warnings.warn(
-                "pqt: this training call ran no PQT-compiled graph, so no weight was sampled "
-                "(Dynamo compiled nothing here, or ran this frame eagerly because its recompile limit was "
-                "reached: torch._dynamo.config.recompile_limit, 8 compiled entries per code object, which many "
-                "compiled copies or configs of one model's forward exhaust). Compile the module that holds the weights, "
-                "e.g. DDP(pqt_compile.compile(model)) instead of pqt_compile.compile(DDP(model)) "
-                "for a torch.nn container; pqt-dump shows what was compiled.",
+                "pqt: this training call ran no PQT-compiled graph, so no weight was sampled"
+                + (f". {eager_cause()}" if eager_cause() else
+                   " (Dynamo compiled nothing here, or ran this frame eagerly because its recompile limit was "
+                   "reached: torch._dynamo.config.recompile_limit, 8 compiled entries per code object, which many "
+                   "compiled copies or configs of one model's forward exhaust). Compile the module that holds the "
+                   "weights, e.g. DDP(pqt_compile.compile(model)) instead of pqt_compile.compile(DDP(model)) "
+                   "for a torch.nn container; pqt-dump shows what was compiled."),
                 stacklevel=2,
             )
         elif names := _admitted_nowhere(mod, config):

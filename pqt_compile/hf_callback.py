@@ -50,8 +50,9 @@ class PQTStateCallback(TrainerCallback, ExportableState):
 
     def __init__(self, config: Optional[PQTConfig] = None, allow_missing_state: bool = False, *,
                  pqt_state: Optional[dict] = None, rebuilt: bool = False) -> None:
+        global _user_built
         if rebuilt:
-            user = _user_built[0]() if _user_built[0] is not None else None
+            user = _user_built() if _user_built is not None else None
             if user is None:
                 raise RuntimeError("pqt: Trainer rebuilt a PQTStateCallback from a checkpoint, but no "
                                    "PQTStateCallback(cfg) was given to this Trainer; pass one in callbacks=[...]")
@@ -63,7 +64,7 @@ class PQTStateCallback(TrainerCallback, ExportableState):
         self.allow_missing_state = bool(allow_missing_state)
         self.pqt_state = pqt_state
         if not rebuilt:
-            _user_built[0] = weakref.ref(self)
+            _user_built = weakref.ref(self)
 
     def state(self) -> dict:
         """What Trainer writes into trainer_state.json at a checkpoint: the stream as it stands (with
@@ -92,7 +93,7 @@ class PQTStateCallback(TrainerCallback, ExportableState):
 
 
 #: the last PQTStateCallback a user built, for one Trainer rebuilds (NOTE [rebuilt by Trainer])
-_user_built: list[Optional["weakref.ref[PQTStateCallback]"]] = [None]
+_user_built: Optional["weakref.ref[PQTStateCallback]"] = None
 
 
 def _saved_stream(stateful_callbacks: Optional[dict], name: str) -> Optional[dict]:

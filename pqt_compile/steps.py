@@ -99,15 +99,19 @@ def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
     cached = _hooks.counts.get(optimizer, version)
     if cached is not None:
         return cached
-    held = {id(q) for root, _ in naming.roots() for q in root.parameters()}
+    held = _registered_param_ids()
     counts = any(id(p) in held for group in optimizer.param_groups for p in group["params"])
     _hooks.counts.put(optimizer, version, counts)
     return counts
 
 
+def _registered_param_ids() -> set[int]:
+    """ids of the Parameters of the registered (PQT-compiled) models."""
+    return {id(q) for root, _ in naming.roots() for q in root.parameters()}
+
+
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    if _updates(optimizer):  # not DCP's initialising step (lr 0, zero gradients): it trains nothing
-        guards.check_expected(optimizer)  # O(1) once every pqt_compile.compile'd model reached PQT graphs
+    guards.check_expected(optimizer, _updates)  # O(1) once every pqt_compile.compile'd model reached PQT graphs
     calls = guards.graph_calls()
     before = _hooks.graph_calls_at.get(optimizer)
     _hooks.graph_calls_at[optimizer] = calls
@@ -150,7 +154,7 @@ def _steps_pqt_gradients(optimizer: torch.optim.Optimizer) -> bool:
     parameters: only asked in NOTE [no graph ran]'s rare case). A model trained on alternate steps
     next to a plain one (one optimizer over both, gradients set to None) has none on the plain
     model's steps: not a step it trained clean."""
-    held = {id(q) for root, _ in naming.roots() for q in root.parameters()}
+    held = _registered_param_ids()
     return any(p.grad is not None and id(p) in held for group in optimizer.param_groups for p in group["params"])
 
 
