@@ -329,7 +329,7 @@ def main(argv: Optional[list[str]] = None, *, clock: Optional[Callable[[], float
         if not a.no_export:
             deploy = RECOMMENDED if RECOMMENDED in models else a.arm_list[-1]
             export_path = os.path.join(a.out, f"{deploy}_model.pt")
-            pqt_compile.export.save(models[deploy], export_path, cfg)
+            pqt_compile.export.save(models[deploy], export_path, cfg, force=True)  # this run's own output
             results["export"] = {"arm": deploy, "path": export_path, "bytes": os.path.getsize(export_path)}
             results["gguf"] = write_gguf_files(models, cfg, results, a)
             print(f"packed {deploy} model: {export_path} ({results['export']['bytes']} bytes)")

@@ -5,8 +5,10 @@ weight's noise, without a word.
   Dynamo ran eagerly, so it trains clean. Causes seen in torch 2.13: a frame skipped for a
   graph break inside a loop (a root compiled whole over per-block FSDP2 shards: FSDP2's hooks
   are `dynamo.disable`d), code under `torch._dynamo.disable`, `Module.compile()` on a torch.nn
-  built-in (it compiles nothing). Checked once per registered model, at the first optimizer
-  step after its first sampling call: by then a whole forward and backward have run.
+  built-in (it compiles nothing), a torch.nn RNN, GRU or LSTM (Dynamo runs the whole frame
+  that calls one eagerly unless torch._dynamo.config.allow_rnn; this cause is named, here and in
+  the two checks below). Checked once per registered model, at the first optimizer step after
+  its first sampling call: by then a whole forward and backward have run.
 * Shared keys. Two weights that one optimizer updates and that were keyed by the same name
   draw the same noise (blocks compiled one by one without `pqt_compile.register(root)`, each
   naming its weights relative to itself). Checked at an optimizer step after new weights
@@ -36,13 +38,13 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import naming
-from .compat import dynamo_runs_eagerly, fsdp2_unsharded_params
+from .compat import dynamo_runs_eagerly, dynamo_skips_recurrent_modules, fsdp2_unsharded_params
 from .config import PQTConfig
 from .memo import ObjectMemo
 from .selection import admits, could_be_sampled, not_matmul_weights, samplable
 
 __all__ = ["mark_seen", "keyed_name", "watch", "expect_graphs", "check_expected", "after_optimizer_step", "note_graph_call",
-           "graph_calls", "eager_cause", "warn_if_nothing_sampled", "reset"]
+           "graph_calls", "eager_cause", "recurrent_cause", "warn_if_nothing_sampled", "reset"]
 
 
 class _State:
@@ -132,7 +134,7 @@ def check_expected(optimizer: torch.optim.Optimizer, can_update: Callable[[torch
         warnings.warn(
             f"pqt: an optimizer step trained {len(admitted)} weight(s) of {type(naming.unwrap(model)).__name__}, given to "
             "pqt_compile.compile, but no PQT-compiled graph received any of its weights: it trained without noise. "
-            + (eager_cause() or
+            + (eager_cause() or recurrent_cause(model) or
                "A torch.compile or Module.compile applied on top of a pqt-compiled model compiles it again with its own "
                "backend (Dynamo traces through the inner compile). Compile it once, with pqt: pqt_compile.compile(model) "
                "or torch.compile(model, backend='pqt') alone (transformers' Trainer: leave torch_compile off)."),
@@ -153,6 +155,25 @@ def eager_cause() -> Optional[str]:
     (compat.dynamo_runs_eagerly), or None when it does not."""
     cause = dynamo_runs_eagerly()
     return f"{cause}: Dynamo runs the model eagerly; undo that for PQT training." if cause else None
+
+
+def recurrent_cause(model: torch.nn.Module) -> Optional[str]:
+    """The sentences a warning about weights that trained clean gives when `model` holds torch.nn
+    recurrent modules (nn.RNN, nn.GRU, nn.LSTM) that Dynamo does not trace
+    (compat.dynamo_skips_recurrent_modules), or None when it holds none or Dynamo traces them."""
+    if not dynamo_skips_recurrent_modules():
+        return None
+    found = [f"{name!r} ({type(m).__name__})" for name, m in naming.unwrap(model).named_modules()
+             if isinstance(m, torch.nn.RNNBase)]
+    if not found:
+        return None
+    return (f"It holds torch.nn recurrent module(s) {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}, which "
+            "Dynamo does not trace by default (torch._dynamo.config.allow_rnn is False): it runs them eagerly (torch "
+            "2.13 the whole forward that calls one, so nothing in it is sampled). Set torch._dynamo.config.allow_rnn = True "
+            "(experimental in torch; pqt then samples the recurrent weights where the layer is traced as matmuls, and "
+            "warns where it stays one op), or compile the modules around them on their own (model.proj = "
+            "torch.compile(model.proj, backend='pqt'); pqt_compile.register(model) keeps their full names) and "
+            "exclude the recurrent weights in the PQTConfig.")
 
 
 def graph_calls() -> int:
@@ -198,18 +219,21 @@ def _check_unseen(used: Sequence[Any], config: PQTConfig) -> None:
             continue  # another model
         _state.checked_roots[root] = True
         named = naming.weight_names(root, prefix)
-        unseen = [named[id(p)][1].name for p in params
-                  if could_be_sampled(p, config, named[id(p)][1].name, named[id(p)][1].aliases)
+        unseen = [p for p in params if could_be_sampled(p, config, named[id(p)][1].name, named[id(p)][1].aliases)
                   and _seen_name(p, stand_ins) is None]
         if unseen:
+            recurrent = {id(p) for m in root.modules() if isinstance(m, torch.nn.RNNBase) for p in m.parameters()}
+            cause = recurrent_cause(root) if any(id(p) in recurrent for p in unseen) else None
+            names = [named[id(p)][1].name for p in unseen]
             warnings.warn(
-                f"pqt: {len(unseen)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph: "
-                f"{', '.join(unseen[:8])}{', ...' if len(unseen) > 8 else ''}. Unless they are unused, code that "
-                "Dynamo ran eagerly uses them, and they train without noise: a frame skipped for a graph break "
+                f"pqt: {len(names)} weight(s) of {type(root).__name__} never reached a PQT-compiled graph: "
+                f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}. Unless they are unused, code that "
+                "Dynamo ran eagerly uses them, and they train without noise" + (f". {cause}" if cause else
+                ": a frame skipped for a graph break "
                 "inside a loop (e.g. a model whose blocks and root are each fully_shard-ed, compiled whole), "
                 "code under torch._dynamo.disable, or Module.compile() on a torch.nn built-in. Compile the "
                 "modules that own them (e.g. model.head = torch.compile(model.head, backend='pqt')), or exclude "
-                "them in the PQTConfig to silence this; pqt_compile.explain(...) lists the graph breaks.",
+                "them in the PQTConfig to silence this; pqt_compile.explain(...) lists the graph breaks."),
                 stacklevel=3,
             )
 
@@ -307,7 +331,7 @@ def warn_if_nothing_sampled(module: torch.nn.Module, config: PQTConfig) -> None:
         if _state.graph_calls == state["before"]:
             warnings.warn(
                 "pqt: this training call ran no PQT-compiled graph, so no weight was sampled"
-                + (f". {eager_cause()}" if eager_cause() else
+                + (f". {eager_cause()}" if eager_cause() else f". {cause}" if (cause := recurrent_cause(mod)) else
                    " (Dynamo compiled nothing here, or ran this frame eagerly because its recompile limit was "
                    "reached: torch._dynamo.config.recompile_limit, 8 compiled entries per code object, which many "
                    "compiled copies or configs of one model's forward exhaust). Compile the module that holds the "

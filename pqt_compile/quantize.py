@@ -146,6 +146,12 @@ def _pack_nvfp4(w: torch.Tensor, axis: int, config: PQTConfig, name: str) -> Pac
     if not bool(torch.isfinite(w32).all()):
         raise ValueError(f"pqt.pack: {name} holds NaN or Inf, which no format code represents; fix the weight first")
     amax_t = w32.abs().amax()
+    if float(amax_t) == 0:  # all zeros (a zero-initialised or pruned projection): every code and scale 0
+        zeros = torch.zeros_like(w32)
+        return PackedTensor(codes=zeros.to(torch.uint8), exponents=None, shape=tuple(w.shape), axis=axis,
+                            format=config.format, block_size=config.block_size, dtype=w.dtype,
+                            scales=block_starts(zeros, axis, config.block_code).to(torch.float8_e4m3fn),
+                            tensor_exponent=0)
     valid, k = tensor_exponent(o, amax_t)
     if not bool(valid):
         raise ValueError(
@@ -195,13 +201,18 @@ _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def is_packing_of(p: PackedTensor, w: torch.Tensor, axis: int, config: PQTConfig) -> bool:
-    """Whether `p` stores w in the config's format with blocks along `axis`, every value (and its
-    dtype) exactly w's, bit for bit: w is then already deployed, and `p` is its packing."""
-    if (p.format, p.block_size, p.axis, tuple(p.shape), p.dtype) != (config.format, config.block_size, axis % w.dim(),
-                                                                    tuple(w.shape), w.dtype):
+    """Whether `p` stores w in the config's format with blocks along `axis`, every value exactly
+    w's, bit for bit: w is then already deployed, and `p` is its packing. The dtypes may differ (a
+    packing saved from a bf16 model, loaded into one built in fp32: the same values), as the
+    values are compared in fp32, which holds every fp16 and bf16 value exactly."""
+    if (p.format, p.block_size, p.axis, tuple(p.shape)) != (config.format, config.block_size, axis % w.dim(),
+                                                            tuple(w.shape)):
         return False
+    values, w = unpack(p).to(w.device), w.detach().contiguous()
+    if p.dtype != w.dtype:
+        values, w = values.float(), w.float()
     bits = _BITS[w.element_size()]
-    return torch.equal(unpack(p).to(w.device).view(bits), w.detach().contiguous().view(bits))
+    return torch.equal(values.view(bits), w.view(bits))
 
 
 def unpack(p: PackedTensor) -> torch.Tensor:

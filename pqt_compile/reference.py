@@ -20,6 +20,12 @@ recorded aten op differentiates with its own derivative formula, exactly as in t
 `pqt.sample` passes the gradient straight through to the weight. So the replay is the autograd
 of the eager model with each sampled weight replaced by its sample. `trace` returns that graph
 (tests compare its ops with those a real call dispatches).
+
+NOTE [grad mode inside forward]: make_fx records aten ops, not grad-mode switches, so a forward
+that turns grad off inside (`with torch.no_grad():` around part of it) is replayed with grad on:
+the reference's outputs then require grad where the eager model's do not, and gradients reach
+weights that the eager backward never touches. pqt-check refuses such a model by name
+(tools/check.py); compare the module that trains.
 """
 
 from __future__ import annotations
@@ -141,6 +147,8 @@ def sampled_axes(model: torch.nn.Module, config: PQTConfig, example_args: Option
     """{qualified name: reduction axis} of the weights the compiler samples: traced with the
     compiler's rules when example inputs are given (exact for any model), else by module type
     (selection.module_rule_axes)."""
+    if isinstance(example_args, torch.Tensor):  # one input given bare, not as (x,)
+        example_args = (example_args,)
     if example_args is not None or example_kwargs is not None:
         edges, _ = trace_weight_edges(model, *(example_args or ()), config=config, **(example_kwargs or {}))
         return {e.name: e.axis for e in edges}

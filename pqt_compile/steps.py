@@ -90,7 +90,9 @@ def install_hook() -> None:
     if _hooks.optimizer_hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        _hooks.optimizer_hook = register_optimizer_step_post_hook(_after_optimizer_step)
+        # Host bookkeeping: under a compiled optimizer step (torch.compile(opt.step)) Dynamo would
+        # trace it, recompile on its state and warn of its caches; it runs eagerly instead.
+        _hooks.optimizer_hook = register_optimizer_step_post_hook(torch.compiler.disable(_after_optimizer_step))
 
 
 def optimizer_counts(optimizer: torch.optim.Optimizer) -> bool:
@@ -194,9 +196,11 @@ def _warn_no_graph_ran() -> None:
     warnings.warn(
         "pqt: an optimizer step updated weights of a PQT-compiled model, but no PQT-compiled graph ran since this "
         "optimizer's previous step: those weights trained without noise. "
-        + (guards.eager_cause() or "Dynamo ran the model eagerly (torch.compiler.set_stance('force_eager'), Dynamo "
-           "disabled), or the model was called around its compiled wrapper (model._orig_mod, a copy of an in-place "
-           "compiled model); call the compiled model.") + " Said once.",
+        + (guards.eager_cause() or "Dynamo ran the model eagerly (its recompile limit reached: "
+           "torch._dynamo.config.recompile_limit, 8 compiled entries per code object, which a new input shape at "
+           "each step exhausts under dynamic=False; torch.compiler.set_stance('force_eager'); Dynamo disabled), or the "
+           "model was called around its compiled wrapper (model._orig_mod, a copy of an in-place compiled model); "
+           "call the compiled model, and let shapes be dynamic or raise the limit.") + " Said once.",
         stacklevel=3,
     )
 

@@ -334,3 +334,53 @@ def test_a_tied_head_admitted_alone_is_sampled_and_no_pattern_warning_says_other
     cfg = PQTConfig(include=(r"^head\.",))
     assert _train(pqt_compile.compile(model, cfg), model, x, steps=1) == []
     assert list(pqt_compile.reference.sampled_axes(model, cfg, (x,))) == ["emb.weight"]
+
+
+class _AroundLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.rnn, self.head = nn.Linear(8, 8), nn.LSTM(8, 8, batch_first=True), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.proj(x))[0])
+
+
+def test_a_model_that_calls_an_lstm_runs_eagerly_and_the_warnings_name_the_lstm():
+    """Dynamo runs a whole frame that calls a torch.nn RNN, GRU or LSTM eagerly (allow_rnn off, its
+    default), so the model trained clean, and both warnings named a wrong cause (a recompile limit, a
+    compile on top)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _AroundLSTM()
+    said = _train(pqt_compile.compile(model), model, torch.randn(2, 5, 8))
+    # torch 2.13 runs the whole forward eagerly (nothing sampled: two warnings), 2.15 the LSTM alone
+    # (its weights never reach a graph: one warning); each names the LSTM, and nothing else.
+    assert said, said
+    for text in said:
+        assert "'rnn' (LSTM)" in text and "allow_rnn" in text, text
+        assert "recompile limit" not in text and "applied on top" not in text, text
+    assert any("rnn.weight_ih_l0" in t for t in said) or pqt_compile.seed_state()["step"] == 0, said
+
+
+def test_an_lstms_weights_left_out_of_the_compiled_blocks_are_named_with_the_lstm():
+    """The warning's first remedy: the modules around the LSTM compiled on their own. Its weights
+    then never reach a graph, and the unseen-weights warning names the LSTM as the cause."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _AroundLSTM()
+    pqt_compile.register(model)
+    model.proj, model.head = pqt_compile.compile(model.proj), pqt_compile.compile(model.head)
+    said = [w for w in _train(model, model, torch.randn(2, 5, 8)) if "never reached" in w]
+    assert len(said) == 1 and "rnn.weight_ih_l0, rnn.weight_hh_l0." in said[0] and "'rnn' (LSTM)" in said[0], said
+    assert pqt_compile.guards.keyed_name(model.proj.weight) == "proj.weight"
+
+
+def test_with_allow_rnn_a_gru_traced_as_matmuls_is_sampled():
+    """The warning's other remedy, as it says: Dynamo traces the layer, and where torch writes it as
+    matmuls (a GRU on the CPU) pqt samples its weights."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    gru = nn.GRU(8, 8, batch_first=True)
+    with torch._dynamo.config.patch(allow_rnn=True):
+        report = pqt_compile.explain(gru, torch.randn(2, 3, 8), config=PQTConfig())
+    assert {"weight_ih_l0", "weight_hh_l0"} <= {w.name for w in report.sampled}, report

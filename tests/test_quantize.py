@@ -146,8 +146,10 @@ def test_nvfp4_alone_is_not_idempotent_and_a_known_packing_is_written_as_it_is()
     assert is_packing_of(p, q, 1, cfg) and not is_packing_of(p, w, 1, cfg)
     assert pack(q, axis=1, config=cfg, known=p) is p and quantize(q, axis=1, config=cfg, known=p) is q
     assert not torch.equal(unpack(pack(q, axis=1, config=cfg)), q)  # without it: other values
-    # Not w's packing (other values, dtype, axis or format): w is packed afresh.
-    assert not is_packing_of(p, q.to(torch.bfloat16), 1, cfg)
+    # The same values in another dtype (a model built in bf16, loaded with them): still its packing.
+    assert is_packing_of(p, q.to(torch.bfloat16), 1, cfg) and torch.equal(q.to(torch.bfloat16).float(), q)
+    # Not w's packing (other values, in any dtype, axis or format): w is packed afresh.
+    assert not is_packing_of(p, w.to(torch.bfloat16), 1, cfg)
     assert not is_packing_of(p, q, 1, PQTConfig(format="fp4_e2m1", block_size=16))
     changed = q.clone()
     changed[0, 1] = 0.5
@@ -164,3 +166,20 @@ def test_an_all_zero_block_of_negative_zeros_quantizes_to_plus_zero_as_it_packs(
     q = quantize(w, axis=1, config=cfg)
     assert not torch.signbit(q).any()
     assert torch.equal(unpack(pack(w, axis=1, config=cfg)).view(torch.int32), q.view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_all_zero_weight_packs_in_nvfp4(dtype):
+    """A zero-initialised or pruned projection: its max |w| 0 has no tensor scale, and pack (so
+    export.save and every NVFP4 writer) refused it, telling the user to set it to zero."""
+    cfg = PQTConfig(format="nvfp4")
+    w = torch.zeros(4, 32, dtype=dtype)
+    w[1, 3] = -0.0
+    p = pack(w, axis=1, config=cfg)
+    assert not p.codes.any() and not p.scales.float().any() and p.tensor_exponent == 0
+    q = quantize(w, axis=1, config=cfg)
+    assert torch.equal(unpack(p).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                       q.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))  # +0 everywhere, bit for bit
+    assert is_packing_of(p, q, 1, cfg)
+    with pytest.raises(ValueError, match="outside"):  # tiny but not zero: still no tensor scale
+        pack(torch.full((4, 32), 2.0**-110), axis=1, config=cfg)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import warnings
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -24,6 +25,10 @@ __all__ = [
     "dynamo_counters",
     "dynamo_recompile_limit",
     "dynamo_runs_eagerly",
+    "dynamo_skips_recurrent_modules",
+    "module_compile_compiles_nothing",
+    "compile_in_place",
+    "in_place_compile_suspended",
     "parameters_as_attributes_cause",
 ]
 
@@ -142,15 +147,21 @@ def _wraps(m: torch.nn.Module, owner: torch.nn.Module) -> bool:
 
 def frame_modules() -> list[torch.nn.Module]:
     """The nn.Modules in the locals of the frame Dynamo is compiling, also one level inside a
-    tuple, list or dict (a decorator's `args`, a training step's arguments): where a compiled
-    function's weights come from. Empty if the translator cannot be read (see frame_root_module)."""
+    tuple, list or dict (a decorator's `args`, a training step's arguments), then those among the
+    globals its code names (a training step that reaches the model as a module-level `model`):
+    where a compiled function's weights come from. Empty if the translator cannot be read (see
+    frame_root_module; root_tx.f_locals, f_globals and f_code, torch 2.13-2.15)."""
     try:
         tx = require("torch._dynamo.symbolic_convert", "InstructionTranslator", "").current_tx()
-        f_locals = dict(tx.output.root_tx.f_locals) if tx is not None else {}
+        root = tx.output.root_tx if tx is not None else None
+        values = list(dict(root.f_locals).values()) if root is not None else []
+        f_globals = getattr(root, "f_globals", None) or {}
+        code = getattr(root, "f_code", None)
+        values += [f_globals[n] for n in getattr(code, "co_names", ()) if n in f_globals]
     except Exception:  # noqa: BLE001 - any change of the private API means "unknown"
         return []
     out: list[torch.nn.Module] = []
-    for value in f_locals.values():
+    for value in values:
         items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
         for item in items:
             if isinstance(item, torch.nn.Module) and all(item is not m for m in out):
@@ -228,6 +239,54 @@ def dynamo_runs_eagerly() -> Optional[str]:
     if stance in ("force_eager", "eager_on_recompile", "eager_then_compile", "aot_eager_then_compile"):
         return f"torch.compiler.set_stance({stance!r}) is in force"
     return None
+
+
+def dynamo_skips_recurrent_modules() -> bool:
+    """Whether Dynamo refuses to trace torch.nn's RNN, GRU and LSTM modules (nn.RNNBase):
+    torch._dynamo.config.allow_rnn is False, its default (torch 2.11-2.15). It runs them eagerly;
+    torch 2.13 the whole frame that calls one (the break falls on a call it cannot resume), 2.15
+    the module alone (it resumes after it)."""
+    return not getattr(torch._dynamo.config, "allow_rnn", False)
+
+
+def module_compile_compiles_nothing(model: torch.nn.Module) -> bool:
+    """Whether `model.compile()` compiles no frame of `model`, so that it runs eagerly: its forward
+    is torch.nn's own (nn.Sequential, nn.Linear, nn.TransformerEncoder, a subclass that keeps their
+    forward). Module.compile compiles the module's `_call_impl`, and Dynamo skips the frames of
+    torch.nn's files, this forward's included: measured on torch 2.11 and 2.13 (0 frames); 2.15
+    compiles it (1 frame); 2.14, not checked, is taken as 2.13. `torch.compile(model)` and
+    `torch.compile(model.forward)` compile it on every release."""
+    release = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return release < (2, 15) and (getattr(type(model).forward, "__module__", "") or "").startswith("torch.nn.")
+
+
+def compile_in_place(model: torch.nn.Module, backend: Any, **kwargs: Any) -> None:
+    """`model.compile(backend=backend, **kwargs)`, also where that compiles nothing
+    (module_compile_compiles_nothing): there a function of this file that calls the module's
+    `_call_impl` is compiled (Dynamo traces this frame and inlines torch.nn's forward, as for
+    torch.compile(model)) and set as `_compiled_call_impl`, the attribute Module.compile sets and
+    nn.Module.__call__ calls (torch 2.11-2.15); deepcopy and pickle drop it, as Module.compile's."""
+    if not module_compile_compiles_nothing(model):
+        model.compile(backend=backend, **kwargs)
+        return
+    call_impl = model._call_impl
+
+    def call_module(*args: Any, **call_kwargs: Any) -> Any:
+        return call_impl(*args, **call_kwargs)
+
+    model._compiled_call_impl = torch.compile(call_module, backend=backend, **kwargs)
+
+
+@contextlib.contextmanager
+def in_place_compile_suspended(model: torch.nn.Module) -> Iterator[None]:
+    """Within it, `model` runs its own forward, not the code that `model.compile()` (or
+    compile_in_place) set as its `_compiled_call_impl` (torch 2.11-2.15); restored after."""
+    saved = model.__dict__.pop("_compiled_call_impl", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            model._compiled_call_impl = saved
 
 
 def parameters_as_attributes_cause(grad_enabled: bool) -> str:

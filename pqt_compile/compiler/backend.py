@@ -13,6 +13,7 @@ supplies seed and keys at each call.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import typing
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,7 +22,7 @@ import torch
 from .. import guards, naming, steps
 from ..compat import (compile_fx, compiled_module, copy_dynamo_graph_attrs, frame_modules, frame_root_module,
                       ieee_division_patches, inductor_config, inductor_config_options, inductor_option_type, mode_options,
-                      parameters_as_attributes_cause)
+                      compile_in_place, parameters_as_attributes_cause)
 from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
@@ -147,6 +148,30 @@ class GraphCompiler:
             pass_, self.gm, example_inputs)
 
 
+#: Dynamo-level calls that multiply by an operand (functions, and the names of Tensor methods)
+_MATMUL_FUNCTIONS = {torch.matmul, torch.mm, torch.bmm, torch.mv, torch.einsum, torch.addmm, torch.baddbmm, torch.addbmm,
+                     torch.addmv, torch.tensordot, torch.inner, torch.nn.functional.linear, torch._C._nn.linear,
+                     torch.nn.functional.bilinear, operator.matmul}
+_MATMUL_METHODS = {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addbmm", "addmv", "__matmul__", "__rmatmul__"}
+
+
+def _attributes_reach_a_matmul(gm: torch.fx.GraphModule) -> bool:
+    """Whether a Parameter the graph holds as an attribute reaches a matmul in it (directly or through
+    anything computed from it). A compiled optimizer step (`torch.compile(opt.step, backend="pqt")`)
+    holds the parameters it updates as attributes and multiplies none: nothing to sample there. A
+    submodule call (inline_inbuilt_nn_modules off) may hide one: counted as reaching one."""
+    if any(n.op == "call_module" for n in gm.graph.nodes):
+        return True
+    reached = {n for n in gm.graph.nodes if n.op == "get_attr"}
+    for n in gm.graph.nodes:  # topological order
+        if n in reached or not any(a in reached for a in n.all_input_nodes):
+            continue
+        if (n.op == "call_function" and n.target in _MATMUL_FUNCTIONS) or (n.op == "call_method" and n.target in _MATMUL_METHODS):
+            return True
+        reached.add(n)
+    return False
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTConfig, inductor_patches: dict) -> Callable:
     """Compile one Dynamo graph with PQT. Returns a PQTCompiled (or Inductor's own result for a
     graph without weights)."""
@@ -157,6 +182,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
         # clean anyway unless the config samples in eval: then it is plain Inductor's, frozen.
         grad_enabled = torch.is_grad_enabled()
         if not grad_enabled and not config.sample_in_eval and inductor_config().freezing:
+            return compile_fx(gm, example_inputs, inductor_patches)
+        if not _attributes_reach_a_matmul(gm):  # a compiled optimizer step: its parameters are state to update
             return compile_fx(gm, example_inputs, inductor_patches)
         raise RuntimeError(
             "pqt: this graph holds its parameters as attributes, and pqt samples weights that reach the graph as "
@@ -197,8 +224,10 @@ def register_roots(example_inputs: Sequence[Any]) -> list[torch.nn.Module]:
        the model's names, not the block's ("fc.weight" in every block) or the decorator's
        (`args.model.layers.0...`, from Dynamo's sources);
     2. the module whose forward Dynamo traces (its `self`), where it is not inside the first;
-    3. for weights still unnamed, the modules among the traced frame's locals that hold them
-       (a compiled function `step(model, x)` traced whole: its weights are named in `model`).
+    3. for weights still unnamed, the modules among the traced frame's locals, then among the
+       globals its code names, that hold them (a compiled function `step(model, x)` traced whole,
+       or one that reads a module-level `model`: its weights are named in `model`, and the
+       optimizer steps over them count).
     Registering wide then narrow keeps the wide names (naming.register). Blocks compiled one by
     one (`block.compile()` inside an eager root) are their own compiled modules: there
     `pqt_compile.register(root)` remains the way to the root's names.
@@ -280,8 +309,9 @@ def compile(
     fullgraph) go to torch.compile. Also
     registers the model's parameter names, so keys match `reference.run(model, ...)` even when
     blocks are compiled separately, and warns if a training call compiled nothing at all. With
-    `inplace=True` the module itself is compiled (`nn.Module.compile`) and returned: for
-    frameworks that expect the original class, such as transformers' Trainer.
+    `inplace=True` the module itself is compiled (`nn.Module.compile`, or where that compiles
+    nothing its equivalent: compat.compile_in_place) and returned: for frameworks that expect the
+    original class, such as transformers' Trainer.
     """
     cfg = config_or_default(config, "pqt_compile.compile")
     if not isinstance(model, torch.nn.Module) or hasattr(model, "_orig_mod"):
@@ -304,7 +334,7 @@ def compile(
     pqt = _ConfiguredBackend(mode, {"config": cfg, **(options or {})})
     if inplace:
         # No nothing-sampled guard here: hooks on the module itself would run inside the compiled call.
-        model.compile(backend=pqt, **kwargs)
+        compile_in_place(model, pqt, **kwargs)  # model.compile(), also for nn.Sequential and kin (compat)
         return model
     compiled = torch.compile(model, backend=pqt, **kwargs)
     guards.warn_if_nothing_sampled(compiled, cfg)

@@ -44,20 +44,23 @@ TARGETS = ("gguf", "compressed-tensors", "gpt-oss-mxfp4")
 def write(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, *, to: str, tokenizer: Any = None,
           example_args: Optional[tuple] = None, force: bool = False,
           gguf_type: Optional[str] = None,
-          packed: Optional[Mapping[str, PackedTensor]] = None) -> Union[GGUFSummary, CTSummary, GptOssSummary]:
+          packed: Optional[Mapping[str, PackedTensor]] = None,
+          per_weight_global_scales: bool = False) -> Union[GGUFSummary, CTSummary, GptOssSummary]:
     """Write `model` for an inference engine: `to="gguf"` (a file, `write_gguf`) or
     `to="compressed-tensors"` (a directory, `write_compressed_tensors`) or `to="gpt-oss-mxfp4"` (a
     directory, `write_gpt_oss_mxfp4`; tokenizer and example_args do not apply). `gguf_type`
-    applies to GGUF only; the other arguments mean the same for every target (`packed`: the sampled
+    applies to GGUF only, `per_weight_global_scales` to compressed-tensors only; the other arguments mean the same for every target (`packed`: the sampled
     weights' packings as read back with the model, `read_packed`; `write_gguf` says how)."""
     if to not in TARGETS:
         raise ExportError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
     if to != "gguf" and gguf_type is not None:
         raise ExportError("gguf_type applies to GGUF files only")
+    if to != "compressed-tensors" and per_weight_global_scales:
+        raise ExportError("per_weight_global_scales applies to compressed-tensors NVFP4 checkpoints only")
     if to == "gguf":
         return write_gguf(model, path, config, tokenizer=tokenizer, gguf_type=gguf_type, example_args=example_args,
                           force=force, packed=packed)
     if to == "compressed-tensors":
         return write_compressed_tensors(model, path, config, tokenizer=tokenizer, example_args=example_args, force=force,
-                                        packed=packed)
+                                        packed=packed, per_weight_global_scales=per_weight_global_scales)
     return write_gpt_oss_mxfp4(model, path, config, force=force, packed=packed)  # "gpt-oss-mxfp4"

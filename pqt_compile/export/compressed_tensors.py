@@ -188,9 +188,40 @@ def _refuse_other_sampled(model: torch.nn.Module, sampled: dict[int, str]) -> No
                       f"{listed}; {fix}")
 
 
+#: NOTE [fused global scales]: vLLM and SGLang load these sibling nn.Linear weights (Llama, Mistral,
+#: Qwen) as one fused layer and apply the largest of their NVFP4 `weight_global_scale`s to every
+#: shard. pqt trains each weight with its own tensor scale 2^k_t (method.md), so where the siblings'
+#: k_t differ those engines decode the others' shards off by a power of two. transformers loads each
+#: weight with its own scale (exact). Such a model is refused unless `per_weight_global_scales`.
+_FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _check_fused_global_scales(tensors: dict[str, torch.Tensor], compressed: list[str]) -> None:
+    """Refuse NVFP4 siblings that a fused loader would read with one global scale (NOTE [fused global scales])."""
+    done = set(compressed)
+    for name in compressed:
+        parent, _, leaf = name.rpartition(".")
+        for group in _FUSED_SIBLINGS:
+            if leaf != group[0]:
+                continue
+            members = [n for n in (f"{parent}.{m}" if parent else m for m in group) if n in done]
+            scales = {m: float(tensors[f"{m}.weight_global_scale"]) for m in members}
+            if len(set(scales.values())) > 1:
+                top = max(scales.values())
+                off = ", ".join(f"{m.rpartition('.')[2]} {top / v:g}x too small" for m, v in scales.items() if v != top)
+                raise ExportError(
+                    f"NVFP4 {', '.join(m.rpartition('.')[2] for m in members)} of {parent or 'the model'} have different "
+                    f"tensor scales (weight_global_scale {', '.join(f'{v:g}' for v in scales.values())}); vLLM and SGLang "
+                    f"load them as one fused layer with the largest scale, so they would decode {off}. pqt trains each "
+                    "weight with its own tensor scale: write GGUF (llama.cpp applies each tensor's scale), or pass "
+                    "per_weight_global_scales=True (--per-weight-global-scales) for loaders that read each weight's "
+                    "scale (transformers)")
+
+
 def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optional[PQTConfig] = None, *,
                              tokenizer: Any = None, example_args: Optional[tuple] = None,
-                             force: bool = False, packed: Optional[Mapping[str, PackedTensor]] = None) -> CTSummary:
+                             force: bool = False, packed: Optional[Mapping[str, PackedTensor]] = None,
+                             per_weight_global_scales: bool = False) -> CTSummary:
     """Write `model` (an HF PreTrainedModel trained with `config`, quantized or not: NVFP4, see `packed`) as a
     compressed-tensors checkpoint directory `out_dir` (built beside it, renamed at the end).
 
@@ -199,14 +230,18 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     `packed`: the sampled weights' packings as read back with the model (`write_gguf` says how).
     Raises ExportError (nothing written) for a format or block size without an exact
     compressed-tensors format, a sampled weight that is not an nn.Linear's, a Linear whose input
-    dimension the group size does not divide, and an existing `out_dir` without `force`.
+    dimension the group size does not divide, an existing `out_dir` without `force`, and NVFP4
+    siblings that vLLM fuses whose tensor scales differ, unless `per_weight_global_scales` (NOTE
+    [fused global scales]).
     """
     from safetensors.torch import save_file
 
     config = config_or_default(config, "pqt_compile.export.write_compressed_tensors")
     packed = packed or {}
     fmt, weights_args = scheme_for(config)
-    check_destination(out_dir, force=force)
+    if per_weight_global_scales and fmt != _NVFP4:
+        raise ExportError(f"per_weight_global_scales applies to NVFP4 checkpoints only, not format {config.format}")
+    check_destination(out_dir, force=force, directory=True)
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
         raise ExportError(f"tokenizer={tokenizer!r}: give an HF tokenizer object (or None) for a compressed-tensors checkpoint")
     model = unwrap(model)
@@ -233,6 +268,8 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
         compressed.append(name)
     if not compressed:
         raise ExportError(f"no nn.Linear of {type(model).__name__} is sampled with this config: nothing to compress")
+    if fmt == _NVFP4 and not per_weight_global_scales:
+        _check_fused_global_scales(tensors, compressed)
     skip = {f"{n}.weight" for n in compressed}
     in_emb = model.get_input_embeddings()
     if out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight:

@@ -143,10 +143,13 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     config = config_or_default(config, "pqt_compile.export.write_gguf")
     packed = packed or {}
     qtype = gguf_type_for(config, gguf_type)
-    check_destination(path, force=force)
+    check_destination(path, force=force, directory=False)
     model = unwrap(model)
     plan = arch_plan(model)
     axes = sampled_axes(model, config, example_args)
+    if not axes:  # a file of dense tensors only would pass for a quantized export
+        raise ExportError(f"no weight of {type(model).__name__} is sampled with this config (its include/exclude "
+                          "patterns admit none): nothing to quantize")
     params = named_parameters(model)
     # Sampled weights by object: a tied weight is sampled under one of its names, and must be
     # recognised under the state_dict key the plan maps (token_embd, not lm_head).

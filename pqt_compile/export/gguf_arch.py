@@ -175,5 +175,6 @@ def arch_plan(model: torch.nn.Module) -> ArchPlan:
     cls = type(model).__name__
     if cls not in _PLANS or not hasattr(model, "config"):
         raise ExportError(f"the GGUF writer knows the architectures {', '.join(KNOWN_ARCHITECTURES)} (Hugging Face "
-                          f"transformers), not {cls}; export --to compressed-tensors for other nn.Linear models")
+                          f"transformers), not {cls}; export other Hugging Face models --to compressed-tensors (their "
+                          "nn.Linear weights), and any model to pqt_compile's packed file (pqt_compile.export.save)")
     return _PLANS[cls](model)

@@ -60,7 +60,10 @@ def add_byte_vocab(writer: Any, n_vocab: int, bos: Optional[int], eos: Optional[
     writer.add_token_list(byte_symbols())
     writer.add_token_types([gguf.TokenType.NORMAL] * BYTE_VOCAB_SIZE)
     writer.add_token_merges([_INERT_MERGE])
-    for token_id, add in ((bos, writer.add_bos_token_id), (eos, writer.add_eos_token_id)):
+    for kind, token_id, add in (("bos", bos, writer.add_bos_token_id), ("eos", eos, writer.add_eos_token_id)):
+        if isinstance(token_id, (list, tuple)):  # Llama 3's configs list several EOS ids
+            raise ExportError(f"model.config.{kind}_token_id is {list(token_id)}, but a GGUF holds one {kind.upper()} id; "
+                              f"set model.config.{kind}_token_id to the one to write")
         if token_id is not None:
             add(int(token_id))
     writer.add_add_bos_token(False)

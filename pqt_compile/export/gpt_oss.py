@@ -60,7 +60,7 @@ def write_gpt_oss_mxfp4(model: torch.nn.Module, out_dir: str, config: Optional[P
         raise ExportError(f"gpt-oss's MXFP4 checkpoint holds fp4_e2m1 in blocks of 32; this model was trained for "
                           f"{config.format} / block {config.block_size}: train with PQTConfig(format='fp4_e2m1', "
                           "block_size=32), or export --to gguf or compressed-tensors")
-    check_destination(out_dir, force=force)
+    check_destination(out_dir, force=force, directory=True)
     model = unwrap(model)
     if getattr(getattr(model, "config", None), "model_type", None) != "gpt_oss":
         raise ExportError(f"{type(model).__name__} is not a gpt-oss model (config.model_type 'gpt_oss')")

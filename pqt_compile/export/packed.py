@@ -22,9 +22,10 @@ from typing import Any, Optional
 import torch
 
 from ..config import PQTConfig, config_or_default
-from ..naming import canonical_name, named_parameters
+from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import PackedTensor, pack, quantize, unpack
 from ..reference import sampled_axes
+from .common import atomic_output, check_destination
 
 __all__ = ["quantize_model", "save", "load", "read_packed", "saved_config", "FILE_VERSION"]
 
@@ -53,9 +54,17 @@ def _digest(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, example_args: Optional[tuple] = None) -> None:
-    """Write `model` as it would be deployed in the config's format (see the module docstring)."""
+def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, example_args: Optional[tuple] = None,
+         *, force: bool = False) -> None:
+    """Write `model` as it would be deployed in the config's format (see the module docstring).
+
+    An existing `path` is refused unless `force` (it may be a training checkpoint); the file is
+    written under a temporary name and renamed into place, so a failure leaves `path` as it was.
+    A DDP or DataParallel wrapper is looked through: the file holds the model's own names, which
+    `load` matches whether or not the model it fills is wrapped."""
     config = config_or_default(config, "pqt_compile.export.save")
+    check_destination(path, force=force, directory=False)  # before any work
+    model = unwrap(model)
     axes = sampled_axes(model, config, example_args)
     state = {canonical_name(k): v for k, v in model.state_dict().items()}  # names as the keys' (naming.py)
     params = named_parameters(model)
@@ -84,7 +93,9 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
         "weights": weights,
         "tied": tied,
     }
-    torch.save({"meta": meta, "tensors": tensors, "sha256": _digest(meta, tensors)}, path)
+    blob = {"meta": meta, "tensors": tensors, "sha256": _digest(meta, tensors)}
+    with atomic_output(path, directory=False, force=force) as tmp:
+        torch.save(blob, tmp)
 
 
 def _read(path: str) -> tuple[dict, dict[str, torch.Tensor], PQTConfig]:
@@ -95,7 +106,8 @@ def _read(path: str) -> tuple[dict, dict[str, torch.Tensor], PQTConfig]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"pqt_compile.export.load: {path} is damaged or not a pqt_compile export ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"pqt_compile.export.load: {path} is damaged or not a pqt_compile export ({type(e).__name__}: {first})") from None
     if _digest(meta, tensors) != digest:
         raise ValueError(f"pqt_compile.export.load: {path} is damaged (its sha256 does not match its contents)")
     if meta.get("file_version") != FILE_VERSION:
@@ -120,6 +132,7 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
     """
     meta, tensors, saved_cfg = _read(path)
     weights = _packed_weights(meta, tensors, saved_cfg)
+    given, model = model, unwrap(model)  # the file holds the model's own names (a DDP wrapper adds `module.`)
     if config is not None and (config.format, config.block_size) != (saved_cfg.format, saved_cfg.block_size):
         raise ValueError(
             f"pqt_compile.export.load: {path} holds format {saved_cfg.format!r} with block_size {saved_cfg.block_size!r}, "
@@ -143,7 +156,7 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
     absent = [k for k in result.missing_keys if canonical_name(k) not in meta["weights"] and canonical_name(k) not in meta["tied"]]
     if unexpected or absent:  # _check_fits refuses these first; kept for a state dict hook that renames keys
         raise ValueError(f"pqt_compile.export.load: {path} does not fit this model (missing {absent}, unexpected {unexpected})")
-    return model
+    return given
 
 
 def read_packed(path: str) -> dict[str, PackedTensor]:

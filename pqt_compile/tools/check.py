@@ -196,6 +196,10 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
         clean = _leaves(eager_outputs(model, args, kwargs, amp))
     except UsageError as e:
         raise CheckError(f"pqt check: {e}") from None
+    if not any(_floating(x) for _, x in clean):
+        raise CheckError(f"pqt check: {type(model).__name__} returns no floating-point output (only "
+                         f"{', '.join(sorted({type(x).__name__ if not isinstance(x, torch.Tensor) else str(x.dtype) for _, x in clean}))}), "
+                         "so nothing can be compared; check a model that returns its logits or activations")
     with model_state_restored(model):
         model.eval()
         with torch.enable_grad():
@@ -220,6 +224,12 @@ def check(model: torch.nn.Module, *args: Any, config: Optional[PQTConfig] = None
             got, got_grads = _step(lambda: compiled(*args, **kwargs), params, seed, amp)
             want, want_grads = _step(lambda: reference.run(model, *args, seed=seed, config=config, **kwargs),
                                      params, seed, amp)
+            detached = [n for (n, a), (_, b) in zip(got, want) if _floating(a) and _floating(b)
+                        and not a.requires_grad and b.requires_grad]
+            if detached:  # reference.py NOTE [grad mode inside forward]
+                raise CheckError(f"pqt check: output {detached[0]!r} of {type(model).__name__} does not require grad, but "
+                                 "the eager reference's does: the forward turns grad off inside (torch.no_grad), which "
+                                 "the reference's trace does not replay; check the module that trains")
 
     for (name, a), (_, b), (_, c) in zip(got, want, clean):
         if _floating(a) and _floating(b):
@@ -256,7 +266,9 @@ def _step(call, params: dict[str, torch.nn.Parameter], seed: int, amp) -> tuple[
     if outs:
         torch.autograd.backward(outs, cots)
     grads = {name: p.grad.detach().clone() for name, p in params.items() if p.grad is not None}
-    return [(n, x.detach() if isinstance(x, torch.Tensor) else x) for n, x in leaves], grads
+    # Detached (no graph kept), with the flag kept for the grad-mode comparison (check's caller).
+    return [(n, x.detach().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
+            for n, x in leaves], grads
 
 
 # ---- pqt-check: the command line ---------------------------------------------------------------
@@ -320,7 +332,7 @@ def _model_and_inputs(a) -> tuple[torch.nn.Module, tuple, dict]:
 
 
 def _device(name: str) -> torch.device:
-    from .cli import UsageError
+    from .cli import UsageError, first_line
 
     try:
         device = torch.device(name)
@@ -328,6 +340,12 @@ def _device(name: str) -> torch.device:
         raise UsageError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "meta":
+        raise UsageError(f"--device {name}: meta tensors hold no values to compare; use cpu, cuda or cuda:N")
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as e:  # a device torch knows but this build or machine cannot use (mps)
+        raise UsageError(f"--device {name}: not usable here ({first_line(e)}); use --device cpu") from None
     return device
 
 
@@ -335,7 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run pqt-check on `argv` (sys.argv[1:] if None): 0 pass, 1 fail or inconclusive, 2 bad input."""
     import sys
 
-    from .cli import UsageError, config_from_arguments
+    from .cli import UsageError, config_from_arguments, pqt_refusal
 
     a = _parser().parse_args(argv)
     try:
@@ -347,6 +365,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = check(model, *args, config=config, seed=a.seed, autocast=_DTYPES[a.dtype], **kwargs)
     except (UsageError, CheckError) as e:
         print(f"pqt-check: error: {str(e).removeprefix('pqt check: ')}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - pqt's refusals (a weight the format cannot block) as one line
+        if (refusal := pqt_refusal(e)) is None:
+            raise
+        print(f"pqt-check: error: {refusal}", file=sys.stderr)
         return 2
     print(report)
     return 0 if report.passed else 1

@@ -19,6 +19,7 @@ import torch
 from ..config import PQTConfig
 
 __all__ = ["PRESETS", "UsageError", "build", "load_hf_directory", "add_model_arguments", "add_config_arguments",
+           "positive_int", "pqt_refusal", "first_line",
            "config_from_arguments"]
 
 
@@ -44,6 +45,11 @@ class UsageError(Exception):
     """A bad command line: printed as one line, exit status 2."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message: what a one-line error quotes of another library's."""
+    return (str(e).strip().splitlines() or [""])[0]
+
+
 def build(preset: Optional[str], factory: Optional[str], batch: int, seq: int, vocab: Optional[int]) -> tuple[torch.nn.Module, tuple]:
     """The model and its example inputs, from a preset or a `module:function` factory."""
     if factory:
@@ -58,8 +64,7 @@ def build(preset: Optional[str], factory: Optional[str], batch: int, seq: int, v
         try:
             made = fn()
         except Exception as e:  # noqa: BLE001 - the user's code: one line, not a traceback
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise UsageError(f"--model {factory!r}: the factory raised {type(e).__name__}: {first}; fix the factory "
+            raise UsageError(f"--model {factory!r}: the factory raised {type(e).__name__}: {first_line(e)}; fix the factory "
                              f"(try it in Python: from {mod_name} import {fn_name}; {fn_name}())") from None
     elif preset:
         if preset not in PRESETS:
@@ -94,8 +99,7 @@ def eager_outputs(model: torch.nn.Module, args: tuple, kwargs: Optional[dict] = 
             model.eval()
             return model(*args, **(kwargs or {}))
     except Exception as e:  # noqa: BLE001 - the user's model and inputs: one line, not a traceback
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UsageError(f"the model fails on these inputs in eager mode ({type(e).__name__}: {first}); give inputs it "
+        raise UsageError(f"the model fails on these inputs in eager mode ({type(e).__name__}: {first_line(e)}); give inputs it "
                          "takes (--seq, --batch, --vocab), or fix the model") from None
 
 
@@ -119,18 +123,41 @@ def load_hf_directory(path: str) -> torch.nn.Module:
         cls = cls or transformers.AutoModelForCausalLM
         return cls.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - a checkpoint that does not load: one line naming why
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UsageError(f"--checkpoint {path}: it does not load ({type(e).__name__}: {first}); check that "
+        raise UsageError(f"--checkpoint {path}: it does not load ({type(e).__name__}: {first_line(e)}); check that "
                          "from_pretrained(path, local_files_only=True) loads it") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse's one-line error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def pqt_refusal(e: BaseException) -> Optional[str]:
+    """The first line of a refusal by pqt (a ValueError whose message starts with 'pqt') that `e`
+    is or wraps: torch.compile reraises a backend's error as BackendCompilerFailed, whose ~170-line
+    traceback buries it. None if `e` is something else (a bug: its traceback is worth seeing)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ValueError) and str(e).startswith("pqt"):
+            return first_line(e)
+        e = e.__cause__ or getattr(e, "inner_exception", None) or e.__context__
+    return None
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model")
     src.add_argument("--preset", help=f"a built-in model: {', '.join(sorted(PRESETS))}")
     src.add_argument("--model", dest="factory", metavar="MODULE:FUNCTION", help="a factory of your own code")
-    src.add_argument("--batch", type=int, default=2, help="batch size of the token input (default 2)")
-    src.add_argument("--seq", type=int, default=32, help="sequence length of the token input (default 32)")
-    src.add_argument("--vocab", type=int, help="vocabulary size, if the model has no config.vocab_size")
+    src.add_argument("--batch", type=positive_int, default=2, help="batch size of the token input (default 2)")
+    src.add_argument("--seq", type=positive_int, default=32, help="sequence length of the token input (default 32)")
+    src.add_argument("--vocab", type=positive_int, help="vocabulary size, if the model has no config.vocab_size")
 
 
 _HELP = {

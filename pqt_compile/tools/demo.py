@@ -13,16 +13,19 @@ import torch
 from tabulate import tabulate
 
 from .. import PQTConfig, quantize, sample
+from .cli import positive_int
 
 FORMATS = ("fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8", "int4")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=256)
-    p.add_argument("--cols", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=positive_int, default=256)
+    p.add_argument("--cols", type=positive_int, default=1024)
+    p.add_argument("--seed", type=int, default=0, help="0 <= seed < 2^63")
     a = p.parse_args(argv)
+    if not 0 <= a.seed < 2**63:
+        p.error(f"--seed {a.seed}: give 0 <= seed < 2^63")
     torch.manual_seed(a.seed)
     w = torch.randn(a.rows, a.cols) * 0.02
     rows = []

@@ -15,7 +15,10 @@ import argparse
 import sys
 from typing import Optional
 
-from .cli import UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments, eager_outputs
+import os
+
+from .cli import (UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments, eager_outputs,
+                  pqt_refusal)
 
 __all__ = ["main"]
 
@@ -32,6 +35,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = _parser()
     a = p.parse_args(argv)
     try:
+        if os.path.exists(a.out) and not os.path.isdir(a.out):  # before compiling
+            raise UsageError(f"--out {a.out} is a file; give a directory for the dumps")
         config = config_from_arguments(a)
         model, args = build(a.preset, a.factory, a.batch, a.seq, a.vocab)
         eager_outputs(model, args)  # before compiling: compiled code would abort on inputs the model cannot take
@@ -40,7 +45,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     from .explain import explain
 
-    report = explain(model, *args, config=config)
+    try:
+        report = explain(model, *args, config=config)
+    except Exception as e:  # noqa: BLE001 - pqt's refusals (a weight the format cannot block) as one line
+        if (refusal := pqt_refusal(e)) is None:
+            raise
+        print(f"pqt-dump: error: {refusal}", file=sys.stderr)
+        return 2
     print(report)
     paths = report.save(a.out)
     print(f"\nwrote {len(paths)} files to {a.out}/ (summary.txt, report.json, graphs per stage, output code)")

@@ -25,8 +25,10 @@ from typing import Any, Optional
 import torch
 from tabulate import tabulate
 
-from ..compat import capture_output_code, custom_graph_pass_base, dynamo_counters, pytree
+from ..compat import capture_output_code, custom_graph_pass_base, dynamo_counters, in_place_compile_suspended, pytree
 from ..config import PQTConfig, config_or_default
+from ..guards import eager_cause, recurrent_cause
+from ..selection import could_be_sampled
 from ..sample_parts import SAMPLE_OPS
 from .restore import model_state_restored
 
@@ -65,6 +67,7 @@ class ExplainReport:
     graphs: int = 0
     recompiles: int = 0
     artifacts: dict[str, str] = field(default_factory=dict)  # stable file name -> text
+    eager_note: str = ""  # why no graph was compiled, where that is known
 
     def __str__(self) -> str:
         c = self.config
@@ -75,6 +78,9 @@ class ExplainReport:
                 f"sampled weights: {len(self.sampled)}, not sampled: {len(self.unsampled)}")
         rows = [[s.name, "x".join(map(str, s.shape)), s.dtype, s.axis, ",".join(s.out_dtypes), s.forward_uses, s.backward_uses, s.landed]
                 for s in self.sampled]
+        if self.graphs == 0:
+            head += ("\nno graph was compiled: the whole step ran eagerly, so nothing was sampled"
+                     + (f". {self.eager_note}" if self.eager_note else ""))
         parts = [head, "", "Sampled", tabulate(rows, headers=["weight", "shape", "dtype", "axis", "sample dtype", "fwd uses", "bwd uses", "landed"])]
         if self.unsampled:
             parts += ["", "Not sampled", tabulate([[u.name, u.reason] for u in self.unsampled], headers=["parameter", "reason"])]
@@ -93,13 +99,18 @@ class ExplainReport:
             "graph_breaks": self.graph_breaks,
             "graphs": self.graphs,
             "recompiles": self.recompiles,
+            "eager_note": self.eager_note,
             "artifacts": sorted(self.artifacts),
         }
 
     def save(self, directory: str) -> list[str]:
-        """Write summary.txt, report.json and one file per stage; return the paths."""
+        """Write summary.txt, report.json and one file per stage; return the paths. A previous
+        report's files in `directory` go first (only names a report writes): a dump is one run's."""
         os.makedirs(directory, exist_ok=True)
         files = {"summary.txt": str(self) + "\n", "report.json": json.dumps(self.to_dict(), indent=1, default=str), **self.artifacts}
+        for name in os.listdir(directory):
+            if name not in files and _REPORT_FILE.fullmatch(name) and os.path.isfile(os.path.join(directory, name)):
+                os.unlink(os.path.join(directory, name))
         paths = []
         for name, text in files.items():
             path = os.path.join(directory, name)
@@ -109,6 +120,9 @@ class ExplainReport:
         return paths
 
 
+#: the names `ExplainReport.save` writes
+_REPORT_FILE = re.compile(r"summary\.txt|report\.json|\d+_dynamo_graph\.txt|joint_\d+_\w+\.txt|partitioned_\d+_\w+\.txt|"
+                          r"output_code_\d+\.py")
 _KERNEL_DEF = re.compile(r"^(\w+) = async_compile\.\w+\((?:\[[^\]]*\], )?r?'''(.*?)'''", re.M | re.S)
 
 
@@ -154,20 +168,25 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
 
     config = config_or_default(config, "pqt_compile.explain")
     counters = dynamo_counters()
-    breaks_before = dict(counters["graph_break"])
+    breaks_before = {kind: dict(counters[kind]) for kind in ("graph_break", "unimplemented")}
     naming.register(model)
     dynamo_graphs: list[str] = []
     compile_ids: list = []
     post_grad: list[str] = []
-    weight_inputs: dict[str, str] = {}  # graph input name -> weight name, from the sample nodes
+    # Per post-grad graph, in order (each is lowered to one output code, in the same order): its
+    # input names -> weight names, from the sample nodes. Per graph: every graph names its inputs
+    # primals_1, ... (a graph break makes several).
+    weight_inputs: list[dict[str, str]] = []
 
     class _PostGrad(custom_graph_pass_base()):  # type: ignore[misc]
         def __call__(self, graph: torch.fx.Graph) -> None:
             post_grad.append(str(graph))
+            inputs: dict[str, str] = {}
             for target in SAMPLE_OPS:  # pqt.sample, sample_t, and the split's sample_from_values
                 for n in graph.find_nodes(op="call_function", target=target):
                     if isinstance(n.args[0], torch.fx.Node) and "pqt_weight" in n.meta:
-                        weight_inputs[n.args[0].name] = n.meta["pqt_weight"]
+                        inputs[n.args[0].name] = n.meta["pqt_weight"]
+            weight_inputs.append(inputs)
 
         def uuid(self) -> None:
             return None  # never cached: explain must see the passes run
@@ -182,14 +201,19 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
 
     def step() -> None:
         out = cm(*example_args, **example_kwargs)
-        first = out if isinstance(out, torch.Tensor) else next(t for t in pytree().tree_leaves(out) if isinstance(t, torch.Tensor))
+        leaves = [out] if isinstance(out, torch.Tensor) else pytree().tree_leaves(out)
+        first = next((t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad), None)
+        if first is None:  # nothing to train: a backward would raise deep inside autograd
+            raise ValueError("pqt explain: no output of the model requires grad (all are integer or detached), so no "
+                             "training step can run; return a differentiable output (the logits, a loss)")
         first.float().square().mean().backward()
 
     with model_state_restored(model) as params:
         model.train()
         for p in params.values():
             p.grad = None  # the step's own gradients; the caller's come back after it
-        with recording() as rec, capture_output_code() as codes:
+        # A model compiled in place (model.compile()) would run its own compiled code, not explain's.
+        with recording() as rec, capture_output_code() as codes, in_place_compile_suspended(model):
             step()
 
     report = ExplainReport(config=config)
@@ -197,20 +221,29 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
     # A recompile is a second compile of the same frame within this call.
     frames = [getattr(cid, "frame_id", None) for cid in compile_ids]
     report.recompiles = len(frames) - len(set(frames))
-    after = counters["graph_break"]
-    report.graph_breaks = [f"{reason} (x{n - breaks_before.get(reason, 0)})" for reason, n in after.items()
-                           if n > breaks_before.get(reason, 0)]
+    # A break Dynamo cannot resume from (inside a loop, a with block) skips the frame, and is
+    # counted as "unimplemented" rather than "graph_break" (torch 2.13).
+    new_breaks: dict[str, int] = {}
+    for kind in ("graph_break", "unimplemented"):
+        for reason, n in counters[kind].items():
+            if n > breaks_before[kind].get(reason, 0):
+                new_breaks.setdefault(reason, n - breaks_before[kind].get(reason, 0))
+    report.graph_breaks = [f"{reason} (x{n})" for reason, n in new_breaks.items()]
     params = naming.named_parameters(model)
     for i, g in enumerate(dynamo_graphs):
         report.artifacts[f"{i:02d}_dynamo_graph.txt"] = g
-    for name, run, when, text in rec.dumps:
-        report.artifacts[f"joint_{run:02d}_{when}_{name}.txt"] = text
+    run = -1  # numbered in the order the passes ran: each compile builds new pass objects
+    for name, _, when, text in rec.dumps:
+        run += when == "before"
+        report.artifacts[f"joint_{max(run, 0):02d}_{when}_{name}.txt"] = text
     for i, g in enumerate(post_grad):
         kind = "backward" if "tangents" in g else "forward"
         report.artifacts[f"partitioned_{i:02d}_{kind}.txt"] = g + _saved_tensors(g, kind)
     landings: dict[str, str] = {}
+    merged = {k: v for inputs in weight_inputs for k, v in inputs.items()}
     for i, code in enumerate(codes):
-        found, marked = _landings(code, weight_inputs)
+        # The graph's own names where graphs and codes pair up (they do: one code per lowered graph).
+        found, marked = _landings(code, weight_inputs[i] if len(codes) == len(weight_inputs) else merged)
         report.artifacts[f"output_code_{i:02d}.py"] = marked
         for w, where in found.items():
             landings.setdefault(w, where)
@@ -228,6 +261,14 @@ def explain(model: torch.nn.Module, *example_args: Any, config: Optional[PQTConf
         for s in record.skipped:
             if s.name not in seen_sampled and all(u.name != s.name for u in report.unsampled):
                 report.unsampled.append(UnsampledWeight(s.name, s.reason))
+    # Weights no graph received ran in code Dynamo ran eagerly (a skipped frame): clean, and said.
+    listed = {w.name for w in report.sampled} | {u.name for u in report.unsampled}
+    for p, w in naming.weight_names(model).values():
+        if w.name not in listed and could_be_sampled(p, config, w.name, w.aliases):
+            report.unsampled.append(UnsampledWeight(w.name, "never reached a PQT-compiled graph: code Dynamo ran eagerly "
+                                                    "uses it (see the graph breaks), and it trains without noise"))
+    if report.graphs == 0:
+        report.eager_note = eager_cause() or recurrent_cause(model) or ""
     return report
 
 

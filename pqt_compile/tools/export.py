@@ -32,7 +32,8 @@ from typing import Any, Optional
 import torch
 
 from ..config import PQTConfig
-from .cli import UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments
+from .cli import (UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments, first_line,
+                  load_hf_directory)
 
 __all__ = ["main"]
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                           "llama.cpp runs on token ids). Default: the checkpoint directory's tokenizer, else bytes")
     out.add_argument("--gguf-type", choices=["MXFP4", "Q4_0", "Q5_0", "Q8_0", "NVFP4"],
                      help="the GGUF type of the sampled weights (default: the smallest that holds the format)")
+    out.add_argument("--per-weight-global-scales", action="store_true",
+                     help="compressed-tensors NVFP4: write q/k/v and gate/up with their own tensor scales even where "
+                          "they differ (exact in transformers; vLLM and SGLang fuse them under one scale)")
     out.add_argument("--trace", action="store_true",
                      help="find the sampled weights by tracing a forward on the example input (the compiler's graph "
                           "rules) instead of by module type")
@@ -73,23 +77,29 @@ def _flag_config(a: argparse.Namespace) -> tuple[PQTConfig, set[str]]:
 
 
 def _hf_checkpoint(path: str) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer or None) of a local Hugging Face model directory."""
+    """(model, tokenizer or None) of a local Hugging Face model directory (cli.load_hf_directory:
+    its config's architecture class, so a base model is not given a fresh head)."""
     import json
 
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise UsageError("--checkpoint DIR needs transformers: pip install transformers") from None
     config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise UsageError(f"--checkpoint {path}: no config.json there; give a Hugging Face model directory or a packed file")
-    with open(config_path) as f:
-        if "quantization_config" in json.load(f):
-            raise UsageError(f"--checkpoint {path} is already quantized (its config.json has a quantization_config); "
-                             "export from the trained, unquantized checkpoint")
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            if "quantization_config" in json.load(f):
+                raise UsageError(f"--checkpoint {path} is already quantized (its config.json has a quantization_config); "
+                                 "export from the trained, unquantized checkpoint")
+    model = load_hf_directory(path).eval()
     has_tokenizer = any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer_config.json"))
-    return model, AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tokenizer else None
+    return model, _load_tokenizer(path, "--checkpoint") if has_tokenizer else None
+
+
+def _load_tokenizer(path: str, flag: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - one line naming why
+        raise UsageError(f"{flag} {path}: its tokenizer does not load ({type(e).__name__}: {first_line(e)}); give a "
+                         "directory that AutoTokenizer.from_pretrained loads, 'bytes' or 'none'") from None
 
 
 def _tokenizer(value: Optional[str], default: Any, target: str) -> Any:
@@ -99,9 +109,7 @@ def _tokenizer(value: Optional[str], default: Any, target: str) -> Any:
         return value if target == "gguf" else None  # a compressed-tensors directory just has no tokenizer then
     if not os.path.isdir(value):
         raise UsageError(f"--tokenizer {value!r}: give an HF tokenizer directory, 'bytes' or 'none'")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(value, local_files_only=True)
+    return _load_tokenizer(value, "--tokenizer")
 
 
 def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQTConfig, Any, Optional[dict]]:
@@ -147,13 +155,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ..export.common import check_destination
 
     try:
-        check_destination(a.out, force=a.force)  # before loading anything
+        check_destination(a.out, force=a.force, directory=a.to != "gguf")  # before loading anything
+        if a.checkpoint and os.path.realpath(a.out) == os.path.realpath(a.checkpoint):
+            raise UsageError(f"--out {a.out} is the --checkpoint it reads: the export would replace the trained "
+                             "model; write to another path")
         model, args, config, tokenizer, packed = _model_and_config(a)
         tokenizer = _tokenizer(a.tokenizer, tokenizer, a.to)
         summary = write(model.eval(), a.out, config, to=a.to, tokenizer=tokenizer, force=a.force,
-                        example_args=args if a.trace else None, gguf_type=a.gguf_type, packed=packed)
+                        example_args=args if a.trace else None, gguf_type=a.gguf_type, packed=packed,
+                        per_weight_global_scales=a.per_weight_global_scales)
     except (UsageError, ValueError) as e:  # ExportError is a ValueError; so are pack's refusals (NaN weights)
         print(f"pqt-export: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output cannot be written (no permission, a full disk): nothing is left behind
+        print(f"pqt-export: error: cannot write {a.out} ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
         return 2
     except ImportError as e:
         print(f"pqt-export: error: {e}; pip install -e '.[export]' (gguf) or transformers", file=sys.stderr)

@@ -373,6 +373,29 @@ def test_blocks_compiled_one_by_one_after_registering_the_root():
     assert max_rel_err(y, reference.run(root, x, seed=9)) < FP32_REL_TOL
 
 
+def test_an_nn_sequential_compiled_in_place_is_sampled():
+    """Module.compile compiles no frame of a module whose forward is torch.nn's own (torch 2.11-2.14:
+    compat.compile_in_place), so pqt_compile.compile(nn.Sequential(...), inplace=True) trained clean
+    and warned of a compile on top. Now sampled as the reference samples it, its class and its
+    hooks kept; a deep copy is not compiled (as Module.compile's)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    assert pqt_compile.compile(m, inplace=True) is m and type(m) is nn.Sequential
+    x = torch.randn(4, 32)
+    with pqt_compile.fixed_seed(5):
+        y = m(x)
+    assert max_rel_err(y, reference.run(m, x, seed=5)) < FP32_REL_TOL  # (a hook on m would hide the bug: Dynamo traces it)
+    with torch.no_grad():
+        assert not torch.allclose(y, copy.deepcopy(m)(x))  # the copy runs eagerly, its own weights, clean
+        assert torch.equal(copy.deepcopy(m)(x), m.forward(x))
+    hooked, calls = nn.Sequential(nn.Linear(32, 8)), []
+    hooked.register_forward_hook(lambda mod, args, out: calls.append(1))
+    pqt_compile.compile(hooked, inplace=True)
+    hooked(x)
+    assert calls == [1]
+
+
 def test_compiled_submodule_keeps_the_plain_models_keys():
     """torchtitan-style: blocks swapped for their torch.compile wrappers (`_orig_mod` in their
     parameter names) draw the noise of the plain model's weights, and reference.run on the model
@@ -419,3 +442,54 @@ def test_a_format_that_divides_gets_ieee_division_on_a_torch_without_div_rn(monk
     assert len(seen) == 1
     assert (seen[0].get("eager_numerics.division_rounding") is True) is patched
     torch._dynamo.reset()
+
+
+def test_a_compiled_optimizer_step_goes_to_plain_inductor():
+    """torch.compile(opt.step, backend="pqt"): the step's graph holds the parameters as attributes
+    (state it updates, no matmul), and was refused naming a Dynamo setting nobody had changed."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, twin = MLP(), MLP()
+    twin.load_state_dict(m.state_dict())
+    before = m.fc1.weight.detach().clone()
+    opts = [torch.optim.SGD(p.parameters(), lr=0.1, momentum=0.9) for p in (m, twin)]
+    step = torch.compile(opts[0].step, backend="pqt")
+    for _ in range(2):
+        for model in (m, twin):
+            model(torch.ones(2, 32)).sum().backward()
+        step()
+        opts[1].step()
+    # Inductor's fused update against eager's, both plain fp32 (no sample): the project's fp32 bound.
+    assert all(max_rel_err(a, b) < FP32_REL_TOL for a, b in zip(m.parameters(), twin.parameters()))
+    assert not torch.equal(m.fc1.weight, before)  # the compiled step did update
+
+
+_GLOBAL_MODEL = None
+
+
+def test_a_compiled_training_step_that_reads_a_module_level_model_names_its_weights_in_it():
+    """A compiled step function reaching the model through a global keyed its weights by the
+    variable (`_GLOBAL_MODEL.fc1.weight`), never registered the model, and so never counted an
+    optimizer step: every step drew micro-batch noise of step 0, unlike the reference."""
+    global _GLOBAL_MODEL
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    _GLOBAL_MODEL = MLP()
+    opt = torch.optim.SGD(_GLOBAL_MODEL.parameters(), lr=0.01)
+
+    @torch.compile(backend="pqt")
+    def loss_of(x):
+        return _GLOBAL_MODEL(x).square().mean()
+
+    x = torch.randn(4, 32)
+    pqt_compile.manual_seed(2)
+    for step in range(2):
+        snap = copy.deepcopy(_GLOBAL_MODEL)
+        loss = loss_of(x)
+        want = reference.run(snap, x, seed=pqt_compile.step_seed(step, 0)).square().mean()
+        assert max_rel_err(loss, want) < FP32_REL_TOL, step
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert pqt_compile.seed_state()["step"] == 2
+    _GLOBAL_MODEL = None

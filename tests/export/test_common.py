@@ -36,7 +36,7 @@ def test_existing_output_needs_force(tmp_path, directory):
     out = tmp_path / "model"
     if directory:
         out.mkdir()
-        (out / "old").write_text("old")
+        (out / "model.safetensors").write_text("old")
     else:
         out.write_text("old")
     with pytest.raises(ExportError, match="exists; .*force"):
@@ -44,11 +44,25 @@ def test_existing_output_needs_force(tmp_path, directory):
             pass
     with atomic_output(str(out), directory=directory, force=True) as tmp:
         if directory:
-            open(os.path.join(tmp, "new"), "w").close()
+            open(os.path.join(tmp, "model.safetensors"), "w").write("new")
+            open(os.path.join(tmp, "config.json"), "w").close()
         else:
             open(tmp, "w").write("new")
-    assert (os.listdir(out) == ["new"]) if directory else out.read_text() == "new"
+    assert (out / "model.safetensors" if directory else out).read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_force_does_not_replace_a_directory_holding_files_the_export_does_not_write(tmp_path):
+    """force=True into a training checkpoint's directory deleted its optimizer state with the old weights."""
+    out = tmp_path / "checkpoint"
+    out.mkdir()
+    (out / "model.safetensors").write_text("old")
+    (out / "optimizer.pt").write_text("state")
+    with pytest.raises(ExportError, match=r"holds optimizer\.pt, which this export does not write"):
+        with atomic_output(str(out), directory=True, force=True) as tmp:
+            open(os.path.join(tmp, "model.safetensors"), "w").write("new")
+    assert sorted(os.listdir(out)) == ["model.safetensors", "optimizer.pt"] and (out / "model.safetensors").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]  # no temporary output left
 
 
 def test_missing_parent_directory_is_refused(tmp_path):

@@ -63,7 +63,8 @@ def test_transformers_loads_quantize_models_weights_bit_for_bit(tmp_path, llamas
     model = llamas[tie]
     want = pqt_compile.quantize_model(copy.deepcopy(model), cfg)
     out = str(tmp_path / "ckpt")
-    summary = write_compressed_tensors(model, out, cfg)
+    # transformers reads each weight's own NVFP4 tensor scale (compressed_tensors.py NOTE [fused global scales])
+    summary = write_compressed_tensors(model, out, cfg, per_weight_global_scales=fmt == "nvfp4")
     assert summary.format == ct_format and len(summary.compressed) == 2 * 7 and summary.ignore == ["lm_head"]
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["quantization_config"]["format"] == ct_format
@@ -99,7 +100,7 @@ def test_layout_of_an_nvfp4_linear(tmp_path, llamas):
 
     out = str(tmp_path / "ckpt")
     cfg = PQTConfig(format="nvfp4")
-    write_compressed_tensors(llamas[True], out, cfg)
+    write_compressed_tensors(llamas[True], out, cfg, per_weight_global_scales=True)
     name = "model.layers.0.self_attn.q_proj"
     with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
         q = {k.rsplit(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith(name + ".")}
@@ -167,3 +168,27 @@ def test_moe_experts_held_as_one_parameter_are_refused_not_written_dense(tmp_pat
     excluded = PQTConfig(format="fp4_e2m1", exclude=("experts",))  # the fix it names: stored dense as trained
     summary = write_compressed_tensors(m, str(tmp_path / "ckpt"), excluded)
     assert "model.layers.0.self_attn.q_proj" in summary.compressed
+
+
+def test_nvfp4_siblings_that_vllm_fuses_under_one_global_scale_are_refused(tmp_path, llamas):
+    """NOTE [fused global scales]: vLLM and SGLang read q/k/v (gate/up) with the largest of their
+    weight_global_scales; where pqt's per-weight tensor scales differ, those shards decoded a power
+    of two off, with no word. Refused, naming the shards; same-scale siblings are written."""
+    model = copy.deepcopy(llamas[False])
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():
+        for m in (attn.k_proj, attn.v_proj):  # q/k/v under one tensor scale
+            m.weight.copy_(m.weight / m.weight.abs().max() * attn.q_proj.weight.abs().max())
+        for layer in model.model.layers:  # gate/up too
+            layer.mlp.up_proj.weight.copy_(layer.mlp.gate_proj.weight[: layer.mlp.up_proj.weight.shape[0]])
+        for layer in model.model.layers[1:]:
+            for m in (layer.self_attn.k_proj, layer.self_attn.v_proj):
+                m.weight.copy_(m.weight / m.weight.abs().max() * layer.self_attn.q_proj.weight.abs().max())
+    cfg = PQTConfig(format="nvfp4")
+    write_compressed_tensors(model, str(tmp_path / "same"), cfg)  # one scale per fused group: written
+    with torch.no_grad():
+        attn.v_proj.weight.mul_(4.0)
+    with pytest.raises(ExportError, match=r"q_proj, k_proj, v_proj of model\.layers\.0\.self_attn have different "
+                                          r"tensor scales .* decode v_proj 4x too small\."):
+        write_compressed_tensors(model, str(tmp_path / "ckpt"), cfg)
+    assert not (tmp_path / "ckpt").exists()

@@ -191,6 +191,10 @@ def test_vocabulary_refusals(tmp_path):
         write_gguf(model, str(tmp_path / "b.gguf"), PQTConfig(format="int8"), tokenizer="bytes")
     assert write_gguf(model, str(tmp_path / "c.gguf"), PQTConfig(format="int8"), tokenizer="none").vocab == "none"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.gguf"]
+    bytes_model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                                             bos_token_id=0, eos_token_id=[1, 2])).eval()  # Llama 3 lists EOS ids
+    with pytest.raises(ExportError, match=r"eos_token_id is \[1, 2\], but a GGUF holds one EOS id"):  # was a TypeError
+        write_gguf(bytes_model, str(tmp_path / "d.gguf"), PQTConfig(format="int8"))
 
 
 @pytest.mark.parametrize("config,kwargs,msg", [

@@ -1,6 +1,7 @@
 """quantize_model and the packed file: export.save / export.load."""
 
 import copy
+import os
 import warnings
 
 import pytest
@@ -74,7 +75,7 @@ def test_load_refuses_another_format_and_damaged_files(tmp_path):
         f.write(b"not a model")
     with pytest.raises(ValueError, match="damaged or not a pqt_compile export"):
         export.load(path, MLP())
-    export.save(m, path)
+    export.save(m, path, force=True)
     with pytest.raises(ValueError, match="does not fit|no parameter"):
         export.load(path, TinyGPT())
 
@@ -100,7 +101,7 @@ def test_load_refuses_other_shapes_before_changing_the_model(tmp_path):
                                          r"0\.bias: file \[1\], model \[32\]\)"):
         export.load(path, wider)
     assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())  # nothing half-loaded
-    export.save(torch.nn.Sequential(torch.nn.Linear(64, 1), torch.nn.LayerNorm(1)), path, PQTConfig(format="int8"))
+    export.save(torch.nn.Sequential(torch.nn.Linear(64, 1), torch.nn.LayerNorm(1)), path, PQTConfig(format="int8"), force=True)
     with pytest.raises(ValueError, match=r"the model lacks \['1\.weight', '1\.bias'\], the file lacks \[\]"):
         export.load(path, torch.nn.Sequential(torch.nn.Linear(64, 1)))
 
@@ -132,3 +133,46 @@ def test_save_names_a_weight_it_cannot_store(tmp_path):
         m.fc2.weight[0].fill_(2.0**-140)  # finite, but a block scale below the packed int8 exponent's range
     with pytest.raises(ValueError, match=r"of fc2\.weight has scale 2\^-1"):
         export.save(m, str(tmp_path / "m.pt"), PQTConfig(format="int8"))
+
+
+def test_save_refuses_an_existing_file_and_a_failed_save_leaves_it_as_it_was(tmp_path):
+    """It overwrote any file without a word (a training checkpoint), and wrote in place."""
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({"model": MLP().state_dict(), "step": 1000}, path)
+    with pytest.raises(ValueError, match=r"ckpt\.pt exists; .*force=True"):
+        export.save(MLP(), path, PQTConfig(format="int8"))
+    assert torch.load(path, weights_only=True)["step"] == 1000
+    bad = MLP()
+    with torch.no_grad():
+        bad.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        export.save(bad, path, PQTConfig(format="int8"), force=True)
+    assert torch.load(path, weights_only=True)["step"] == 1000 and os.listdir(tmp_path) == ["ckpt.pt"]  # no partial file
+    export.save(MLP(), path, PQTConfig(format="int8"), force=True)
+    assert export.saved_config(path).format == "int8"
+
+
+def test_a_wrapped_model_saves_and_loads_under_its_own_names(tmp_path):
+    """save(DDP(model)) stored every key under `module.` as a 'tied' alias and the norms as state:
+    no model, wrapped or not, could load the file. DataParallel stands for DDP (the same prefix)."""
+    torch.manual_seed(0)
+    m = MLP()
+    cfg = PQTConfig(format="fp4_e2m1")
+    want = quantize_model(copy.deepcopy(m), cfg)
+    path = str(tmp_path / "m.pt")
+    export.save(torch.nn.DataParallel(m), path, cfg)
+    assert export.read_packed(path).keys() == {"fc1.weight", "fc2.weight"}
+    for target in (MLP(), torch.nn.DataParallel(MLP())):
+        assert export.load(path, target) is target
+        got = target.module if isinstance(target, torch.nn.DataParallel) else target
+        assert all(torch.equal(a, b) for a, b in zip(want.state_dict().values(), got.state_dict().values()))
+
+
+def test_one_example_input_may_be_given_bare():
+    """example_args=x instead of (x,) died in the trace with 'Boolean value of Tensor ... is ambiguous'."""
+    torch.manual_seed(0)
+    m, x, cfg = MLP(), torch.randn(2, 32), PQTConfig(format="int4")
+    bare = quantize_model(copy.deepcopy(m), cfg, example_args=x)
+    assert all(torch.equal(a, b) for a, b in zip(bare.state_dict().values(),
+                                                  quantize_model(copy.deepcopy(m), cfg, example_args=(x,)).state_dict().values()))
+    assert not torch.equal(bare.fc1.weight, m.fc1.weight)

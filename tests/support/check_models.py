@@ -57,3 +57,49 @@ def one_item_tuple():
 
 def not_a_module():
     return 42
+
+
+def odd_width() -> tuple[nn.Module, tuple]:
+    """A Linear reading 40 inputs: NVFP4's blocks of 16 cannot tile it (a compile-time refusal)."""
+    return nn.Linear(40, 16), (torch.randn(2, 40),)
+
+
+class _NoGradInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+
+    def forward(self, x):
+        with torch.no_grad():  # the reference's trace does not replay this switch
+            return self.fc(x)
+
+
+def no_grad_inside() -> tuple[nn.Module, tuple]:
+    return _NoGradInside(), (torch.randn(2, 32),)
+
+
+class _Argmax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc(x).argmax(-1)
+
+
+def int_output() -> tuple[nn.Module, tuple]:
+    return _Argmax(), (torch.randn(2, 32),)
+
+
+class _IndexFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 8)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y.argmax(-1), y  # the first output is not differentiable
+
+
+def index_first() -> tuple[nn.Module, tuple]:
+    return _IndexFirst(), (torch.randn(2, 32),)

@@ -100,8 +100,14 @@ def test_check_of_a_tied_sdpa_model_and_of_misnamed_weights(monkeypatch):
     (["--model", "support.check_models:not_a_module"], ["the factory returned int, not an nn.Module"]),
     (["--model", "support.check_models:mlp", "--seed", str(10**20)], ["a seed must be an int within int64"]),
     (["--preset", "gpt2-tiny", "--seq", "500"], ["fails on these inputs in eager mode (IndexError", "--seq"]),
+    # Session 20: each was a traceback (exit 1) or a false verdict.
+    (["--model", "support.check_models:odd_width", "--format", "nvfp4"], ["nvfp4 needs the reduction axis to be a multiple of 16"]),
+    (["--model", "support.check_models:no_grad_inside"], ["does not require grad", "torch.no_grad"]),
+    (["--model", "support.check_models:int_output"], ["returns no floating-point output (only torch.int64)"]),
+    (["--model", "support.check_models:mlp", "--device", "meta"], ["meta tensors hold no values"]),
 ], ids=["factory_raises", "no_sampled_weight", "untraceable", "no_checkpoint", "broken_checkpoint", "bad_flag", "no_cuda",
-        "one_item_tuple", "not_a_module", "seed_past_int64", "past_the_positions"])
+        "one_item_tuple", "not_a_module", "seed_past_int64", "past_the_positions", "compile_refusal", "no_grad_inside",
+        "int_output", "meta_device"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, words, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -118,6 +124,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, words, tmp_path, 
     for w in words:
         assert w in err, (w, err)
     assert os.listdir(work) == []  # nothing written
+
+
+def test_a_size_below_one_is_an_argparse_error(capsys):
+    """--batch -1 / --vocab -3 reached torch.randint: a RuntimeError traceback, exit 1."""
+    for flag in ("--batch", "--seq", "--vocab"):
+        with pytest.raises(SystemExit) as e:
+            check_mod.main(["--preset", "gpt2-tiny", flag, "-1"])
+        assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            f"argument {flag}: -1 is not a positive integer")
 
 
 @pytest.mark.slow

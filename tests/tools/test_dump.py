@@ -57,3 +57,31 @@ def test_every_config_field_has_a_flag_that_reaches_the_config(capsys):
         assert getattr(config, field) == value != getattr(PQTConfig(), field), field
     for opt in ("--preset", "--model", "--batch", "--seq", "--out"):
         assert opt in text
+
+
+def test_out_that_is_a_file_is_refused_before_compiling(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    assert dump.main(["--model", "support.check_models:mlp", "--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "mine"
+
+
+def test_a_compile_refusal_is_one_line(capsys):
+    """A config the pass refuses surfaced as torch.compile's BackendCompilerFailed: ~170 lines, exit 1."""
+    assert dump.main(["--model", "support.check_models:odd_width", "--format", "nvfp4", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nvfp4 needs the reduction axis to be a multiple of 16" in err
+
+
+def test_a_second_dump_replaces_the_first_and_leaves_other_files(tmp_path, capsys):
+    """A dump into a directory holding an earlier one's files left them, mixed with its own."""
+    out = tmp_path / "dumps"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    (out / "output_code_07.py").write_text("from an earlier dump")
+    (out / "joint_09_after_pqt_sample_pass.txt").write_text("from an earlier dump")
+    assert dump.main(["--model", "support.check_models:index_first", "--out", str(out)]) == 0  # first output: argmax
+    written = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    n = int(written[0].split()[1])
+    assert len(os.listdir(out)) == n + 1 and (out / "notes.md").read_text() == "mine"
+    assert not (out / "output_code_07.py").exists() and not (out / "joint_09_after_pqt_sample_pass.txt").exists()

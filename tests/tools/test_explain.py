@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import pqt_compile
-from models import WithGraphBreak
+from models import MLP, WithGraphBreak
 from pqt_compile import PQTConfig, steps
 from pqt_compile.tools import cli
 from pqt_compile.formula import MIX_MUL_1
@@ -64,6 +64,15 @@ def test_graph_break_is_reported_and_both_pieces_sampled():
     r = pqt_compile.explain(WithGraphBreak(), torch.randn(2, 16))
     assert r.graphs == 2 and len(r.graph_breaks) >= 1
     assert {s.name for s in r.sampled} == {"a.weight", "b.weight"}
+    # Each piece's sample found in its own code: both graphs name their inputs primals_1, ..., and
+    # a.weight was "not found in the output code" while b.weight's label sat on a's kernel.
+    assert all(s.landed.startswith("fused into kernel") for s in r.sampled), r.sampled
+    marks = {k: [line for line in v.splitlines() if ">>> PQT" in line] for k, v in r.artifacts.items() if k.startswith("output_code")}
+    assert marks["output_code_00.py"] == ["# >>> PQT: cpp_fused_sample_0 computes the sample of a.weight"], marks
+    assert any("b.weight" in m for v in marks.values() for m in v)
+    # Every pass of both graphs dumped (each compile numbers its passes from 1: one graph's overwrote the other's).
+    joints = [k for k in r.artifacts if k.startswith("joint_")]
+    assert len(joints) == 2 * 2 * len({k.split("_", 3)[3] for k in joints}), sorted(joints)
 
 
 def test_buffer_feeding_a_matmul_is_reported_not_sampled():
@@ -133,3 +142,37 @@ def test_explain_leaves_buffers_and_torchs_generators_as_they_were():
     pqt_compile.explain(m, x)
     assert all(torch.equal(b, buffers[n]) for n, b in m.named_buffers()) and int(m[1].num_batches_tracked) == 0
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+class _PrintInLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([MLP(16, 16) for _ in range(2)])  # their frames compile; the root's is skipped
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + b(x)
+            print("", end="")  # a graph break inside the loop: Dynamo skips the root's frame
+        return self.head(x)
+
+
+def test_a_weight_that_reaches_no_graph_is_listed_and_the_break_counted():
+    """The break was counted under Dynamo's 'unimplemented' counter, not 'graph_break' (explain said
+    0), and head.weight, which trained clean, was in neither table."""
+    torch._dynamo.reset()
+    r = pqt_compile.explain(_PrintInLoop(), torch.randn(2, 16))
+    assert len(r.graph_breaks) >= 1, r
+    never = {u.name: u.reason for u in r.unsampled if "never reached" in u.reason}
+    assert set(never) == {"head.weight"} and len(r.sampled) == 4, r
+
+
+def test_a_model_compiled_in_place_is_explained():
+    """Its own compiled code ran instead of explain's: graphs 0, nothing listed."""
+    torch._dynamo.reset()
+    m = MLP()
+    m.compile(backend="pqt")
+    m(torch.randn(2, 32)).sum().backward()
+    r = pqt_compile.explain(m, torch.randn(2, 32))
+    assert r.graphs == 1 and {s.name for s in r.sampled} == {"fc1.weight", "fc2.weight"}, r
+    assert m._compiled_call_impl is not None  # its in-place compile, back after explain

@@ -37,7 +37,7 @@ def test_nvfp4_to_gguf_and_compressed_tensors(tmp_path, capsys):
                        str(tmp_path / "m.gguf")], capsys)
     assert rc == 0 and "block_size 16" in out and "4 NVFP4" in out  # the attention weights, each with its F32 .scale
     rc, out, _ = _run(["--preset", "llama-tiny", "--format", "nvfp4", "--to", "compressed-tensors", "--out",
-                       str(tmp_path / "ct")], capsys)
+                       str(tmp_path / "ct"), "--per-weight-global-scales"], capsys)  # compressed_tensors.py NOTE [fused global scales]
     assert rc == 0 and "nvfp4-pack-quantized: 14 nn.Linear compressed" in out
     # llama-tiny's down_proj reads 160 inputs: not a multiple of GGUF NVFP4's 64-element blocks
     rc, _, err = _run(["--preset", "llama-tiny", "--format", "nvfp4", "--to", "gguf", "--out", str(tmp_path / "l.gguf")],
@@ -139,8 +139,11 @@ def test_a_packed_nvfp4_checkpoint_is_written_with_its_stored_codes(tmp_path, ca
     pqt_compile.export.save(trained, ckpt, cfg)
     want = pqt_compile.quantize_model(copy.deepcopy(trained), cfg).model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(pqt_compile.quantize(want, axis=1, config=cfg), want)  # the case: not idempotent
+    rc, _, err = _run(["--preset", "llama-tiny", "--checkpoint", ckpt, "--to", "compressed-tensors", "--out",
+                       str(tmp_path / "ct")], capsys)
+    assert rc == 2 and "different tensor scales" in err and "--per-weight-global-scales" in err  # a fused loader's case
     rc, _, _ = _run(["--preset", "llama-tiny", "--checkpoint", ckpt, "--to", "compressed-tensors", "--out",
-                     str(tmp_path / "ct")], capsys)
+                     str(tmp_path / "ct"), "--per-weight-global-scales"], capsys)
     assert rc == 0
     name = "model.layers.0.self_attn.q_proj"
     with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
@@ -150,3 +153,39 @@ def test_a_packed_nvfp4_checkpoint_is_written_with_its_stored_codes(tmp_path, ca
     values = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6])[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
     decoded = values * t["weight_scale"].float().repeat_interleave(16, 1) / t["weight_global_scale"]
     assert torch.equal(decoded, want)
+
+
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
+    """Each was a traceback after the whole export (an IsADirectoryError, an OSError), or worse."""
+    hf = tmp_path / "hf"
+    PRESETS["llama-tiny"]().save_pretrained(hf)
+    before = sorted(os.listdir(hf))
+    (tmp_path / "adir").mkdir()
+    cases = [
+        # the trained checkpoint replaced by its own export (with --force: its files are all the export's names)
+        (["--checkpoint", str(hf), "--format", "int4", "--to", "compressed-tensors", "--out", str(hf), "--force"],
+         "is the --checkpoint it reads"),
+        (["--preset", "llama-tiny", "--format", "int4", "--to", "gguf", "--out", str(tmp_path / "adir"), "--force"],
+         "is a directory, but this output is a file"),
+        (["--preset", "llama-tiny", "--format", "int4", "--to", "gguf", "--out", str(tmp_path / "new") + os.sep],
+         "is a directory, but this output is a file"),
+        (["--preset", "llama-tiny", "--format", "int4", "--to", "gguf", "--out", ""], "the output path is empty"),
+        # a file of dense tensors only, written as if quantized (compressed-tensors refused it)
+        (["--preset", "llama-tiny", "--format", "int4", "--include", "nomatch", "--to", "gguf", "--out",
+          str(tmp_path / "x.gguf")], "nothing to quantize"),
+    ]
+    capsys.readouterr()  # save_pretrained's progress bar
+    for argv, words in cases:
+        rc, _, err = _run(argv, capsys)
+        assert rc == 2 and words in err and len(err.splitlines()) == 1, (argv, err)
+    assert sorted(os.listdir(hf)) == before and sorted(os.listdir(tmp_path)) == ["adir", "hf"]
+
+
+def test_a_checkpoint_directory_that_does_not_load_is_one_line(tmp_path, capsys):
+    hf = tmp_path / "hf"
+    PRESETS["llama-tiny"]().save_pretrained(hf)
+    (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:100])  # truncated
+    capsys.readouterr()  # save_pretrained's progress bar
+    rc, _, err = _run(["--checkpoint", str(hf), "--format", "int4", "--to", "gguf", "--out", str(tmp_path / "m.gguf")],
+                      capsys)
+    assert rc == 2 and "it does not load (SafetensorError: " in err and len(err.splitlines()) == 1, err

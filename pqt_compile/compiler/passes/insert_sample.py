@@ -78,30 +78,11 @@ from ...config import PQTConfig
 from ...formats import parse_format
 from ...op import RTN
 from ..targets import saves_block_values
-from .weight_edges import WeightEdge, _is_dtype_cast, _val
+from .axis_tracking import is_dtype_cast
+from .node_values import fake_mode_of, set_val, val
+from .weight_edges import WeightEdge
 
 __all__ = ["insert_sample"]
-
-
-
-def _fake_mode(graph: Graph):
-    for n in graph.nodes:
-        v = n.meta.get("val")
-        if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode"):
-            return v.fake_mode
-    return None
-
-
-def _set_val(node: Node, fake_mode) -> None:
-    """Fill node.meta['val'] by running its target on the inputs' fake values.
-
-    Skipped where an input has no value (the eager reference replays real tensors and needs none).
-    """
-    if fake_mode is None or any(a.meta.get("val") is None for a in node.all_input_nodes):
-        return
-    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
-    with fake_mode:
-        node.meta["val"] = node.target(*args, **kwargs)
 
 
 def _tensor_amax(graph: Graph, weight: Node, fake_mode, reduce_amax, edge) -> Node:
@@ -114,14 +95,14 @@ def _tensor_amax(graph: Graph, weight: Node, fake_mode, reduce_amax, edge) -> No
     absw = graph.call_function(aten.abs.default, (w32,))
     amax = graph.call_function(aten.amax.default, (absw, []))  # dim=[]: over every dim, NaN propagated
     for n in (clean, w32, absw, amax):
-        _set_val(n, fake_mode)
+        set_val(n, fake_mode)
     if reduce_amax is not None:
         node, amax = amax, reduce_amax(graph, edge, amax)
         # The reduction's nodes were made at this insertion point, inputs first, so they follow
         # the local amax in graph order up to the one returned: give each its value in turn.
         while node is not amax:
             node = node.next
-            _set_val(node, fake_mode)
+            set_val(node, fake_mode)
     return amax
 
 
@@ -151,7 +132,7 @@ def insert_sample(
     Returns:
         {(weight name, dtype): sample node}.
     """
-    fake_mode = _fake_mode(graph)
+    fake_mode = fake_mode_of(graph)
     two_level = parse_format(config.format).two_level
     samples: dict[tuple[str, torch.dtype], Node] = {}
     # Keys and samples go right after the placeholders, before the first computation.
@@ -160,7 +141,7 @@ def insert_sample(
 
     def splits(edge: WeightEdge) -> bool:
         """NOTE [saved block values]: whether this weight's sample is split in three ops."""
-        w_val = _val(edge.node)
+        w_val = val(edge.node)
         return (tag_recompute and not config.share_sample and w_val is not None
                 and saves_block_values(w_val.device, tuple(w_val.shape), edge.axis % w_val.dim(), config.block_code))
 
@@ -170,7 +151,7 @@ def insert_sample(
         for edge in edges:
             key = keys[edge.name] = key_of(graph, edge)
             if key.op != "placeholder" and "val" not in key.meta:
-                _set_val(key, fake_mode)
+                set_val(key, fake_mode)
     # NOTE [one words op per graph]: the split weights' stream words, one row per weight.
     split_edges = [e for e in edges if splits(e)]
     split_names = {e.name for e in split_edges}
@@ -179,11 +160,11 @@ def insert_sample(
         with graph.inserting_before(anchor):
             words = graph.call_function(torch.ops.pqt.stream_words.default,
                                         (seed, [keys[e.name] for e in split_edges]))
-            _set_val(words, fake_mode)
+            set_val(words, fake_mode)
             words.meta["original_aten"] = words.target  # kernel names, as new_node below
             for i, e in enumerate(split_edges):
                 row = graph.call_function(torch.ops.aten.select.int, (words, 0, i))
-                _set_val(row, fake_mode)
+                set_val(row, fake_mode)
                 row.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # the row, not the whole buffer
                 words_row[e.name] = row
     for edge in edges:
@@ -209,7 +190,7 @@ def insert_sample(
         def new_node(target, args: tuple, policy) -> Node:
             with graph.inserting_before(anchor):
                 n = graph.call_function(target, args)
-            _set_val(n, fake_mode)
+            set_val(n, fake_mode)
             # Inductor names a kernel after its nodes' original_aten: "...fused...sample..." kernels
             # are the samples in generated code and in a GPU profile (benchmarks/step_profile.py).
             n.meta["original_aten"] = n.target
@@ -249,18 +230,18 @@ def insert_sample(
                 if (old, dtype) in memo:
                     prev = memo[(old, dtype)]
                     continue
-                if _is_dtype_cast(old):
+                if is_dtype_cast(old):
                     new = prev  # absorbed into the sample (NOTE [one rounding])
                 else:
                     with graph.inserting_before(use.matmul):
                         new = graph.call_function(old.target, (prev, *old.args[1:]), dict(old.kwargs))
-                    _set_val(new, fake_mode)
+                    set_val(new, fake_mode)
                 memo[(old, dtype)] = prev = new
-            if _val(prev) is not None and _val(prev).dtype != use.dtype:
+            if val(prev) is not None and val(prev).dtype != use.dtype:
                 # A backward matmul that read the weight in another dtype: cast the sample.
                 with graph.inserting_before(use.matmul):
                     prev = graph.call_function(torch.ops.prims.convert_element_type.default, (prev, use.dtype))
-                _set_val(prev, fake_mode)
+                set_val(prev, fake_mode)
             use.matmul.replace_input_with(use.path[-1] if use.path else edge.node, prev)
     graph.eliminate_dead_code()
     return samples

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["MATMUL_OPERANDS", "matmul_operands", "group_dims", "op_name"]
+__all__ = ["MATMUL_OPERANDS", "matmul_operands", "group_dims", "op_name", "is_recurrent_layer"]
 
 aten = torch.ops.aten
 
@@ -43,6 +43,15 @@ _NAMED_MATMULS: dict[str, tuple[dict, dict]] = {
     "transformers::grouped_mm_fallback_backward": ({1: -1}, {1: 0}),
 }
 
+#: ops that run a whole recurrent layer (torch.nn.RNN, GRU, LSTM and their cells' fused kernels),
+#: their matmuls inside: the pass cannot sample their weights, so it reads them clean, and warns
+#: (weight_edges.py NOTE [ops not followed]). Dynamo traces the modules only with
+#: torch._dynamo.config.allow_rnn (guards.py names the default, eager, case).
+_RECURRENT_LAYERS = frozenset({
+    "aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu", "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn",
+    "aten::_cudnn_rnn", "aten::miopen_rnn", "aten::_thnn_fused_lstm_cell", "aten::_thnn_fused_gru_cell",
+})
+
 
 def op_name(target: Any) -> Optional[str]:
     """"namespace::name" of an op overload, None for anything else."""
@@ -65,3 +74,8 @@ def group_dims(target: Any) -> dict:
         return _GROUP_DIMS[target]
     named = _NAMED_MATMULS.get(op_name(target) or "")
     return named[1] if named else {}
+
+
+def is_recurrent_layer(target: Any) -> bool:
+    """Whether `target` runs a whole recurrent layer (an op pqt cannot sample the weights of)."""
+    return (op_name(target) or "").split(".")[0] in _RECURRENT_LAYERS

@@ -28,7 +28,7 @@ import torch
 from torch.fx import Graph, Node
 
 from .base import PQTPass
-from .insert_sample import _fake_mode, _set_val
+from .node_values import fake_mode_of, set_val
 
 __all__ = ["MatVecAsMatmulPass", "matvec_as_matmul"]
 
@@ -37,7 +37,7 @@ aten = torch.ops.aten
 
 def matvec_as_matmul(graph: Graph) -> int:
     """Rewrite every aten.mv and addmv node of `graph` (module docstring). Returns how many."""
-    count, fake_mode = 0, _fake_mode(graph)
+    count, fake_mode = 0, fake_mode_of(graph)
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in (aten.mv.default, aten.addmv.default):
             continue
@@ -62,7 +62,7 @@ def _like(graph: Graph, fake_mode: Any, original: Node, target: Any, args: tuple
     """A new node with `original`'s meta and its own fake value (where the graph carries them)."""
     new = graph.call_function(target, args, kwargs or {})
     new.meta.update({k: v for k, v in original.meta.items() if k not in ("val", "tensor_meta")})  # its own shapes
-    _set_val(new, fake_mode)
+    set_val(new, fake_mode)
     return new
 
 

@@ -176,8 +176,9 @@ def _why_clean(reason: str) -> str:
     if reason.startswith(Reason.NOT_FOLLOWED.split("{")[0]):
         return (f"{reason}. pqt samples a weight that a matmul reads directly or through views, transposes and casts; "
                 "a split, slice or concatenation of weights (e.g. nn.MultiheadAttention with key/value other than the "
-                "query, a fused weight split in the forward) or a parametrization computes another tensor. Read the "
-                "weight directly (separate Parameters), or exclude it in the PQTConfig to silence this;")
+                "query, a fused weight split in the forward) or a parametrization computes another tensor, and a "
+                "recurrent layer (nn.LSTM, nn.GRU, nn.RNN) runs its matmuls inside one op. Read the weight directly "
+                "(separate Parameters), or exclude it in the PQTConfig to silence this;")
     if reason.startswith(Reason.DTYPE.split("{")[0]):
         return (f"feeds a matmul but has an {reason} (pqt samples float32, bfloat16 and float16 weights): it trains "
                 "without noise. Train in one of those (model.float(), or bfloat16), or exclude it in the PQTConfig;")

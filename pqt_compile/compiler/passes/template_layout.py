@@ -40,7 +40,7 @@ from typing import Callable, Optional
 import torch
 from torch.fx import Graph, Node
 
-from .insert_sample import _fake_mode, _set_val
+from .node_values import fake_mode_of, set_val
 
 __all__ = ["emit_template_layouts", "GEMM_OPERANDS"]
 
@@ -89,7 +89,7 @@ def _sample_t_of(graph: Graph, sample: Node, fake_mode) -> Node:
     with graph.inserting_after(sample):
         st = graph.call_function(torch.ops.pqt.sample_t.default, sample.args, dict(sample.kwargs))
     st.meta.update({k: v for k, v in sample.meta.items() if k not in ("val", "tensor_meta")})
-    _set_val(st, fake_mode)
+    set_val(st, fake_mode)
     return st
 
 
@@ -102,7 +102,7 @@ def emit_template_layouts(graph: Graph, wanted: Callable[[torch.device], bool] =
     Returns:
         how many operands now read pqt.sample_t or the sample directly.
     """
-    fake_mode = _fake_mode(graph)
+    fake_mode = fake_mode_of(graph)
     transposed: dict[Node, Node] = {}
     moved = 0
     for mm in list(graph.nodes):

@@ -46,37 +46,20 @@ from typing import Callable, Collection, Optional
 
 import torch
 from torch.fx import Graph, Node
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ...blocks import SUPPORTED_DTYPES
 from ...selection import Reason, skip_reason
-from .matmul_ops import group_dims, matmul_operands, op_name
+from .axis_tracking import INDEXING, expert_axis, passes_through, step_dims, unbinds_experts
+from .matmul_ops import group_dims, is_recurrent_layer, matmul_operands, op_name
+from .node_values import val as _val
 
 __all__ = ["MatmulUse", "WeightEdge", "SkippedWeight", "find_weight_edges", "backward_nodes"]
 
 log = logging.getLogger("pqt_compile.passes")
-aten = torch.ops.aten
-prims = torch.ops.prims
 
 #: namespaces whose ops are not a library's opaque kernel (NOTE [opaque consumers]): torch's own
 #: ops, collectives, higher-order ops, and ours
 _KNOWN_NAMESPACES = ("aten", "prims", "pqt", "higher_order", "_c10d_functional", "c10d_functional", "c10d")
-#: indexing that may pick experts out of a weight of 3 or more dims (NOTE [expert paths])
-_INDEXING = {aten.index.Tensor, aten.select.int, aten.index_select.default, aten.slice.Tensor}
-_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
-_IDENTITY = {aten.alias.default, aten.clone.default, aten.detach.default, aten.contiguous.default}
-_CASTS = {aten._to_copy.default, prims.convert_element_type.default}
-_OTHER = {
-    aten.t.default,
-    aten.transpose.int,
-    aten.permute.default,
-    aten.expand.default,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-}
-MIXED = -2  # a dim made of several weight axes (or a piece of one): not a clean reduction axis
 
 
 @dataclass
@@ -139,129 +122,6 @@ class SkippedWeight:
     trains_clean: bool = False
 
 
-def _val(n: object):
-    return n.meta.get("val") if isinstance(n, Node) else None
-
-
-def _is_dtype_cast(n: Node) -> bool:
-    if n.target is prims.convert_element_type.default:
-        return True
-    if n.target is aten._to_copy.default:
-        src, dst = _val(n.args[0]), _val(n)
-        return set(n.kwargs) <= {"dtype", "layout", "device", "memory_format"} and (
-            src is None or dst is None or src.device == dst.device
-        )
-    return False
-
-
-def _same(a, b) -> bool:
-    return statically_known_true(a == b)
-
-
-def _view_dims(dims: list, src: list, dst: list) -> Optional[list]:
-    """Map per-dim weight axes through a view from sizes `src` to `dst` (None if unknown)."""
-    if len(src) == len(dst) and all(_same(a, b) for a, b in zip(src, dst)):
-        return list(dims)
-    out: list = []
-    i = j = 0
-    while i < len(src) or j < len(dst):
-        # size-1 dims carry no elements: drop them on the input side, mark them None on output
-        if i < len(src) and _same(src[i], 1) and not (j < len(dst) and _same(dst[j], 1)):
-            i += 1
-            continue
-        if j < len(dst) and _same(dst[j], 1) and not (i < len(src) and _same(src[i], 1)):
-            out.append(None)
-            j += 1
-            continue
-        if i >= len(src) or j >= len(dst):
-            return None
-        i0, j0 = i, j
-        ps, pd = src[i], dst[j]
-        i, j = i + 1, j + 1
-        while not _same(ps, pd):
-            if i < len(src) and (j >= len(dst) or statically_known_true(ps < pd)):
-                ps, i = ps * src[i], i + 1
-            elif j < len(dst):
-                pd, j = pd * dst[j], j + 1
-            else:
-                return None
-        group = [d for d in dims[i0:i] if d is not None]
-        if j - j0 == 1:
-            out.append(group[0] if len(group) == 1 and i - i0 == 1 else (None if not group else MIXED))
-        else:  # one input dim split into several output dims
-            out.extend([MIXED if group else None] * (j - j0))
-    return out
-
-
-def _step_dims(n: Node, dims: list) -> Optional[list]:
-    """Per-dim weight axes of `n`'s output, given those of its input (None: cannot track)."""
-    t, a = n.target, n.args
-    nd = len(dims)
-    if t in _IDENTITY or t in _CASTS:
-        return list(dims)
-    if t is aten.t.default:
-        return list(reversed(dims))
-    if t is aten.transpose.int:
-        d0, d1 = a[1] % nd, a[2] % nd
-        out = list(dims)
-        out[d0], out[d1] = out[d1], out[d0]
-        return out
-    if t is aten.permute.default:
-        return [dims[p % nd] for p in a[1]]
-    if t is aten.unsqueeze.default:
-        out = list(dims)
-        out.insert(a[1] % (nd + 1), None)
-        return out
-    if t in (aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default):
-        shape = list(_val(a[0]).shape)
-        which = range(nd) if t is aten.squeeze.default else ([a[1]] if t is aten.squeeze.dim else a[1])
-        drop = {w % nd for w in which if _same(shape[w % nd], 1)}
-        return [d for k, d in enumerate(dims) if k not in drop]
-    if t is aten.expand.default:
-        return [None] * (len(a[1]) - nd) + list(dims)
-    if t in _VIEWS:
-        return _view_dims(dims, list(_val(a[0]).shape), list(_val(n).shape))
-    # Picking experts (NOTE [expert paths]; only reached where _picks_experts holds): the picked
-    # dim becomes a batch dim (None) or is dropped; the other axes carry through.
-    if t is aten.select.int:
-        d = a[1] % nd
-        return dims[:d] + dims[d + 1 :]
-    if t is aten.index_select.default:
-        out = list(dims)
-        out[a[1] % nd] = None
-        return out
-    if t is aten.slice.Tensor:
-        return list(dims)  # a range of experts: the sample is still the full weight's
-    if t is aten.index.Tensor:
-        return [None] * _val(a[1][0]).dim() + list(dims[1:])
-    return None
-
-
-def _picks_experts(n: Node, dims: Optional[list]) -> bool:
-    """Whether an indexing node picks experts: dim 0 of a weight of 3 or more dims, still holding
-    the weight's axis 0, by an integer index (NOTE [expert paths])."""
-    if n.target not in _INDEXING or dims is None or len(dims) < 3 or dims[0] != 0:
-        return False
-    if n.target is aten.index.Tensor:
-        idx = list(n.args[1])
-        first = _val(idx[0]) if idx else None
-        return [k for k, i in enumerate(idx) if i is not None] == [0] and first is not None and first.dtype != torch.bool
-    return n.args[1] % len(dims) == 0
-
-
-def _unbinds_experts(n: Node, weight: Node, dims: Optional[list]) -> bool:
-    """Whether `n` unbinds a weight of 3 or more dims along its axis 0 (experts), which Dynamo
-    records for `for w in W` and make_fx as aten.unbind: the items are W[0], W[1], ..."""
-    if n.target is not aten.unbind.int or not n.args or n.args[0] is not weight or dims is None or len(dims) < 3:
-        return False
-    return (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % len(dims) == 0 and dims[0] == 0
-
-
-def _expert_axis(n: Node) -> tuple[int, ...]:
-    """The weight axis an indexing node picks experts from (axis 0; not for a slice)."""
-    return () if n.target is aten.slice.Tensor else (0,)
-
-
 def backward_nodes(graph: Graph) -> set[Node]:
     """Nodes that depend on a tangent input: the backward half of a joint graph."""
     seen: set[Node] = set()
@@ -294,17 +154,14 @@ def _walk(weight: Node, bwd: set[Node], opaque: list[str], blocked: list[Node]) 
                         if g is not None and dims is not None and len(dims) == 3 and isinstance(dims[g], int) and dims[g] >= 0:
                             grouped = (*experts, dims[g])
                         uses.append(MatmulUse(path, user, pos, axis, _val(node).dtype, user in bwd, grouped))
-            elif _unbinds_experts(user, node, dims):
+            elif unbinds_experts(user, node, dims):
                 # `for w in W` / W.unbind(0) over experts: each item is W[e] (NOTE [expert paths])
                 for item in user.users:
                     if item.target is operator.getitem:
                         stack.append((item, path + [user, item], dims[1:], (*experts, 0)))
-            elif user.args and user.args[0] is node and (
-                user.target in _VIEWS or user.target in _IDENTITY or user.target in _OTHER or _is_dtype_cast(user)
-                or _picks_experts(user, dims)
-            ):
-                nxt = _step_dims(user, dims) if dims is not None else None
-                more = _expert_axis(user) if user.target in _INDEXING else ()
+            elif passes_through(user, node, dims):
+                nxt = step_dims(user, dims) if dims is not None else None
+                more = expert_axis(user) if user.target in INDEXING else ()
                 stack.append((user, path + [user], nxt, (*experts, *more)))
             elif user not in bwd and (name := op_name(user.target)) and name.split("::")[0] not in _KNOWN_NAMESPACES:
                 opaque.append(name)
@@ -328,8 +185,12 @@ def _matmul_behind(blocked: list[Node], weights_only: set[Node], bwd: set[Node])
     (a split or slice of a fused weight, a concatenation, a weight-norm parametrization) reaches a
     forward matmul as the weight operand of a product with data, by name; None if none does. The walk stops
     at data (an embedding's lookup feeds matmuls as activations) and at a product of weights alone
-    (a learned query or latent through its own projection is an activation there, not a weight)."""
+    (a learned query or latent through its own projection is an activation there, not a weight).
+    A recurrent layer's op (matmul_ops.is_recurrent_layer), reached from the weight directly or
+    through weights alone, counts as such a matmul and is named itself."""
     for start in blocked:
+        if is_recurrent_layer(start.target):  # a recurrent layer's matmuls, inside one op
+            return op_name(start.target)
         stack, seen = [start], {start}
         while stack:
             node = stack.pop()
@@ -338,6 +199,8 @@ def _matmul_behind(blocked: list[Node], weights_only: set[Node], bwd: set[Node])
             for user in node.users:
                 if user in bwd:  # the backward's matmuls read the weight against gradients
                     continue
+                if is_recurrent_layer(user.target):
+                    return op_name(user.target)
                 operands = matmul_operands(user.target)
                 mine = [p for p in operands or () if len(user.args) > p and user.args[p] is node]
                 if mine:

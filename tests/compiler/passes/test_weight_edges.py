@@ -99,3 +99,18 @@ def test_reference_run_matches_sampled_weights_on_the_zoo(zoo):
     # Excluding everything gives the clean model back, exactly.
     none = reference.run(m, x, idx, seed=4, config=PQTConfig(include=["^nothing$"]))
     assert torch.equal(none, clean)
+
+
+def test_a_recurrent_layer_kept_as_one_op_is_named_as_training_clean():
+    """An LSTM that torch keeps as one op (aten.mkldnn_rnn_layer on the CPU, aten._cudnn_rnn on
+    CUDA, under torch._dynamo.config.allow_rnn): its matmuls are inside, the pass cannot sample
+    its weights, and they were 'not a matmul operand', trained clean with no warning."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 8, batch_first=True)
+    graph = reference.trace(lstm, torch.randn(2, 3, 8)).graph
+    assert any("rnn" in str(n.target) for n in graph.nodes if n.op == "call_function")  # one op, as on a GPU
+    _, skipped = reference.trace_weight_edges(lstm, torch.randn(2, 3, 8))
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        s = next(s for s in skipped if s.name == name)
+        assert s.trains_clean and "rnn" in s.reason, s
+    assert not next(s for s in skipped if s.name == "bias_ih_l0").trains_clean  # a bias is never sampled
