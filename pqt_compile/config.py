@@ -16,7 +16,8 @@ from .blocks import block_code
 from .formats import NVFP4, NVFP4_BLOCK, FormatSpec, parse_format
 from .formula_noise import noise_std_problem
 
-__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size", "config_or_default"]
+__all__ = ["PQTConfig", "BlockSize", "DEFAULT_NOISE_STD", "DEFAULT_BLOCK_SIZE", "default_block_size",
+           "FUSED_SIBLINGS", "default_tensor_scale_groups", "config_or_default"]
 
 BlockSize = Union[int, str]
 
@@ -27,6 +28,42 @@ DEFAULT_BLOCK_SIZE = 32
 def default_block_size(format: str) -> int:
     """The block size a config of `format` gets when none is given."""
     return NVFP4_BLOCK if format == NVFP4 else DEFAULT_BLOCK_SIZE
+
+
+#: The sibling nn.Linear modules that vLLM and SGLang load as one fused layer with one NVFP4 tensor
+#: scale (Llama, Mistral, Qwen, ... naming): an nvfp4 config's tensor_scale_groups by default.
+FUSED_SIBLINGS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def default_tensor_scale_groups(format: str) -> tuple[tuple[str, ...], ...]:
+    """tensor_scale_groups when none is given: FUSED_SIBLINGS for "nvfp4", none for the formats
+    without a tensor scale."""
+    return FUSED_SIBLINGS if format == NVFP4 else ()
+
+
+def _check_groups(value: Any, format: str) -> tuple[tuple[str, ...], ...]:
+    """tensor_scale_groups, validated and made hashable (lists from JSON or options become tuples)."""
+    if value is None:
+        return default_tensor_scale_groups(format)
+    shape = "a list of groups, each a list of two or more module names, e.g. [['q_proj', 'k_proj', 'v_proj']]"
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise ValueError(f"PQTConfig.tensor_scale_groups must be {shape}, got {value!r}")
+    groups, seen = [], set()
+    for group in value:
+        if isinstance(group, str) or not isinstance(group, (tuple, list)) or len(group) < 2:
+            raise ValueError(f"PQTConfig.tensor_scale_groups must be {shape}, got the group {group!r}")
+        for m in group:
+            if not isinstance(m, str) or not m or "." in m:
+                raise ValueError(f"PQTConfig.tensor_scale_groups: {m!r} is not a module name (the last part of a "
+                                 "module's qualified name, such as 'q_proj')")
+            if m in seen:
+                raise ValueError(f"PQTConfig.tensor_scale_groups: {m!r} is in more than one group (or twice in one)")
+            seen.add(m)
+        groups.append(tuple(group))
+    if groups and format != NVFP4:
+        raise ValueError(f"PQTConfig.tensor_scale_groups applies to format 'nvfp4' only (format {format!r} has no "
+                         "tensor scale): leave it unset")
+    return tuple(groups)
 
 
 #: The standard deviation of uniform rounding error, in units of the step: 1/sqrt(12).
@@ -85,6 +122,13 @@ class PQTConfig:
             default, MUST_RECOMPUTE). Saves the backward's recompute, one sample pass over
             every weight per step; costs one extra copy of every sampled weight (in the sample's
             dtype) held from the forward to the backward. The samples are the same bits either way.
+        tensor_scale_groups: format "nvfp4" only. Groups of sibling module names whose weights
+            share one tensor scale, the one the group's max |w| gives: the weights
+            `<parent>.<m>.weight` of the members m of a group under one parent (pqt_compile.scale_groups).
+            Default (None): FUSED_SIBLINGS, (q_proj, k_proj, v_proj) and (gate_proj, up_proj), which
+            vLLM and SGLang load as one fused layer with one tensor scale; () for other formats.
+            Set () to give every weight its own tensor scale (transformers and llama.cpp read each
+            weight's own scale; a vLLM export then refuses siblings whose scales differ).
     """
 
     format: str = "fp6_e3m2"
@@ -97,6 +141,7 @@ class PQTConfig:
     sample_in_eval: bool = False
     per_rank_noise: bool = False
     share_sample: bool = False
+    tensor_scale_groups: Optional[tuple[tuple[str, ...], ...]] = None  # None: the format's (default_tensor_scale_groups)
     # Removed in 0.2: the run's seed has one home, pqt_compile.manual_seed (an InitVar, so that
     # an old call is refused with the fix instead of a bare "unexpected keyword").
     seed: InitVar[Optional[int]] = None
@@ -151,6 +196,7 @@ class PQTConfig:
             raise ValueError(f"PQTConfig.per_rank_noise must be a bool, got {self.per_rank_noise!r}")
         if not isinstance(self.share_sample, bool):
             raise ValueError(f"PQTConfig.share_sample must be a bool, got {self.share_sample!r}")
+        object.__setattr__(self, "tensor_scale_groups", _check_groups(self.tensor_scale_groups, self.format))
 
     @property
     def spec(self) -> FormatSpec:
@@ -190,8 +236,8 @@ class PQTConfig:
 
     def replace(self, **changes: Any) -> "PQTConfig":
         """A copy with some fields changed (validated again). A noise_std that was the old noise's
-        default follows a change of noise or mode, and a block_size that was the old format's
-        default a change of format (neither is carried over as if chosen). `mode="ste"` draws no
+        default follows a change of noise or mode, and a block_size or tensor_scale_groups that was
+        the old format's default a change of format (none is carried over as if chosen). `mode="ste"` draws no
         noise, so switching to it drops the noise and noise_std of a PQT config unless they are
         given (`cfg.replace(mode="ste")` is the PQT-then-STE recipe's second phase)."""
         if changes.get("mode") == "ste" and self.mode != "ste":
@@ -199,6 +245,9 @@ class PQTConfig:
             changes.setdefault("noise_std", _FIELD_DEFAULTS["noise_std"])
         if "format" in changes and "block_size" not in changes and self.block_size == default_block_size(self.format):
             changes["block_size"] = None
+        if ("format" in changes and "tensor_scale_groups" not in changes
+                and self.tensor_scale_groups == default_tensor_scale_groups(self.format)):
+            changes["tensor_scale_groups"] = None
         if ("noise" in changes or "mode" in changes) and "noise_std" not in changes:
             if self.noise_std is None or self.noise_std == _DEFAULT_STD[self.noise]:
                 changes["noise_std"] = None

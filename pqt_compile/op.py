@@ -295,6 +295,7 @@ def sample(
     axis: int = -1,
     config: Optional[PQTConfig] = None,
     out_dtype: Optional[torch.dtype] = None,
+    tensor_amax: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Sample a weight: w + Δ r per method.md (or, with `PQTConfig(mode="ste")`, its
     round-to-nearest value), differentiable (identity gradient).
@@ -306,6 +307,8 @@ def sample(
         axis: the reduction axis of the consuming matmul (1 for nn.Linear's [N, K] weight).
         config: format, block size and noise (default `PQTConfig()`).
         out_dtype: dtype of the result (default: w's dtype).
+        tensor_amax: format "nvfp4" only: the max |w| that sets the tensor scale, when it is not w's
+            own (a tensor-scale group's: pqt_compile.scale_groups.group_tensor_amax); at least w's own.
     """
     config = config_or_default(config, "pqt_compile.sample")
     return torch.ops.pqt.sample(
@@ -318,4 +321,15 @@ def sample(
         config.op_noise,
         config.op_noise_std,
         out_dtype or w.dtype,
+        None,
+        0,
+        given_tensor_amax(tensor_amax, config, "pqt_compile.sample"),
     )
+
+
+def given_tensor_amax(tensor_amax: Optional[torch.Tensor], config: PQTConfig, where: str) -> Optional[torch.Tensor]:
+    """A caller's `tensor_amax`: refused for a format without a tensor scale (it would be ignored)."""
+    if tensor_amax is not None and not config.spec.two_level:
+        raise ValueError(f"{where}: tensor_amax applies to format 'nvfp4' only (format {config.format!r} has no "
+                         "tensor scale)")
+    return tensor_amax

@@ -24,6 +24,7 @@ from .formats import FormatSpec, parse_format
 from .formula import TorchOps, floor_log2, pow2, step_log2
 from .formula_nvfp4 import block_scale, tensor_exponent, tensor_params
 from .formula_nvfp4 import block_params as nvfp4_block_params
+from .op import given_tensor_amax, nvfp4_tensor_amax
 from .rounding import nvfp4_rtn_from_params, nvfp4_units, rtn_value
 
 __all__ = ["quantize", "pack", "unpack", "is_packing_of", "PackedTensor"]
@@ -46,21 +47,24 @@ def _scales(w: torch.Tensor, axis: int, config: PQTConfig):
 
 
 def quantize(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None,
-             known: Optional["PackedTensor"] = None) -> torch.Tensor:
+             known: Optional["PackedTensor"] = None, tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The round-to-nearest value of `w` in the config's format, in w's dtype.
 
     Blocks whose amax is 0 stay 0; blocks holding NaN or Inf are returned unchanged (there
     is no scale to quantize them with). Values beyond the format's range saturate. `known`: see
     `pack` (w holding exactly its values is already deployed and is returned as it is).
+    `tensor_amax` (nvfp4 only): the max |w| that sets the tensor scale where it is not w's own (a
+    tensor-scale group's: scale_groups.group_tensor_amax, as the compiled step trains it).
     """
     config = config_or_default(config, "pqt_compile.quantize")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
+    tensor_amax = given_tensor_amax(tensor_amax, config, "pqt_compile.quantize")
     if known is not None and is_packing_of(known, w, axis, config):
         return w
     amax = block_amax(w, axis, config.block_code)
     o = TorchOps(w.device)
     if config.spec.two_level:
-        tensor = tensor_params(o, w.detach().float().abs().amax())
+        tensor = tensor_params(o, nvfp4_tensor_amax(w, tensor_amax))
         return nvfp4_rtn_from_params(o, w.detach().float(), nvfp4_block_params(o, amax, tensor)).to(w.dtype)
     # rounding.py: the formula the compiled STE forward (PQTConfig(mode="ste")) runs too.
     return rtn_value(o, w.detach().float(), amax, config.spec).to(w.dtype)
@@ -88,18 +92,20 @@ class PackedTensor:
 
 
 def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None, name: str = "the weight",
-         known: Optional[PackedTensor] = None) -> PackedTensor:
+         known: Optional[PackedTensor] = None, tensor_amax: Optional[torch.Tensor] = None) -> PackedTensor:
     """Quantize `w` and store it as codes plus int8 block exponents (exactly invertible).
 
     `name` names the weight in the errors (a writer passes its key: a model has many weights).
     `known` (optional): a packing read back with w (`export.read_packed`); returned as it is when
-    w holds exactly its values (`is_packing_of`), else w is packed. NOTE [re-quantizing NVFP4]."""
+    w holds exactly its values (`is_packing_of`), else w is packed. NOTE [re-quantizing NVFP4].
+    `tensor_amax`: as `quantize` takes it (nvfp4: a tensor-scale group's max |w|)."""
     config = config_or_default(config, "pqt_compile.pack")
     axis = check_sample_args(w, axis, config.spec, config.block_code, w.dtype)
+    tensor_amax = given_tensor_amax(tensor_amax, config, "pqt_compile.pack")
     if known is not None and is_packing_of(known, w, axis, config):
         return known
     if config.spec.two_level:
-        return _pack_nvfp4(w, axis, config, name)
+        return _pack_nvfp4(w, axis, config, name, tensor_amax)
     spec, w32, valid, n, k = _scales(w, axis, config)
     if not bool(torch.isfinite(w32).all()):
         raise ValueError(f"pqt.pack: {name} holds NaN or Inf, which no format code represents; fix the weight first")
@@ -140,12 +146,13 @@ def pack(w: torch.Tensor, *, axis: int = -1, config: Optional[PQTConfig] = None,
 _E2M1_UNITS = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
 
-def _pack_nvfp4(w: torch.Tensor, axis: int, config: PQTConfig, name: str) -> PackedTensor:
+def _pack_nvfp4(w: torch.Tensor, axis: int, config: PQTConfig, name: str,
+                tensor_amax: Optional[torch.Tensor]) -> PackedTensor:
     o = TorchOps(w.device)
     w32 = w.detach().float()
     if not bool(torch.isfinite(w32).all()):
         raise ValueError(f"pqt.pack: {name} holds NaN or Inf, which no format code represents; fix the weight first")
-    amax_t = w32.abs().amax()
+    amax_t = nvfp4_tensor_amax(w, tensor_amax)  # its own, or its tensor-scale group's
     if float(amax_t) == 0:  # all zeros (a zero-initialised or pruned projection): every code and scale 0
         zeros = torch.zeros_like(w32)
         return PackedTensor(codes=zeros.to(torch.uint8), exponents=None, shape=tuple(w.shape), axis=axis,

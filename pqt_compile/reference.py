@@ -45,6 +45,7 @@ from .config import PQTConfig, config_or_default
 from .moe import check_experts, traced_as_compiled
 from .naming import named_parameters
 from .op import sample
+from .scale_groups import group_tensor_amax
 from .seeds import check_seed, key_for_name
 from .selection import admits_fn, module_rule_axes, module_rules_miss
 
@@ -184,9 +185,11 @@ def sampled_weights(
     config = config_or_default(config, "pqt_compile.reference.sampled_weights")
     params = named_parameters(model)
     axes = sampled_axes(model, config, example_args, example_kwargs)
+    shared = group_tensor_amax({n: params[n] for n in axes}, config)  # NVFP4's tensor-scale groups
     with torch.no_grad():
         return {
-            name: sample(params[name], seed=seed, key=key_for_name(name), axis=axis, config=config)
+            name: sample(params[name], seed=seed, key=key_for_name(name), axis=axis, config=config,
+                         tensor_amax=shared.get(name))
             for name, axis in axes.items()
         }
 

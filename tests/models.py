@@ -168,3 +168,28 @@ class Decorated(MLP):
     @_passes_args
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
+
+
+class Attention(nn.Module):
+    """Four bias-free nn.Linear(d, d) named as HF Llama's attention projections."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d, d, bias=False) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(self.q_proj(x) * torch.sigmoid(self.k_proj(x)) + self.v_proj(x))
+
+
+def grouped_attention(v_scale: float = 16.0, seed: int = 0) -> nn.Module:
+    """Own tensor scales 2^k_t that differ within each group: v_proj `v_scale` x the others.
+
+    With power-of-two tensor scales, a group's scale changes a member's values only in blocks that
+    it pushes below E4M3's normal range (s_b < 2^-6, amax_b < 2^-6 * 6 s_t): a v_proj 2^16 x the
+    others puts all of q's and k's blocks there; 16 x changes no value, only the stored scale."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(Attention(), nn.GELU(), Attention())
+    with torch.no_grad():
+        for block in (m[0], m[2]):
+            block.v_proj.weight.mul_(v_scale)
+    return m

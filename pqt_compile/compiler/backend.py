@@ -27,6 +27,7 @@ from ..config import PQTConfig, config_or_default
 from ..formats import parse_format
 from ..moe import check_experts
 from ..naming import GraphWeights, ResolvedWeights
+from ..scale_groups import members_in
 from ..selection import admits_fn
 from ..sharding import is_dtensor, shard_layout
 from . import cached_warnings, graph_abi
@@ -120,14 +121,18 @@ class GraphCompiler:
         primal, num_primals = graph_abi.primal_positions(example_inputs)
         shards = {primal[pos]: layout for pos, name in zip(self.weights.positions, resolved.names)
                   if (layout := shard_layout(name, example_inputs[pos])) is not None}
+        two_level = parse_format(self.config.format).two_level
+        members = (members_in(naming.roots_holding([example_inputs[pos] for pos in self.weights.positions]), self.config)
+                   if two_level else frozenset())
         pass_ = SamplePass(self.config, {primal[pos]: n for pos, n in zip(self.weights.positions, resolved.names)},
                            num_primals, aliases, {primal[pos]: n for pos, n in self.weights.buffers.items()},
                            shards=shards, sample_inference=self.training,
-                           key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)})
+                           key_inputs={primal[self.weights.positions[s]]: i for i, s in enumerate(self.key_slots)},
+                           group_members=members)
         passes = PassManager([pass_, MatVecAsMatmulPass(), TemplateLayoutPass()])
         # NVFP4 divides: on a torch without ops.div_rn, Triton must divide as IEEE does (compat NOTE
         # [division on torch 2.11]); a patch the user gave explicitly wins (the lowering then refuses).
-        division = ieee_division_patches() if parse_format(self.config.format).two_level else {}
+        division = ieee_division_patches() if two_level else {}
         # The seed and keys are 0-d int64 inputs: no size check per call (compat NOTE [0-d input
         # asserts]). Fixed here, so not in the pass's cache_key: put it there if it ever varies.
         # NOTE [matmuls stay matmuls]: Inductor's decomposition table rewrites some matmuls into

@@ -40,10 +40,11 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..blocks import ROW, TENSOR
-from ..config import PQTConfig, config_or_default
+from ..config import FUSED_SIBLINGS, PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import PackedTensor, quantize
 from ..reference import sampled_axes
+from ..scale_groups import group_tensor_amax
 from .codes import GroupedCodes, grouped_codes
 from .common import ExportError, atomic_output, check_destination, parameter_at
 from .mx import MX_BLOCK, NibbleOrder, e8m0_scales, pack_mxfp4, pack_nibbles
@@ -115,17 +116,17 @@ def _int_tensors(g: GroupedCodes, config: PQTConfig, shape: tuple[int, int], dty
 
 
 def compress_linear(w: torch.Tensor, config: PQTConfig, name: str = "weight",
-                    known: Optional[PackedTensor] = None) -> dict[str, torch.Tensor]:
+                    known: Optional[PackedTensor] = None, tensor_amax: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """The compressed-tensors tensors of one nn.Linear weight [N, K] (suffixes of the module
     name: weight_packed / weight / weight_scale / weight_shape), per `scheme_for(config)`;
-    `known`: w's packing, as `pack` takes it."""
+    `known`: w's packing, as `pack` takes it; `tensor_amax`: NVFP4's tensor-scale group's max |w|."""
     scheme, _ = scheme_for(config)
     n, k = w.shape
     if scheme == "mxfp4-pack-quantized":
         m = pack_mxfp4(w, axis=1, config=config, order=NibbleOrder.PAIRS, name=name, known=known)
         return {"weight_packed": m.packed, "weight_scale": m.scales}
     if scheme == _NVFP4:
-        nv = pack_nvfp4(w, axis=1, config=config, name=name, known=known)
+        nv = pack_nvfp4(w, axis=1, config=config, name=name, known=known, tensor_amax=tensor_amax)
         # compressed-tensors decodes s_b / weight_global_scale: with 2^-k_t that is s_b 2^k_t exactly.
         return {"weight_packed": pack_nibbles(nv.codes, NibbleOrder.PAIRS), "weight_scale": nv.scales.view(torch.float8_e4m3fn),
                 "weight_global_scale": torch.tensor([2.0**-nv.tensor_exponent], dtype=torch.float32)}
@@ -188,20 +189,19 @@ def _refuse_other_sampled(model: torch.nn.Module, sampled: dict[int, str]) -> No
                       f"{listed}; {fix}")
 
 
-#: NOTE [fused global scales]: vLLM and SGLang load these sibling nn.Linear weights (Llama, Mistral,
-#: Qwen) as one fused layer and apply the largest of their NVFP4 `weight_global_scale`s to every
-#: shard. pqt trains each weight with its own tensor scale 2^k_t (method.md), so where the siblings'
-#: k_t differ those engines decode the others' shards off by a power of two. transformers loads each
-#: weight with its own scale (exact). Such a model is refused unless `per_weight_global_scales`.
-_FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
+# NOTE [fused global scales]: vLLM and SGLang load these sibling nn.Linear weights (Llama, Mistral,
+# Qwen) as one fused layer and apply the largest of their NVFP4 `weight_global_scale`s to every
+# shard; where the siblings' tensor scales differ, those engines decode the others' shards off by a
+# power of two. An nvfp4 config trains them under one tensor scale by default
+# (PQTConfig.tensor_scale_groups, scale_groups.py), and the writer stores that scale for each; a
+# config that gives them their own (tensor_scale_groups=()) is refused here unless
+# `per_weight_global_scales` (transformers loads each weight with its own scale, exactly).
 def _check_fused_global_scales(tensors: dict[str, torch.Tensor], compressed: list[str]) -> None:
     """Refuse NVFP4 siblings that a fused loader would read with one global scale (NOTE [fused global scales])."""
     done = set(compressed)
     for name in compressed:
         parent, _, leaf = name.rpartition(".")
-        for group in _FUSED_SIBLINGS:
+        for group in FUSED_SIBLINGS:
             if leaf != group[0]:
                 continue
             members = [n for n in (f"{parent}.{m}" if parent else m for m in group) if n in done]
@@ -212,10 +212,11 @@ def _check_fused_global_scales(tensors: dict[str, torch.Tensor], compressed: lis
                 raise ExportError(
                     f"NVFP4 {', '.join(m.rpartition('.')[2] for m in members)} of {parent or 'the model'} have different "
                     f"tensor scales (weight_global_scale {', '.join(f'{v:g}' for v in scales.values())}); vLLM and SGLang "
-                    f"load them as one fused layer with the largest scale, so they would decode {off}. pqt trains each "
-                    "weight with its own tensor scale: write GGUF (llama.cpp applies each tensor's scale), or pass "
-                    "per_weight_global_scales=True (--per-weight-global-scales) for loaders that read each weight's "
-                    "scale (transformers)")
+                    f"load them as one fused layer with the largest scale, so they would decode {off}. This config "
+                    "gives them their own tensor scales (its tensor_scale_groups does not group them): train with "
+                    "the default PQTConfig(format='nvfp4'), which shares one scale per fused group, write GGUF "
+                    "(llama.cpp applies each tensor's scale), or pass per_weight_global_scales=True "
+                    "(--per-weight-global-scales) for loaders that read each weight's scale (transformers)")
 
 
 def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optional[PQTConfig] = None, *,
@@ -251,6 +252,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     axes = sampled_axes(model, config, example_args)
     params = named_parameters(model)
     sampled = {id(params[n]): n for n in axes}
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, for_packing=True)  # NVFP4's tensor-scale groups
     out_emb = model.get_output_embeddings()
     tensors: dict[str, torch.Tensor] = {}
     compressed, ignore = [], []
@@ -263,7 +265,8 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
             ignore.append(name)  # stored dense: the head (as llm-compressor does), excluded weights
             continue
         weight_name = sampled[id(module.weight)]
-        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, packed.get(weight_name)).items():
+        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, packed.get(weight_name),
+                                         shared.get(weight_name)).items():
             tensors[f"{name}.{suffix}"] = t
         compressed.append(name)
     if not compressed:
@@ -281,7 +284,8 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
             continue
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled:  # a sampled weight stored dense (the head): its deployed values
-            t = quantize(param.detach(), axis=axes[sampled[id(param)]], config=config, known=packed.get(sampled[id(param)]))
+            name = sampled[id(param)]
+            t = quantize(param.detach(), axis=axes[name], config=config, known=packed.get(name), tensor_amax=shared.get(name))
         tensors[key] = t.detach().contiguous()
     qconfig = _quantization_config(fmt, weights_args, ignore)
     with atomic_output(out_dir, directory=True, force=force) as tmp:

@@ -28,6 +28,7 @@ from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import PackedTensor, quantize
 from ..reference import sampled_axes
+from ..scale_groups import group_tensor_amax
 from .common import ExportError, atomic_output, check_destination, parameter_at
 from .gguf_arch import ArchPlan, arch_plan
 from .gguf_blocks import encode_weight, gguf_type_for, nvfp4_blocks
@@ -154,6 +155,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     # Sampled weights by object: a tied weight is sampled under one of its names, and must be
     # recognised under the state_dict key the plan maps (token_embd, not lm_head).
     sampled = {id(params[name]): (name, axis) for name, axis in axes.items()}
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, for_packing=True)  # NVFP4's tensor-scale groups
     out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
     tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
 
@@ -171,7 +173,8 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled and qtype == "NVFP4" and target.name in _NO_TENSOR_SCALE:
             name, axis = sampled[id(param)]
-            deployed = quantize(param.detach(), axis=axis, config=config, known=packed.get(name))
+            deployed = quantize(param.detach(), axis=axis, config=config, known=packed.get(name),
+                                tensor_amax=shared.get(name))
             tensors.append((target.name, *_dense_array(target.dense(deployed))))
         elif param is not None and id(param) in sampled:
             name, axis = sampled[id(param)]
@@ -179,7 +182,8 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
                 why = _nvfp4_refusal(plan.arch, target.name, written)
                 if why is not None:
                     raise ExportError(f"{name}: {why}")
-                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=packed.get(name))
+                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=packed.get(name),
+                                tensor_amax=shared.get(name))
                 data = nvfp4_blocks(nv, name)
             else:
                 data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name, known=packed.get(name))

@@ -54,9 +54,10 @@ class NVFP4Weight:
 
 
 def pack_nvfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, name: str = "weight",
-               known: Optional[PackedTensor] = None) -> NVFP4Weight:
+               known: Optional[PackedTensor] = None, tensor_amax: Optional[torch.Tensor] = None) -> NVFP4Weight:
     """`quantize(w, axis=axis, config=config)` as NVFP4, the reduction axis moved last (`known`:
-    w's packing, as `pack` takes it; quantize.py NOTE [re-quantizing NVFP4]).
+    w's packing, as `pack` takes it; quantize.py NOTE [re-quantizing NVFP4]; `tensor_amax`: its
+    tensor-scale group's max |w|, scale_groups.group_tensor_amax).
 
     ExportError unless config.format is "nvfp4"; whatever `pack` raises for a weight it cannot
     store (NaN or Inf, a tensor amax outside [2^-100, 2^100), a reduction axis that is not a
@@ -68,7 +69,7 @@ def pack_nvfp4(w: torch.Tensor, *, axis: int, config: PQTConfig, name: str = "we
     if w.shape[axis] % NVFP4_BLOCK:
         raise ExportError(f"{name}: cannot store nvfp4 blocks: its reduction axis has {w.shape[axis]} elements, not a "
                           f"multiple of {NVFP4_BLOCK}")
-    p = pack(w.detach(), axis=axis, config=config, name=name, known=known)
+    p = pack(w.detach(), axis=axis, config=config, name=name, known=known, tensor_amax=tensor_amax)
     assert p.scales is not None and p.tensor_exponent is not None
     return NVFP4Weight(codes=p.codes.movedim(axis, -1).contiguous(),
                        scales=p.scales.movedim(axis, -1).contiguous().view(torch.uint8),

@@ -25,6 +25,7 @@ from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import PackedTensor, pack, quantize, unpack
 from ..reference import sampled_axes
+from ..scale_groups import group_tensor_amax
 from .common import atomic_output, check_destination
 
 __all__ = ["quantize_model", "save", "load", "read_packed", "saved_config", "FILE_VERSION"]
@@ -37,9 +38,11 @@ def quantize_model(model: torch.nn.Module, config: Optional[PQTConfig] = None, e
     """Replace every sampled weight of `model` by its round-to-nearest value, in place."""
     config = config_or_default(config, "pqt_compile.quantize_model")
     params = named_parameters(model)
+    axes = sampled_axes(model, config, example_args)
+    shared = group_tensor_amax({n: params[n] for n in axes}, config)  # before any weight changes (a NaN propagates, as in training)
     with torch.no_grad():
-        for name, axis in sampled_axes(model, config, example_args).items():
-            params[name].copy_(quantize(params[name], axis=axis, config=config))
+        for name, axis in axes.items():
+            params[name].copy_(quantize(params[name], axis=axis, config=config, tensor_amax=shared.get(name)))
     return model
 
 
@@ -68,10 +71,11 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     axes = sampled_axes(model, config, example_args)
     state = {canonical_name(k): v for k, v in model.state_dict().items()}  # names as the keys' (naming.py)
     params = named_parameters(model)
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, for_packing=True)  # NVFP4's tensor-scale groups
     tensors: dict[str, torch.Tensor] = {}
     weights: dict[str, dict] = {}
     for name, axis in axes.items():
-        p: PackedTensor = pack(params[name].detach(), axis=axis, config=config, name=name)
+        p: PackedTensor = pack(params[name].detach(), axis=axis, config=config, name=name, tensor_amax=shared.get(name))
         weights[name] = {"axis": p.axis, "shape": list(p.shape), "dtype": str(p.dtype)}
         tensors[f"codes/{name}"] = p.codes
         if p.scales is not None:  # NVFP4: E4M3 block scales (as their bytes) and the tensor exponent

@@ -168,6 +168,9 @@ _HELP = {
     "noise_std": "noise std in units of the step (default: the noise's own, 1/sqrt(12) or 1/2 before rounding)",
     "include": "sample only weights whose name matches (repeatable)",
     "exclude": "never sample weights whose name matches (repeatable)",
+    "tensor_scale_groups": ("nvfp4: sibling modules whose weights share one tensor scale, comma-separated, one group "
+                            "per flag (repeatable), or 'none' for a scale per weight (default: q_proj,k_proj,v_proj "
+                            "and gate_proj,up_proj, which vLLM fuses)"),
 }
 
 
@@ -182,12 +185,23 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action="store_true", help=f"{text} (default off)")
         elif isinstance(default, tuple):
             group.add_argument(flag, dest=f.name, action="append", default=[], metavar="REGEX", help=text)
+        elif f.name == "tensor_scale_groups":  # None: resolved by PQTConfig (the format's default)
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="M1,M2[,...]", help=text)
         elif f.name in ("noise_std", "block_size"):  # None: resolved by PQTConfig (the noise's / format's default)
             group.add_argument(flag, dest=f.name, type=float if f.name == "noise_std" else str, default=None, help=text)
         elif isinstance(default, float):
             group.add_argument(flag, dest=f.name, type=float, default=default, help=f"{text} (default {default:.4g})")
         else:
             group.add_argument(flag, dest=f.name, default=str(default), help=f"{text} (default {default})")
+
+
+def _scale_groups(flags: list[str]) -> tuple[tuple[str, ...], ...]:
+    """--tensor-scale-groups values: each a comma-separated group, or a lone 'none' (no groups)."""
+    if [f.strip().lower() for f in flags] == ["none"]:
+        return ()
+    if any(f.strip().lower() == "none" for f in flags):
+        raise UsageError("--tensor-scale-groups none stands alone: it gives every weight its own tensor scale")
+    return tuple(tuple(m.strip() for m in f.split(",")) for f in flags)
 
 
 def config_from_arguments(a: argparse.Namespace) -> PQTConfig:
@@ -200,6 +214,8 @@ def config_from_arguments(a: argparse.Namespace) -> PQTConfig:
                 v = int(v)
             except ValueError:
                 raise UsageError(f"--block-size {v!r}: expected an int, 'row' or 'tensor'") from None
+        if f.name == "tensor_scale_groups" and v is not None:
+            v = _scale_groups(v)
         values[f.name] = tuple(v) if isinstance(v, list) else v
     try:
         return PQTConfig(**values)

@@ -63,8 +63,9 @@ def test_transformers_loads_quantize_models_weights_bit_for_bit(tmp_path, llamas
     model = llamas[tie]
     want = pqt_compile.quantize_model(copy.deepcopy(model), cfg)
     out = str(tmp_path / "ckpt")
-    # transformers reads each weight's own NVFP4 tensor scale (compressed_tensors.py NOTE [fused global scales])
-    summary = write_compressed_tensors(model, out, cfg, per_weight_global_scales=fmt == "nvfp4")
+    # NVFP4: q/k/v and gate/up under one tensor scale each (the default tensor_scale_groups), as
+    # quantize_model rounds them (compressed_tensors.py NOTE [fused global scales])
+    summary = write_compressed_tensors(model, out, cfg)
     assert summary.format == ct_format and len(summary.compressed) == 2 * 7 and summary.ignore == ["lm_head"]
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["quantization_config"]["format"] == ct_format
@@ -99,7 +100,7 @@ def test_layout_of_an_nvfp4_linear(tmp_path, llamas):
     from safetensors import safe_open
 
     out = str(tmp_path / "ckpt")
-    cfg = PQTConfig(format="nvfp4")
+    cfg = PQTConfig(format="nvfp4", tensor_scale_groups=())  # q_proj's own tensor scale
     write_compressed_tensors(llamas[True], out, cfg, per_weight_global_scales=True)
     name = "model.layers.0.self_attn.q_proj"
     with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
@@ -170,10 +171,44 @@ def test_moe_experts_held_as_one_parameter_are_refused_not_written_dense(tmp_pat
     assert "model.layers.0.self_attn.q_proj" in summary.compressed
 
 
-def test_nvfp4_siblings_that_vllm_fuses_under_one_global_scale_are_refused(tmp_path, llamas):
-    """NOTE [fused global scales]: vLLM and SGLang read q/k/v (gate/up) with the largest of their
-    weight_global_scales; where pqt's per-weight tensor scales differ, those shards decoded a power
-    of two off, with no word. Refused, naming the shards; same-scale siblings are written."""
+def test_nvfp4_siblings_share_one_global_scale_by_default(tmp_path, llamas):
+    """NOTE [fused global scales]: vLLM and SGLang read q/k/v (gate/up) with one weight_global_scale.
+    By default (PQTConfig(format="nvfp4").tensor_scale_groups) each fused group is stored under the
+    scale its max |w| gives, whatever the members' own: here v_proj is 16x larger than q and k, and
+    gate_proj 8x smaller than up_proj, so their own scales would differ."""
+    from safetensors import safe_open
+
+    model = copy.deepcopy(llamas[False])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.weight.mul_(16.0)
+            layer.mlp.gate_proj.weight.div_(8.0)
+    cfg = PQTConfig(format="nvfp4")
+    out = str(tmp_path / "ckpt")
+    write_compressed_tensors(model, out, cfg)
+    params = dict(model.named_parameters())
+    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+        scales = {k.removesuffix(".weight_global_scale"): float(f.get_tensor(k)) for k in f.keys()
+                  if k.endswith(".weight_global_scale")}
+    for i in range(2):
+        for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+            parent = f"model.layers.{i}.{'self_attn' if group[0] == 'q_proj' else 'mlp'}"
+            got = {scales[f"{parent}.{m}"] for m in group}
+            amax = max(float(params[f"{parent}.{m}.weight"].abs().max()) for m in group)
+            assert len(got) == 1 and 1344 < amax * got.pop() <= 2688, (parent, group)  # the group amax's 2^-k_t
+        assert scales[f"model.layers.{i}.self_attn.o_proj"] != scales[f"model.layers.{i}.self_attn.q_proj"]
+    # The stored weights are quantize_model's, which rounds each group under its shared scale.
+    want = dict(pqt_compile.quantize_model(copy.deepcopy(model), cfg).named_parameters())
+    got = dict(_load(out).named_parameters())
+    for name in params:
+        assert torch.equal(_bits(got[name]), _bits(want[name])), name
+
+
+def test_nvfp4_siblings_with_their_own_scales_are_refused(tmp_path, llamas):
+    """A config that gives each weight its own tensor scale (tensor_scale_groups=()): where the
+    siblings' scales differ, vLLM's fused layer would decode some shards a power of two off, with
+    no word. Refused, naming the shards; same-scale siblings are written, and
+    per_weight_global_scales writes the others for loaders that read each weight's scale."""
     model = copy.deepcopy(llamas[False])
     attn = model.model.layers[0].self_attn
     with torch.no_grad():
@@ -184,11 +219,13 @@ def test_nvfp4_siblings_that_vllm_fuses_under_one_global_scale_are_refused(tmp_p
         for layer in model.model.layers[1:]:
             for m in (layer.self_attn.k_proj, layer.self_attn.v_proj):
                 m.weight.copy_(m.weight / m.weight.abs().max() * layer.self_attn.q_proj.weight.abs().max())
-    cfg = PQTConfig(format="nvfp4")
+    cfg = PQTConfig(format="nvfp4", tensor_scale_groups=())
     write_compressed_tensors(model, str(tmp_path / "same"), cfg)  # one scale per fused group: written
     with torch.no_grad():
         attn.v_proj.weight.mul_(4.0)
     with pytest.raises(ExportError, match=r"q_proj, k_proj, v_proj of model\.layers\.0\.self_attn have different "
-                                          r"tensor scales .* decode v_proj 4x too small\."):
+                                          r"tensor scales .* decode v_proj 4x too small\. This config gives them "
+                                          r"their own tensor scales"):
         write_compressed_tensors(model, str(tmp_path / "ckpt"), cfg)
     assert not (tmp_path / "ckpt").exists()
+    write_compressed_tensors(model, str(tmp_path / "own"), cfg, per_weight_global_scales=True)

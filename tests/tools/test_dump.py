@@ -42,6 +42,8 @@ NON_DEFAULT = {
     "sample_in_eval": (["--sample-in-eval"], True),
     "per_rank_noise": (["--per-rank-noise"], True),
     "share_sample": (["--share-sample"], True),
+    "tensor_scale_groups": (["--format", "nvfp4", "--tensor-scale-groups", "a,b", "--tensor-scale-groups", "c, d"],
+                            (("a", "b"), ("c", "d"))),
 }
 
 
@@ -57,6 +59,21 @@ def test_every_config_field_has_a_flag_that_reaches_the_config(capsys):
         assert getattr(config, field) == value != getattr(PQTConfig(), field), field
     for opt in ("--preset", "--model", "--batch", "--seq", "--out"):
         assert opt in text
+
+
+def test_tensor_scale_groups_flags():
+    """Unset: the format's groups (nvfp4: what vLLM fuses); 'none': a tensor scale per weight."""
+    parser = dump._parser()
+
+    def config(*argv):
+        return cli.config_from_arguments(parser.parse_args(["--preset", "gpt2-tiny", "--format", "nvfp4", *argv]))
+
+    assert config().tensor_scale_groups == (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+    assert config("--tensor-scale-groups", "none").tensor_scale_groups == ()
+    with pytest.raises(cli.UsageError, match="none stands alone"):
+        config("--tensor-scale-groups", "none", "--tensor-scale-groups", "a,b")
+    with pytest.raises(cli.UsageError, match="two or more module names"):
+        config("--tensor-scale-groups", "q_proj")
 
 
 def test_out_that_is_a_file_is_refused_before_compiling(tmp_path, capsys):

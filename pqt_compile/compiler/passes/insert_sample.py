@@ -64,6 +64,21 @@ forward's value (4 bytes) instead of reducing the weight again. A tensor-paralle
 the max over the ranks that split the weight (`reduce_amax`: one all-reduce of one number per
 weight per step, NaN made +Inf first, since a MAX all-reduce may drop a NaN; an Inf amax gives
 the tensor no scales, as a NaN does).
+
+NOTE [shared tensor scales]: the members of a tensor-scale group (scale_groups.py: q_proj, k_proj
+and v_proj of one attention, by default for nvfp4) read one amax, the maximum of their own, made
+once per step in the forward and saved like theirs, so the group trains under the one tensor scale
+that vLLM applies to the fused layer. Graph before (two members; `a_q` ... as above, each the
+amax of abs of the fp32 detached weight)::
+
+    s_q = pqt.sample(w_q, seed, key_q, 1, "nvfp4", 16, ..., None, 0, a_q)
+    s_k = pqt.sample(w_k, seed, key_k, 1, "nvfp4", 16, ..., None, 0, a_k)
+
+after::
+
+    a_qk = aten.maximum(a_q, a_k)
+    s_q = pqt.sample(w_q, seed, key_q, 1, "nvfp4", 16, ..., None, 0, a_qk)
+    s_k = pqt.sample(w_k, seed, key_k, 1, "nvfp4", 16, ..., None, 0, a_qk)
 """
 
 from __future__ import annotations
@@ -77,6 +92,7 @@ from torch.utils.checkpoint import CheckpointPolicy
 from ...config import PQTConfig
 from ...formats import parse_format
 from ...op import RTN
+from ...scale_groups import groups_among
 from ..targets import saves_block_values
 from .axis_tracking import is_dtype_cast
 from .node_values import fake_mode_of, set_val, val
@@ -167,6 +183,23 @@ def insert_sample(
                 set_val(row, fake_mode)
                 row.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # the row, not the whole buffer
                 words_row[e.name] = row
+    # NVFP4: each weight's amax, once per step (NOTE [NVFP4 tensor amax]); a group's members read the
+    # group's (NOTE [shared tensor scales]).
+    amax_of: dict[str, Node] = {}
+    if two_level:
+        with graph.inserting_before(anchor):
+            for edge in edges:
+                amax_of[edge.name] = _tensor_amax(graph, edge.node, fake_mode, reduce_amax, edge)
+            for group in groups_among([e.name for e in edges], config):
+                shared = amax_of[group[0]]
+                for name in group[1:]:  # maximum propagates a NaN, as amax does
+                    shared = graph.call_function(torch.ops.aten.maximum.default, (shared, amax_of[name]))
+                    set_val(shared, fake_mode)
+                for name in group:
+                    amax_of[name] = shared
+            if tag_recompute:
+                for amax_t in amax_of.values():
+                    amax_t.meta["recompute"] = CheckpointPolicy.MUST_SAVE
     for edge in edges:
         if edge.expert_axes and config.block_size == "tensor":
             raise ValueError(
@@ -177,12 +210,8 @@ def insert_sample(
         strides, offset = (index_args or {}).get(edge.node, (None, 0))
         shard_args = () if strides is None else (strides, offset)
         key = keys[edge.name]
-        with graph.inserting_before(anchor):
-            if two_level:  # NVFP4: the whole weight's amax, once per step (NOTE [NVFP4 tensor amax])
-                amax_t = _tensor_amax(graph, edge.node, fake_mode, reduce_amax, edge)
-                if tag_recompute:
-                    amax_t.meta["recompute"] = CheckpointPolicy.MUST_SAVE
-                shard_args = (strides, offset, amax_t)
+        if two_level:
+            shard_args = (strides, offset, amax_of[edge.name])
         memo: dict[tuple[Node, torch.dtype], Node] = {}
         split = edge.name in split_names
         parts: list[Optional[Node]] = []  # NOTE [saved block values]: this weight's values and words, made once

@@ -24,6 +24,8 @@ from torch.fx import Graph, Node
 
 from ...compat import all_reduce_max_ops
 from ...config import PQTConfig
+from ...formats import parse_format
+from ...scale_groups import groups_among, missing_members
 from ...selection import Reason, admits
 from ...sharding import ShardLayout, check_blocks
 from .. import graph_abi
@@ -67,7 +69,8 @@ class SamplePass(PQTPass):
     def __init__(self, config: PQTConfig, weight_inputs: dict[int, str], num_inputs: int,
                  aliases: Optional[dict[str, tuple[str, ...]]] = None, buffer_inputs: Optional[dict[int, str]] = None,
                  dump_dir: Optional[str] = None, shards: Optional[dict[int, ShardLayout]] = None, *,
-                 key_inputs: dict[int, int], sample_inference: bool = False) -> None:
+                 key_inputs: dict[int, int], sample_inference: bool = False,
+                 group_members: frozenset[str] = frozenset()) -> None:
         """
         Args:
             config: the PQT settings.
@@ -91,12 +94,13 @@ class SamplePass(PQTPass):
         self.shards = dict(shards or {})
         self.key_inputs = dict(key_inputs)
         self.sample_inference = sample_inference
+        self.group_members = frozenset(group_members)
         self.warnings: list[str] = []  # what its runs warned, for a cache hit to say again (cached_warnings.py)
 
     def cache_key(self) -> tuple:
         return (*super().cache_key(), repr(self.config), sorted(self.weight_inputs.items()), sorted(self.aliases.items()),
                 self.num_inputs, sorted(self.shards.items()),  # a shard's offset differs per rank
-                sorted(self.key_inputs.items()), self.sample_inference)
+                sorted(self.key_inputs.items()), self.sample_inference, sorted(self.group_members))
 
     def run(self, graph: Graph) -> None:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -120,6 +124,9 @@ class SamplePass(PQTPass):
                 if not layout.is_whole:  # shown by explain and pqt-dump
                     e.notes.append(f"tensor-parallel shard {layout.local_shape} of {layout.global_shape} at offset "
                                    f"{layout.offsets} {layout.placements}: the full weight's draw indices and blocks")
+        grouped = parse_format(self.config.format).two_level and bool(self.config.tensor_scale_groups)
+        if grouped:
+            _note_scale_groups(edges, self.config)
         index_args = {node: layout.op_args() for node, layout in shards.items()}
         buffer_edges, _ = find_weight_edges(graph, buffers)
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
@@ -133,6 +140,8 @@ class SamplePass(PQTPass):
             recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
         if not sampled:
             return
+        if grouped:
+            _refuse_split_groups(edges, self.config, self.group_members)
         slot = {primals[pos]: i for pos, i in self.key_inputs.items()}
 
         def key_of(g: Graph, edge: WeightEdge) -> Node:
@@ -157,6 +166,33 @@ class SamplePass(PQTPass):
 
         insert_sample(graph, edges, seed, key_of, self.config, tag_recompute=is_joint, index_args=index_args,
                       reduce_amax=reduce_amax)
+
+
+def _note_scale_groups(edges: Sequence[WeightEdge], config: PQTConfig) -> None:
+    """Note each tensor-scale group member's siblings on its edge (explain, pqt-dump)."""
+    for group in groups_among([e.name for e in edges], config):
+        for e in edges:
+            if e.name in group:
+                others = ", ".join(n.rsplit(".", 2)[-2] for n in group if n != e.name)  # siblings: one parent
+                e.notes.append(f"nvfp4 tensor scale shared with {others} (PQTConfig.tensor_scale_groups)")
+
+
+def _refuse_split_groups(edges: Sequence[WeightEdge], config: PQTConfig, model_members: frozenset[str]) -> None:
+    """Refuse a sampling graph that holds only some members of a group the model holds
+    (scale_groups.py NOTE [groups within one graph]): the group's amax needs every member here."""
+    names = [e.name for e in edges]
+    missing = missing_members(names, model_members, config)
+    if missing:
+        name, lacking = next(iter(missing.items()))
+        raise ValueError(
+            f"pqt: nvfp4 weight {name!r} shares its tensor scale with {', '.join(map(repr, lacking))} "
+            "(PQTConfig.tensor_scale_groups: siblings that vLLM and SGLang load as one fused layer), but this "
+            "compiled graph does not hold them: a graph break between them, or each module compiled on its own. "
+            "Compile the module that holds all of them as one graph (remove the graph break; "
+            "torch._dynamo.explain lists breaks), or train every weight under its own tensor scale with "
+            "PQTConfig(format='nvfp4', tensor_scale_groups=()) and export to an engine that reads each weight's "
+            "scale (GGUF, or compressed-tensors with per_weight_global_scales=True)"
+        )
 
 
 def not_followed_warnings(skipped: list[SkippedWeight], edges: Sequence[WeightEdge] = ()) -> list[str]:

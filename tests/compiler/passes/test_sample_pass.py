@@ -69,3 +69,94 @@ def test_while_recording_the_pass_reports_summaries_without_graph_objects(monkey
     assert rec.records and any(r.sampled and r.edges for r in rec.records)
     assert {e.name for r in rec.records for e in r.edges} == {"fc1.weight", "fc2.weight"}
     assert not _holds_graph_objects(rec.records)
+
+
+class _ForwardGraphs(torch._inductor.custom_graph_pass.CustomGraphPass):
+    """The post-grad forward graphs' tensor-amax inputs of the sample ops, per weight."""
+
+    def __init__(self) -> None:
+        self.amax_of: dict[str, str] = {}
+        self.maximums = 0
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        if any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes):
+            return
+        aten = torch.ops.aten
+        self.maximums += len(graph.find_nodes(op="call_function", target=aten.maximum.default))
+        for n in graph.nodes:
+            if n.op == "call_function" and "pqt_weight" in n.meta and str(n.target).startswith("pqt."):
+                amax = [a for a in n.args if isinstance(a, torch.fx.Node)
+                        and a.target in (aten.amax.default, aten.maximum.default)]
+                if amax:
+                    self.amax_of[n.meta["pqt_weight"]] = amax[0].name
+
+    def uuid(self):
+        return None  # never cached: the test must see the graph
+
+
+def test_nvfp4_siblings_read_one_group_amax_and_match_the_reference():
+    """insert_sample.py NOTE [shared tensor scales]: q/k/v of one block read one amax node, the
+    maximum of theirs, in the compiled forward; o_proj reads its own. Outputs and gradients match
+    the reference, which applies the same groups; with tensor_scale_groups=() no maximum is made."""
+    import copy
+
+    import pqt_compile
+    from conftest import FP32_REL_TOL, max_rel_err
+    from pqt_compile import PQTConfig, reference
+    from models import grouped_attention as attention
+
+    x = torch.randn(4, 32)
+    for cfg, maximums in ((PQTConfig(format="nvfp4"), 4), (PQTConfig(format="nvfp4", tensor_scale_groups=()), 0)):
+        torch._dynamo.reset()
+        m = attention()
+        ref = copy.deepcopy(m)
+        rec = _ForwardGraphs()
+        cm = pqt_compile.compile(m, cfg, options={"post_grad_custom_post_pass": rec})
+        with recording() as found, pqt_compile.fixed_seed(7):
+            out = cm(x)
+        out.square().sum().backward()
+        assert rec.maximums == maximums
+        notes = {e.name: e.notes for r in found.records if r.is_joint for e in r.edges}
+        shared = "nvfp4 tensor scale shared with q_proj, v_proj (PQTConfig.tensor_scale_groups)"
+        assert (notes["0.k_proj.weight"] == (shared,)) == bool(maximums) and notes["0.o_proj.weight"] == ()
+        groups = {i: {rec.amax_of[f"{i}.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")} for i in (0, 2)}
+        own = {rec.amax_of[f"{i}.o_proj.weight"] for i in (0, 2)}
+        if maximums:
+            assert all(len(g) == 1 for g in groups.values()) and len(set.union(*groups.values(), own)) == 4
+        else:
+            assert len(set.union(*groups.values(), own)) == 8  # every weight its own amax
+        want = reference.run(ref, x, seed=7, config=cfg)
+        assert max_rel_err(out, want) < FP32_REL_TOL
+        want.square().sum().backward()
+        for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+            assert max_rel_err(p.grad, q.grad) < FP32_REL_TOL, name
+
+
+class _SplitAttention(torch.nn.Module):
+    """q_proj in one graph, k_proj and v_proj in the next (a graph break between them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = (torch.nn.Linear(32, 32, bias=False) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q_proj(x)
+        torch._dynamo.graph_break()
+        return q * self.k_proj(x) + self.v_proj(x)
+
+
+def test_a_group_split_across_graphs_is_refused_with_the_fix():
+    """scale_groups.py NOTE [groups within one graph]: the graph that samples q_proj alone cannot
+    give it the group's scale; training it under its own would not be what a vLLM export stores."""
+    import pqt_compile
+    from pqt_compile import PQTConfig
+
+    torch._dynamo.reset()
+    cm = pqt_compile.compile(_SplitAttention(), PQTConfig(format="nvfp4"))
+    with pytest.raises(Exception, match=r"'q_proj\.weight' shares its tensor scale with 'k_proj\.weight', "
+                                        r"'v_proj\.weight' .* tensor_scale_groups=\(\)"):
+        cm(torch.randn(2, 32)).sum().backward()
+    torch._dynamo.reset()
+    cm = pqt_compile.compile(_SplitAttention(), PQTConfig(format="nvfp4", tensor_scale_groups=()))
+    cm(torch.randn(2, 32)).sum().backward()  # each weight its own scale: compiles
+    torch._dynamo.reset()
