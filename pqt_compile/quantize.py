@@ -203,7 +203,8 @@ def _unpack_nvfp4(p: PackedTensor) -> torch.Tensor:
 #: NVFP4 block whose E4M3 scale s_b is subnormal can hold a largest code below 6 (amax_b / (6 s_t)
 #: 1.5 * 2^-9 rounds to s_b = 2^-8, and 4.5 s_b rounds to 4 s_b): quantizing the deployed values
 #: again picks a smaller scale and other values. A writer given the weight's packing (`known`)
-#: therefore writes its codes rather than packing the deployed values again.
+#: therefore writes its codes rather than packing the deployed values again; `quantize_model` and
+#: `load` remember the packings a writer needs (export/deployed.py NOTE [deployed packings]).
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 

@@ -47,6 +47,7 @@ from ..reference import sampled_axes
 from ..scale_groups import group_tensor_amax
 from .codes import GroupedCodes, grouped_codes
 from .common import ExportError, atomic_output, check_destination, parameter_at
+from .deployed import known_packing
 from .mx import MX_BLOCK, NibbleOrder, e8m0_scales, pack_mxfp4, pack_nibbles
 from .nvfp4 import pack_nvfp4
 
@@ -265,8 +266,8 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
             ignore.append(name)  # stored dense: the head (as llm-compressor does), excluded weights
             continue
         weight_name = sampled[id(module.weight)]
-        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, packed.get(weight_name),
-                                         shared.get(weight_name)).items():
+        known = known_packing(packed, weight_name, module.weight)
+        for suffix, t in compress_linear(module.weight.detach(), config, weight_name, known, shared.get(weight_name)).items():
             tensors[f"{name}.{suffix}"] = t
         compressed.append(name)
     if not compressed:
@@ -285,7 +286,8 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled:  # a sampled weight stored dense (the head): its deployed values
             name = sampled[id(param)]
-            t = quantize(param.detach(), axis=axes[name], config=config, known=packed.get(name), tensor_amax=shared.get(name))
+            t = quantize(param.detach(), axis=axes[name], config=config, known=known_packing(packed, name, param),
+                         tensor_amax=shared.get(name))
         tensors[key] = t.detach().contiguous()
     qconfig = _quantization_config(fmt, weights_args, ignore)
     with atomic_output(out_dir, directory=True, force=force) as tmp:

@@ -30,6 +30,7 @@ from ..quantize import PackedTensor, quantize
 from ..reference import sampled_axes
 from ..scale_groups import group_tensor_amax
 from .common import ExportError, atomic_output, check_destination, parameter_at
+from .deployed import known_packing
 from .gguf_arch import ArchPlan, arch_plan
 from .gguf_blocks import encode_weight, gguf_type_for, nvfp4_blocks
 from .nvfp4 import pack_nvfp4
@@ -173,7 +174,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
         param = parameter_at(model, raw_key)
         if param is not None and id(param) in sampled and qtype == "NVFP4" and target.name in _NO_TENSOR_SCALE:
             name, axis = sampled[id(param)]
-            deployed = quantize(param.detach(), axis=axis, config=config, known=packed.get(name),
+            deployed = quantize(param.detach(), axis=axis, config=config, known=known_packing(packed, name, param),
                                 tensor_amax=shared.get(name))
             tensors.append((target.name, *_dense_array(target.dense(deployed))))
         elif param is not None and id(param) in sampled:
@@ -182,11 +183,12 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
                 why = _nvfp4_refusal(plan.arch, target.name, written)
                 if why is not None:
                     raise ExportError(f"{name}: {why}")
-                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=packed.get(name),
+                nv = pack_nvfp4(param, axis=axis, config=config, name=name, known=known_packing(packed, name, param),
                                 tensor_amax=shared.get(name))
                 data = nvfp4_blocks(nv, name)
             else:
-                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name, known=packed.get(name))
+                data = encode_weight(param, axis=axis, config=config, qtype=qtype, name=name,
+                                     known=known_packing(packed, name, param))
             if data.shape[0] != target.dense(t).shape[0]:
                 raise ExportError(f"{name}: sampled along axis {axis}, which is not the reduction axis of llama.cpp's "
                                   f"layout for {target.name}")

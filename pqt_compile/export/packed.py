@@ -27,6 +27,7 @@ from ..quantize import PackedTensor, pack, quantize, unpack
 from ..reference import sampled_axes
 from ..scale_groups import group_tensor_amax
 from .common import atomic_output, check_destination
+from .deployed import known_packing, remember
 
 __all__ = ["quantize_model", "save", "load", "read_packed", "saved_config", "FILE_VERSION"]
 
@@ -35,14 +36,25 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 
 def quantize_model(model: torch.nn.Module, config: Optional[PQTConfig] = None, example_args: Optional[tuple] = None) -> torch.nn.Module:
-    """Replace every sampled weight of `model` by its round-to-nearest value, in place."""
+    """Replace every sampled weight of `model` by its round-to-nearest value, in place. The
+    writers then store exactly these values (deployed.py NOTE [deployed packings])."""
     config = config_or_default(config, "pqt_compile.quantize_model")
     params = named_parameters(model)
     axes = sampled_axes(model, config, example_args)
     shared = group_tensor_amax({n: params[n] for n in axes}, config)  # before any weight changes (a NaN propagates, as in training)
+    packings: dict[str, PackedTensor] = {}
     with torch.no_grad():
         for name, axis in axes.items():
-            params[name].copy_(quantize(params[name], axis=axis, config=config, tensor_amax=shared.get(name)))
+            amax = shared.get(name)
+            if config.spec.two_level:  # NVFP4: keep the packing (NOTE [deployed packings]); its values are quantize's
+                try:
+                    packings[name] = pack(params[name].detach(), axis=axis, config=config, name=name, tensor_amax=amax)
+                except ValueError:  # NaN, or no tensor scale: quantize leaves such a weight as it is
+                    pass
+            value = unpack(packings[name]) if name in packings else quantize(params[name], axis=axis, config=config,
+                                                                                   tensor_amax=amax)
+            params[name].copy_(value.to(params[name].device))
+    remember(params, packings, config)
     return model
 
 
@@ -75,7 +87,8 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     tensors: dict[str, torch.Tensor] = {}
     weights: dict[str, dict] = {}
     for name, axis in axes.items():
-        p: PackedTensor = pack(params[name].detach(), axis=axis, config=config, name=name, tensor_amax=shared.get(name))
+        p: PackedTensor = pack(params[name].detach(), axis=axis, config=config, name=name, tensor_amax=shared.get(name),
+                               known=known_packing({}, name, params[name]))
         weights[name] = {"axis": p.axis, "shape": list(p.shape), "dtype": str(p.dtype)}
         tensors[f"codes/{name}"] = p.codes
         if p.scales is not None:  # NVFP4: E4M3 block scales (as their bytes) and the tensor exponent
@@ -156,6 +169,7 @@ def load(path: str, model: torch.nn.Module, config: Optional[PQTConfig] = None) 
             if target is not params[source]:  # tied when saved, not in this model: the same values
                 target.copy_(params[source].to(target.device, target.dtype))
         result = model.load_state_dict(state, strict=False)
+    remember(params, weights, saved_cfg)  # NOTE [deployed packings]
     unexpected = list(result.unexpected_keys)
     absent = [k for k in result.missing_keys if canonical_name(k) not in meta["weights"] and canonical_name(k) not in meta["tied"]]
     if unexpected or absent:  # _check_fits refuses these first; kept for a state dict hook that renames keys

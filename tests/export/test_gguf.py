@@ -275,7 +275,8 @@ def test_a_weight_that_holds_nan_is_named(tmp_path, fmt):
 def test_a_model_loaded_from_a_packed_nvfp4_file_is_written_with_its_codes(tmp_path):
     """quantize.py NOTE [re-quantizing NVFP4]: a loaded model holds deployed values, which NVFP4
     cannot always quantize back to themselves; `packed=` gives the writer the file's codes, for the
-    packed weights and the dense token embedding alike."""
+    packed weights and the dense token embedding alike, and without it the writer takes the codes
+    `load` remembered (deployed.py NOTE [deployed packings]; before, q_proj was written otherwise)."""
     m = tiny_llama()
     with torch.no_grad():
         w = m.model.layers[0].self_attn.q_proj.weight
@@ -287,8 +288,9 @@ def test_a_model_loaded_from_a_packed_nvfp4_file_is_written_with_its_codes(tmp_p
     pqt_compile.export.save(m, ckpt, cfg)
     loaded = pqt_compile.export.load(ckpt, tiny_llama(seed=5))
     want = _expected(loaded, PQTConfig(format="nvfp4", include=("^$",)))  # the loaded values as they are
-    write_gguf(loaded, str(tmp_path / "again.gguf"), cfg)
-    assert not torch.equal(read_gguf(str(tmp_path / "again.gguf"))["blk.0.attn_q.weight"], want["blk.0.attn_q.weight"])
-    write_gguf(loaded, str(tmp_path / "m.gguf"), cfg, packed=pqt_compile.export.read_packed(ckpt))
-    got = read_gguf(str(tmp_path / "m.gguf"))
-    assert set(got) == set(want) and all(torch.equal(_bits(got[n]), _bits(want[n])) for n in want)
+    assert not torch.equal(pqt_compile.quantize(loaded.model.layers[0].self_attn.q_proj.weight, axis=1, config=cfg),
+                           loaded.model.layers[0].self_attn.q_proj.weight)  # the case: not idempotent
+    for name, packed in (("m.gguf", pqt_compile.export.read_packed(ckpt)), ("again.gguf", None)):
+        write_gguf(loaded, str(tmp_path / name), cfg, packed=packed)
+        got = read_gguf(str(tmp_path / name))
+        assert set(got) == set(want) and all(torch.equal(_bits(got[n]), _bits(want[n])) for n in want), name
