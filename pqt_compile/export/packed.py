@@ -25,7 +25,7 @@ from ..config import PQTConfig, config_or_default
 from ..naming import canonical_name, named_parameters, unwrap
 from ..quantize import PackedTensor, pack, quantize, unpack
 from ..reference import sampled_axes
-from ..scale_groups import group_tensor_amax
+from ..scale_groups import group_tensor_amax, groups_among
 from .common import atomic_output, check_destination
 from .deployed import known_packing, remember
 
@@ -42,19 +42,25 @@ def quantize_model(model: torch.nn.Module, config: Optional[PQTConfig] = None, e
     params = named_parameters(model)
     axes = sampled_axes(model, config, example_args)
     shared = group_tensor_amax({n: params[n] for n in axes}, config)  # before any weight changes (a NaN propagates, as in training)
-    packings: dict[str, PackedTensor] = {}
-    with torch.no_grad():
-        for name, axis in axes.items():
-            amax = shared.get(name)
-            if config.spec.two_level:  # NVFP4: keep the packing (NOTE [deployed packings]); its values are quantize's
-                try:
-                    packings[name] = pack(params[name].detach(), axis=axis, config=config, name=name, tensor_amax=amax)
-                except ValueError:  # NaN, or no tensor scale: quantize leaves such a weight as it is
-                    pass
-            value = unpack(packings[name]) if name in packings else quantize(params[name], axis=axis, config=config,
-                                                                                   tensor_amax=amax)
-            params[name].copy_(value.to(params[name].device))
-    remember(params, packings, config)
+    groups = groups_among(axes, config)
+    grouped = {n for g in groups for n in g}
+    # One tensor-scale group (or lone weight) at a time: its NVFP4 packings are held only until
+    # `remember` has kept the few a writer needs (NOTE [deployed packings]).
+    for unit in [*groups, *((n,) for n in axes if n not in grouped)]:
+        packings: dict[str, PackedTensor] = {}
+        with torch.no_grad():
+            for name in unit:
+                amax = shared.get(name)
+                if config.spec.two_level:  # NVFP4: its packing, whose values are quantize's
+                    try:
+                        packings[name] = pack(params[name].detach(), axis=axes[name], config=config, name=name,
+                                              tensor_amax=amax)
+                    except ValueError:  # NaN, or no tensor scale: quantize leaves such a weight as it is
+                        pass
+                value = (unpack(packings[name]) if name in packings
+                         else quantize(params[name], axis=axes[name], config=config, tensor_amax=amax))
+                params[name].copy_(value.to(params[name].device))
+        remember({n: params[n] for n in unit}, packings, config)
     return model
 
 
