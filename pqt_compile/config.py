@@ -53,7 +53,7 @@ def _check_groups(value: Any, format: str) -> tuple[tuple[str, ...], ...]:
         if isinstance(group, str) or not isinstance(group, (tuple, list)) or len(group) < 2:
             raise ValueError(f"PQTConfig.tensor_scale_groups must be {shape}, got the group {group!r}")
         for m in group:
-            if not isinstance(m, str) or not m or "." in m:
+            if not isinstance(m, str) or not m or "." in m or m != "".join(m.split()):
                 raise ValueError(f"PQTConfig.tensor_scale_groups: {m!r} is not a module name (the last part of a "
                                  "module's qualified name, such as 'q_proj')")
             if m in seen:

@@ -12,10 +12,17 @@ the group's (the max over the members' max |w|). A weight in no group keeps its 
 Only the members that are sampled form the group (an excluded sibling is stored dense).
 
 NOTE [groups within one graph]: the compiled step computes the group's amax in the graph that
-samples the members, so every sampled member of a group must be an input of that graph. A graph
-that samples some members while the model holds others (a graph break between q_proj and k_proj,
-or each nn.Linear compiled alone) is refused at compile time (`missing_members`), naming the fix,
-rather than training those weights under their own scales while the export assumes the group's.
+samples the members, so it can share a scale only among the members that are inputs of that
+graph. Where the model holds members that the graph does not (a graph break between q_proj and
+k_proj, DDP's optimizer compiling each gradient bucket's subgraph apart: every member of a real
+Llama fills a 25 MB bucket of its own, or each nn.Linear compiled alone), the graph groups the
+members it holds and warns (`missing_members`, sample_pass.py), while the export stores the whole
+group's scale. With power-of-two tensor scales the two differ only in blocks that the group's
+scale pushes below E4M3's normal range (in tests/test_scale_groups.py's model the first values
+changed with a sibling 2^13 times larger), so training there stays possible (a refusal would
+rule out DDP) and is not silent. A module compiled alone knows its parent only through
+`pqt_compile.register(model)`: without it its weight's name has no parent and forms no group, as
+its noise key has no parent either (naming.py).
 """
 
 from __future__ import annotations
@@ -111,18 +118,27 @@ def missing_members(graph_names: Iterable[str], model_names: Iterable[str], conf
 
 
 def group_tensor_amax(weights: Mapping[str, torch.Tensor], config: PQTConfig, *,
-                      for_packing: bool = False) -> dict[str, torch.Tensor]:
+                      nonfinite: str = "propagate") -> dict[str, torch.Tensor]:
     """{name: the group's max |w| (fp32, 0-d)} for each of `weights` (the sampled weights, by name)
     that is in a group; the others are absent (their own amax applies). For `quantize` / `pack`
-    and the writers: what the compiled step gives the op as `tensor_amax`. A NaN propagates, as in
-    the compiled step; `for_packing` (the writers) refuses a member holding NaN or Inf instead, by
-    its own name, as `pack` would (its siblings would otherwise be refused for its NaN)."""
+    and the writers: what the compiled step gives the op as `tensor_amax`.
+
+    A member holding NaN or Inf: "propagate" (the reference, as the compiled step: the group gets
+    no scales), "refuse" (the writers: a ValueError naming that member, as `pack` would, rather
+    than its siblings) or "skip" (`quantize_model`: the group's amax from its finite members, so
+    they are still quantized; the member itself is returned as it is, as `quantize` does)."""
+    if nonfinite not in ("propagate", "refuse", "skip"):
+        raise ValueError(f"nonfinite must be 'propagate', 'refuse' or 'skip', got {nonfinite!r}")
     out = {}
     for group in groups_among(weights, config):
         amaxes = [weights[n].detach().float().abs().amax().cpu() for n in group]
         for n, a in zip(group, amaxes):
-            if for_packing and not bool(torch.isfinite(a)):
+            if nonfinite == "refuse" and not bool(torch.isfinite(a)):
                 raise ValueError(f"pqt.pack: {n} holds NaN or Inf, which no format code represents; fix the weight first")
+        if nonfinite == "skip":
+            amaxes = [a for a in amaxes if bool(torch.isfinite(a))]
+            if not amaxes:
+                continue
         amax = torch.stack(amaxes).amax()
         for n in group:
             out[n] = amax

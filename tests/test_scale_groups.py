@@ -59,6 +59,8 @@ def test_members_in_a_model_are_the_group_weights_the_config_samples():
 
 
 def test_the_group_amax_is_the_largest_members_and_nan_is_named_for_packing():
+    """A NaN member: the reference's group amax is NaN (as the compiled step's); the writers refuse
+    it by its own name; quantize_model takes the finite members' amax."""
     m = attention()
     params = dict(m.named_parameters())
     shared = group_tensor_amax(params, NV)
@@ -69,7 +71,34 @@ def test_the_group_amax_is_the_largest_members_and_nan_is_named_for_packing():
         params["2.k_proj.weight"][3, 3] = float("nan")
     assert torch.isnan(group_tensor_amax(params, NV)["2.q_proj.weight"])  # propagates, as in training
     with pytest.raises(ValueError, match=r"2\.k_proj\.weight holds NaN or Inf"):
-        group_tensor_amax(params, NV, for_packing=True)
+        group_tensor_amax(params, NV, nonfinite="refuse")
+    skipped = group_tensor_amax(params, NV, nonfinite="skip")
+    assert float(skipped["2.q_proj.weight"]) == float(params["2.v_proj.weight"].detach().abs().max())
+
+
+def test_quantize_model_quantizes_the_finite_siblings_of_a_nan_member():
+    m = attention(2.0**16)
+    params = dict(m.named_parameters())
+    with torch.no_grad():
+        params["0.k_proj.weight"][0, 0] = float("nan")
+    amax = params["0.v_proj.weight"].detach().abs().max().clone()
+    want = pqt_compile.quantize(params["0.q_proj.weight"], axis=1, config=NV, tensor_amax=amax)
+    pqt_compile.quantize_model(m, NV, example_args=(torch.randn(2, 32),))
+    assert torch.equal(params["0.q_proj.weight"], want)  # before: left as trained, with no word
+    assert torch.isnan(params["0.k_proj.weight"][0, 0])
+
+
+def test_a_packed_file_from_before_groups_reads_as_a_scale_per_weight(tmp_path):
+    """Its tensor exponents are per weight: its config must not claim today's default groups."""
+    from pqt_compile.export import packed
+
+    path = str(tmp_path / "m.pt")
+    packed.save(attention(), path, NV)
+    blob = torch.load(path, weights_only=True)
+    del blob["meta"]["config"]["tensor_scale_groups"]  # as pqt_compile wrote it before
+    blob["sha256"] = packed._digest(blob["meta"], blob["tensors"])
+    torch.save(blob, path)
+    assert packed.saved_config(path) == NV.replace(tensor_scale_groups=())
 
 
 def test_the_references_samples_take_the_groups_tensor_scale():
@@ -123,6 +152,7 @@ def test_quantize_model_rounds_each_group_under_its_shared_scale():
     ([["attn.q_proj", "k_proj"]], "not a module name"),
     ([["q_proj", "k_proj"], ["k_proj", "v_proj"]], "more than one group"),
     ([["q_proj", 3]], "not a module name"),
+    ([["q_proj", " k_proj"]], "not a module name"),
 ])
 def test_bad_groups_are_refused_by_name(value, match):
     with pytest.raises(ValueError, match=match):

@@ -122,8 +122,8 @@ class GraphCompiler:
         shards = {primal[pos]: layout for pos, name in zip(self.weights.positions, resolved.names)
                   if (layout := shard_layout(name, example_inputs[pos])) is not None}
         two_level = parse_format(self.config.format).two_level
-        members = (members_in(naming.roots_holding([example_inputs[pos] for pos in self.weights.positions]), self.config)
-                   if two_level else frozenset())
+        members = _group_members(self.config, [example_inputs[pos] for pos in self.weights.positions],
+                                 resolved.names) if two_level else frozenset()
         pass_ = SamplePass(self.config, {primal[pos]: n for pos, n in zip(self.weights.positions, resolved.names)},
                            num_primals, aliases, {primal[pos]: n for pos, n in self.weights.buffers.items()},
                            shards=shards, sample_inference=self.training,
@@ -212,6 +212,18 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: PQTCon
     # AOTAutograd cache) the pass does not run again, but the cached graph samples (NOTE [training
     # graphs]).
     return PQTCompiled(fn, compiler, weights, first, config, device, samples=compiler.training or config.sample_in_eval)
+
+
+def _group_members(config: PQTConfig, params: Sequence[Any], names: Sequence[str]) -> frozenset[str]:
+    """The tensor-scale group members of the models that hold this graph's weights (scale_groups.py
+    NOTE [groups within one graph]): found by the Parameter objects, or, where the graph's inputs
+    are not the model's own (DDP's optimizer compiles each bucket's subgraph with fake inputs), by
+    the names of its weights."""
+    roots = naming.roots_holding(params)
+    if not roots and names:
+        wanted = set(names)
+        roots = [(r, pre) for r, pre in naming.roots() if wanted <= set(naming.named_parameters(r, pre))]
+    return members_in(roots, config)
 
 
 def register_roots(example_inputs: Sequence[Any]) -> list[torch.nn.Module]:

@@ -253,7 +253,7 @@ def write_compressed_tensors(model: torch.nn.Module, out_dir: str, config: Optio
     axes = sampled_axes(model, config, example_args)
     params = named_parameters(model)
     sampled = {id(params[n]): n for n in axes}
-    shared = group_tensor_amax({n: params[n] for n in axes}, config, for_packing=True)  # NVFP4's tensor-scale groups
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, nonfinite="refuse")  # NVFP4's tensor-scale groups
     out_emb = model.get_output_embeddings()
     tensors: dict[str, torch.Tensor] = {}
     compressed, ignore = [], []

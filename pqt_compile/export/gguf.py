@@ -156,7 +156,7 @@ def write_gguf(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = 
     # Sampled weights by object: a tied weight is sampled under one of its names, and must be
     # recognised under the state_dict key the plan maps (token_embd, not lm_head).
     sampled = {id(params[name]): (name, axis) for name, axis in axes.items()}
-    shared = group_tensor_amax({n: params[n] for n in axes}, config, for_packing=True)  # NVFP4's tensor-scale groups
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, nonfinite="refuse")  # NVFP4's tensor-scale groups
     out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
     tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
 

@@ -41,7 +41,8 @@ def quantize_model(model: torch.nn.Module, config: Optional[PQTConfig] = None, e
     config = config_or_default(config, "pqt_compile.quantize_model")
     params = named_parameters(model)
     axes = sampled_axes(model, config, example_args)
-    shared = group_tensor_amax({n: params[n] for n in axes}, config)  # before any weight changes (a NaN propagates, as in training)
+    # Before any weight changes; a NaN member does not keep its finite siblings from being quantized.
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, nonfinite="skip")
     groups = groups_among(axes, config)
     grouped = {n for g in groups for n in g}
     # One tensor-scale group (or lone weight) at a time: its NVFP4 packings are held only until
@@ -89,7 +90,7 @@ def save(model: torch.nn.Module, path: str, config: Optional[PQTConfig] = None, 
     axes = sampled_axes(model, config, example_args)
     state = {canonical_name(k): v for k, v in model.state_dict().items()}  # names as the keys' (naming.py)
     params = named_parameters(model)
-    shared = group_tensor_amax({n: params[n] for n in axes}, config, for_packing=True)  # NVFP4's tensor-scale groups
+    shared = group_tensor_amax({n: params[n] for n in axes}, config, nonfinite="refuse")  # NVFP4's tensor-scale groups
     tensors: dict[str, torch.Tensor] = {}
     weights: dict[str, dict] = {}
     for name, axis in axes.items():
@@ -135,7 +136,9 @@ def _read(path: str) -> tuple[dict, dict[str, torch.Tensor], PQTConfig]:
         raise ValueError(f"pqt_compile.export.load: {path} is damaged (its sha256 does not match its contents)")
     if meta.get("file_version") != FILE_VERSION:
         raise ValueError(f"pqt_compile.export.load: {path} has file version {meta.get('file_version')}; this pqt_compile reads {FILE_VERSION}")
-    saved_cfg = PQTConfig(**{k: v for k, v in meta["config"].items() if k != "seed"})  # seed: pqt_compile 0.1
+    # seed: pqt_compile 0.1. A file without tensor_scale_groups was packed before groups existed, a
+    # tensor scale per weight (not the format's default groups of today).
+    saved_cfg = PQTConfig(**{"tensor_scale_groups": (), **{k: v for k, v in meta["config"].items() if k != "seed"}})
     return meta, tensors, saved_cfg
 
 

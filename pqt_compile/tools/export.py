@@ -66,14 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flag_config(a: argparse.Namespace) -> tuple[PQTConfig, set[str]]:
-    """The config of the flags (defaults where not given) and the names of the fields given."""
+def _flag_config(a: argparse.Namespace, base_config: Optional[PQTConfig] = None) -> tuple[PQTConfig, set[str]]:
+    """The config of the flags and the names of the fields given; the fields not given are the
+    flags' defaults, or `base_config`'s (a packed file's config: a flag such as
+    --tensor-scale-groups is then read with the file's format)."""
     defaults = argparse.ArgumentParser()
     add_config_arguments(defaults)
     base = vars(defaults.parse_args([]))
     given = {name for name in _CONFIG_FIELDS if getattr(a, name) is not None}
     merged = argparse.Namespace(**{name: getattr(a, name) if name in given else base[name] for name in _CONFIG_FIELDS})
-    return config_from_arguments(merged), given
+    if base_config is None:
+        return config_from_arguments(merged), given
+    flags = config_from_arguments(argparse.Namespace(**{**vars(merged), "format": base_config.format}))
+    return base_config.replace(**{name: getattr(flags, name) for name in given if name != "format"},
+                               **({"format": a.format} if "format" in given else {})), given
 
 
 def _hf_checkpoint(path: str) -> tuple[torch.nn.Module, Any]:
@@ -117,8 +123,9 @@ def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQ
     model and config flags."""
     from ..export import load, read_packed, saved_config
 
-    flags, given = _flag_config(a)
     ckpt = a.checkpoint
+    if not (ckpt and os.path.isfile(ckpt)):  # a packed file's flags are read with its config, below
+        flags, given = _flag_config(a)
     if ckpt and os.path.isdir(ckpt):
         if a.preset or a.factory:
             raise UsageError(f"--checkpoint {ckpt} is a model directory: give it without --preset / --model")
@@ -134,6 +141,7 @@ def _model_and_config(a: argparse.Namespace) -> tuple[torch.nn.Module, tuple, PQ
         saved = saved_config(ckpt)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    flags, given = _flag_config(a, saved)
     differ = sorted(name for name in given if getattr(flags, name) != getattr(saved, name))
     if differ:
         have = ", ".join(f"{n}={getattr(saved, n)!r}" for n in differ)

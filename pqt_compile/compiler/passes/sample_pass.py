@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch.fx import Graph, Node
@@ -124,9 +124,9 @@ class SamplePass(PQTPass):
                 if not layout.is_whole:  # shown by explain and pqt-dump
                     e.notes.append(f"tensor-parallel shard {layout.local_shape} of {layout.global_shape} at offset "
                                    f"{layout.offsets} {layout.placements}: the full weight's draw indices and blocks")
-        grouped = parse_format(self.config.format).two_level and bool(self.config.tensor_scale_groups)
-        if grouped:
-            _note_scale_groups(edges, self.config)
+        split = False  # a tensor-scale group the model holds is split across graphs here
+        if parse_format(self.config.format).two_level and self.config.tensor_scale_groups:
+            split = _note_scale_groups(edges, self.config, self.group_members, self.weight_inputs.values())
         index_args = {node: layout.op_args() for node, layout in shards.items()}
         buffer_edges, _ = find_weight_edges(graph, buffers)
         skipped += [SkippedWeight(e.name, Reason.BUFFER) for e in buffer_edges]
@@ -140,8 +140,9 @@ class SamplePass(PQTPass):
             recorder.records.append(SampleRecord(is_joint, [EdgeSummary.of(e) for e in edges], skipped, sampled))
         if not sampled:
             return
-        if grouped:
-            _refuse_split_groups(edges, self.config, self.group_members)
+        if split:  # one text for every graph: Python's filter shows it once (explain names the weights)
+            self.warnings.append(SPLIT_GROUP_WARNING)
+            warn_all([SPLIT_GROUP_WARNING])
         slot = {primals[pos]: i for pos, i in self.key_inputs.items()}
 
         def key_of(g: Graph, edge: WeightEdge) -> Node:
@@ -168,31 +169,39 @@ class SamplePass(PQTPass):
                       reduce_amax=reduce_amax)
 
 
-def _note_scale_groups(edges: Sequence[WeightEdge], config: PQTConfig) -> None:
-    """Note each tensor-scale group member's siblings on its edge (explain, pqt-dump)."""
-    for group in groups_among([e.name for e in edges], config):
-        for e in edges:
-            if e.name in group:
-                others = ", ".join(n.rsplit(".", 2)[-2] for n in group if n != e.name)  # siblings: one parent
-                e.notes.append(f"nvfp4 tensor scale shared with {others} (PQTConfig.tensor_scale_groups)")
-
-
-def _refuse_split_groups(edges: Sequence[WeightEdge], config: PQTConfig, model_members: frozenset[str]) -> None:
-    """Refuse a sampling graph that holds only some members of a group the model holds
-    (scale_groups.py NOTE [groups within one graph]): the group's amax needs every member here."""
+def _note_scale_groups(edges: Sequence[WeightEdge], config: PQTConfig, model_members: frozenset[str],
+                       graph_weights: Iterable[str]) -> bool:
+    """Note on each tensor-scale group member's edge the siblings it shares a scale with here, and
+    those the model holds that this graph does not (explain, pqt-dump); returns whether there are
+    any of the latter (scale_groups.py NOTE [groups within one graph])."""
     names = [e.name for e in edges]
-    missing = missing_members(names, model_members, config)
-    if missing:
-        name, lacking = next(iter(missing.items()))
-        raise ValueError(
-            f"pqt: nvfp4 weight {name!r} shares its tensor scale with {', '.join(map(repr, lacking))} "
-            "(PQTConfig.tensor_scale_groups: siblings that vLLM and SGLang load as one fused layer), but this "
-            "compiled graph does not hold them: a graph break between them, or each module compiled on its own. "
-            "Compile the module that holds all of them as one graph (remove the graph break; "
-            "torch._dynamo.explain lists breaks), or train every weight under its own tensor scale with "
-            "PQTConfig(format='nvfp4', tensor_scale_groups=()) and export to an engine that reads each weight's "
-            "scale (GGUF, or compressed-tensors with per_weight_global_scales=True)"
-        )
+    notes: dict[str, list[str]] = {}
+    for group in groups_among(names, config):
+        for name in group:
+            others = ", ".join(n.rsplit(".", 2)[-2] for n in group if n != name)  # siblings: one parent
+            notes.setdefault(name, []).append(f"nvfp4 tensor scale shared with {others} (PQTConfig.tensor_scale_groups)")
+    missing = missing_members(names, model_members - set(graph_weights), config)
+    for name, lacking in missing.items():
+        notes.setdefault(name, []).append(
+            f"nvfp4 tensor-scale group split: {', '.join(n.rsplit('.', 2)[-2] for n in lacking)} in another compiled "
+            "graph, so not in this scale (the export's includes them)")
+    for e in edges:
+        e.notes += notes.get(e.name, [])
+    return bool(missing)
+
+
+#: scale_groups.py NOTE [groups within one graph]: one text whichever graph and weights, so that
+#: Python's warning filter shows it once (a Llama under DDP splits every group).
+SPLIT_GROUP_WARNING = (
+    "pqt: some nvfp4 tensor-scale groups (PQTConfig.tensor_scale_groups: q_proj/k_proj/v_proj, gate_proj/up_proj) "
+    "are split across compiled graphs (a graph break between members, DDP's bucket split, or each module compiled "
+    "on its own): each graph shares a scale among the members it holds, while quantize_model and the writers store "
+    "the whole group's. The two differ only in blocks that the group's scale pushes below E4M3's normal range "
+    "(where a sibling is thousands of times larger). pqt_compile.explain(model, ...) names the weights. To train "
+    "under the group's scale, compile the members in one graph (remove the graph break; under DDP, "
+    "torch._dynamo.config.optimize_ddp = False); to silence this, PQTConfig(format='nvfp4', "
+    "tensor_scale_groups=()) gives every weight its own scale everywhere."
+)
 
 
 def not_followed_warnings(skipped: list[SkippedWeight], edges: Sequence[WeightEdge] = ()) -> list[str]:

@@ -145,18 +145,43 @@ class _SplitAttention(torch.nn.Module):
         return q * self.k_proj(x) + self.v_proj(x)
 
 
-def test_a_group_split_across_graphs_is_refused_with_the_fix():
+def test_a_group_split_across_graphs_trains_and_warns_with_the_fix():
     """scale_groups.py NOTE [groups within one graph]: the graph that samples q_proj alone cannot
-    give it the group's scale; training it under its own would not be what a vLLM export stores."""
+    give it the group's scale (as under DDP's bucket split): it trains under its own, with a warning
+    naming the siblings and the fixes; no warning with tensor_scale_groups=()."""
+    import warnings
+
     import pqt_compile
     from pqt_compile import PQTConfig
 
+    for cfg, warned in ((PQTConfig(format="nvfp4"), True), (PQTConfig(format="nvfp4", tensor_scale_groups=()), False)):
+        torch._dynamo.reset()
+        cm = pqt_compile.compile(_SplitAttention(), cfg)
+        with warnings.catch_warnings(record=True) as caught, recording() as found:
+            warnings.simplefilter("always")
+            cm(torch.randn(2, 32)).sum().backward()
+        notes = {e.name: e.notes for r in found.records if r.is_joint for e in r.edges}
+        split_note = "nvfp4 tensor-scale group split: k_proj, v_proj in another compiled graph"
+        assert any(n.startswith(split_note) for n in notes["q_proj.weight"]) == warned
+        messages = {str(w.message) for w in caught if "tensor-scale groups" in str(w.message)}
+        assert messages == ({sample_pass.SPLIT_GROUP_WARNING} if warned else set())  # one text for both graphs
+    assert "optimize_ddp = False" in sample_pass.SPLIT_GROUP_WARNING
     torch._dynamo.reset()
-    cm = pqt_compile.compile(_SplitAttention(), PQTConfig(format="nvfp4"))
-    with pytest.raises(Exception, match=r"'q_proj\.weight' shares its tensor scale with 'k_proj\.weight', "
-                                        r"'v_proj\.weight' .* tensor_scale_groups=\(\)"):
-        cm(torch.randn(2, 32)).sum().backward()
-    torch._dynamo.reset()
-    cm = pqt_compile.compile(_SplitAttention(), PQTConfig(format="nvfp4", tensor_scale_groups=()))
-    cm(torch.randn(2, 32)).sum().backward()  # each weight its own scale: compiles
-    torch._dynamo.reset()
+
+
+def test_group_members_are_found_by_name_when_the_graph_inputs_are_not_the_models():
+    """DDP's optimizer compiles each bucket's subgraph with fake inputs: the models holding the
+    weights are then found by the weights' names (backend._group_members)."""
+    import pqt_compile
+    from pqt_compile import PQTConfig
+    from pqt_compile.compiler.backend import _group_members
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    m = _SplitAttention()
+    pqt_compile.register(m)
+    fake = FakeTensorMode().from_tensor(m.q_proj.weight)
+    want = {"q_proj.weight", "k_proj.weight", "v_proj.weight"}
+    nv = PQTConfig(format="nvfp4")
+    assert _group_members(nv, [m.q_proj.weight], ["q_proj.weight"]) == want  # by object
+    assert _group_members(nv, [fake], ["q_proj.weight"]) == want  # by name
+    assert _group_members(nv, [fake], ["other.weight"]) == frozenset()  # no registered model holds it
