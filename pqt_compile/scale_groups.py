@@ -126,7 +126,7 @@ def group_tensor_amax(weights: Mapping[str, torch.Tensor], config: PQTConfig, *,
     A member holding NaN or Inf: "propagate" (the reference, as the compiled step: the group gets
     no scales), "refuse" (the writers: a ValueError naming that member, as `pack` would, rather
     than its siblings) or "skip" (`quantize_model`: the group's amax from its finite members, so
-    they are still quantized; the member itself is returned as it is, as `quantize` does)."""
+    they are still quantized; the member itself is absent, so `quantize` leaves it as it is)."""
     if nonfinite not in ("propagate", "refuse", "skip"):
         raise ValueError(f"nonfinite must be 'propagate', 'refuse' or 'skip', got {nonfinite!r}")
     out = {}
@@ -135,10 +135,11 @@ def group_tensor_amax(weights: Mapping[str, torch.Tensor], config: PQTConfig, *,
         for n, a in zip(group, amaxes):
             if nonfinite == "refuse" and not bool(torch.isfinite(a)):
                 raise ValueError(f"pqt.pack: {n} holds NaN or Inf, which no format code represents; fix the weight first")
-        if nonfinite == "skip":
-            amaxes = [a for a in amaxes if bool(torch.isfinite(a))]
-            if not amaxes:
+        if nonfinite == "skip":  # the non-finite member keeps its own (NaN or Inf: left as it is)
+            finite = [(n, a) for n, a in zip(group, amaxes) if bool(torch.isfinite(a))]
+            if not finite:
                 continue
+            group, amaxes = tuple(n for n, _ in finite), [a for _, a in finite]
         amax = torch.stack(amaxes).amax()
         for n in group:
             out[n] = amax
