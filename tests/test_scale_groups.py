@@ -58,7 +58,7 @@ def test_members_in_a_model_are_the_group_weights_the_config_samples():
     assert members_in([(m, "")], NV.replace(tensor_scale_groups=())) == frozenset()
 
 
-def test_the_group_amax_is_the_largest_members_and_nan_is_named_for_packing():
+def test_the_group_amax_is_the_largest_members_and_a_nan_member_by_mode():
     """A NaN member: the reference's group amax is NaN (as the compiled step's); the writers refuse
     it by its own name; quantize_model takes the finite members' amax."""
     m = attention()
