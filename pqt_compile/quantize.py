@@ -27,7 +27,7 @@ from .formula_nvfp4 import block_params as nvfp4_block_params
 from .op import given_tensor_amax, nvfp4_tensor_amax
 from .rounding import nvfp4_rtn_from_params, nvfp4_units, rtn_value
 
-__all__ = ["quantize", "pack", "unpack", "is_packing_of", "PackedTensor"]
+__all__ = ["quantize", "pack", "unpack", "is_packing_of", "same_bits", "PackedTensor"]
 
 ZERO_BLOCK = -128  # the int8 exponent that marks an all-zero block
 
@@ -208,6 +208,14 @@ def _unpack_nvfp4(p: PackedTensor) -> torch.Tensor:
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether `a` and `b` hold the same bits (a dtype's NaN payloads and -0.0 told apart)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    bits = _BITS[a.element_size()]
+    return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
+
+
 def is_packing_of(p: PackedTensor, w: torch.Tensor, axis: int, config: PQTConfig) -> bool:
     """Whether `p` stores w in the config's format with blocks along `axis`, every value exactly
     w's, bit for bit: w is then already deployed, and `p` is its packing. The dtypes may differ (a
@@ -216,11 +224,10 @@ def is_packing_of(p: PackedTensor, w: torch.Tensor, axis: int, config: PQTConfig
     if (p.format, p.block_size, p.axis, tuple(p.shape)) != (config.format, config.block_size, axis % w.dim(),
                                                             tuple(w.shape)):
         return False
-    values, w = unpack(p).to(w.device), w.detach().contiguous()
+    values, w = unpack(p).to(w.device), w.detach()
     if p.dtype != w.dtype:
         values, w = values.float(), w.float()
-    bits = _BITS[w.element_size()]
-    return torch.equal(values.view(bits), w.view(bits))
+    return same_bits(values, w)
 
 
 def unpack(p: PackedTensor) -> torch.Tensor:

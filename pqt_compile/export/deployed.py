@@ -21,17 +21,12 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..config import PQTConfig
-from ..quantize import PackedTensor, quantize
+from ..quantize import PackedTensor, quantize, same_bits
 from ..scale_groups import group_tensor_amax
 
 __all__ = ["remember", "known_packing"]
 
 _PACKINGS = WeakIdKeyDictionary()  # Parameter -> PackedTensor
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return a.dtype == b.dtype and torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
 
 
 def remember(params: Mapping[str, torch.Tensor], packings: Mapping[str, PackedTensor], config: PQTConfig) -> None:
@@ -47,7 +42,7 @@ def remember(params: Mapping[str, torch.Tensor], packings: Mapping[str, PackedTe
             again = quantize(w, axis=p.axis, config=config, tensor_amax=shared.get(name))
         except ValueError:
             again = None  # the writer refuses it (a group amax the weight exceeds cannot happen here)
-        if again is None or not _same_bits(again, w):
+        if again is None or not same_bits(again, w):
             _PACKINGS[params[name]] = p
         else:
             _PACKINGS.pop(params[name], None)

@@ -12,10 +12,9 @@ or `--vocab`), or a tuple (model, example_args).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional
-
-import os
 
 from .cli import (UsageError, add_config_arguments, add_model_arguments, build, config_from_arguments, eager_outputs,
                   pqt_refusal)

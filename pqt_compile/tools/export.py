@@ -67,19 +67,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _flag_config(a: argparse.Namespace, base_config: Optional[PQTConfig] = None) -> tuple[PQTConfig, set[str]]:
-    """The config of the flags and the names of the fields given; the fields not given are the
-    flags' defaults, or `base_config`'s (a packed file's config: a flag such as
-    --tensor-scale-groups is then read with the file's format)."""
+    """The config of the flags (defaults where not given) and the names of the fields given. With
+    `base_config` (a packed file's), an unset --format is the file's, so that a flag such as
+    --tensor-scale-groups is read with the file's format (the caller compares only the fields given)."""
     defaults = argparse.ArgumentParser()
     add_config_arguments(defaults)
     base = vars(defaults.parse_args([]))
     given = {name for name in _CONFIG_FIELDS if getattr(a, name) is not None}
     merged = argparse.Namespace(**{name: getattr(a, name) if name in given else base[name] for name in _CONFIG_FIELDS})
-    if base_config is None:
-        return config_from_arguments(merged), given
-    flags = config_from_arguments(argparse.Namespace(**{**vars(merged), "format": base_config.format}))
-    return base_config.replace(**{name: getattr(flags, name) for name in given if name != "format"},
-                               **({"format": a.format} if "format" in given else {})), given
+    if base_config is not None and "format" not in given:
+        merged.format = base_config.format
+    return config_from_arguments(merged), given
 
 
 def _hf_checkpoint(path: str) -> tuple[torch.nn.Module, Any]:

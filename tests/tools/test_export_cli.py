@@ -123,6 +123,24 @@ def test_config_flags_reach_the_config():
     assert given == {"format", "block_size", "exclude", "noise_std"}
 
 
+def test_flags_on_a_packed_file_are_read_with_its_format():
+    """--tensor-scale-groups alone, on an nvfp4 file, was read with the default format and refused
+    ("applies to format 'nvfp4' only") though it agreed with the file."""
+    saved = PQTConfig(format="nvfp4")
+
+    def flags(*argv):
+        a = export_cli._parser().parse_args(["--preset", "llama-tiny", "--checkpoint", "m.pt", "--to", "gguf",
+                                             "--out", "x", *argv])
+        return export_cli._flag_config(a, saved)
+
+    config, given = flags("--tensor-scale-groups", "q_proj,k_proj,v_proj", "--tensor-scale-groups", "gate_proj,up_proj")
+    assert given == {"tensor_scale_groups"} and config.tensor_scale_groups == saved.tensor_scale_groups
+    config, _ = flags("--tensor-scale-groups", "none")
+    assert config.tensor_scale_groups == () != saved.tensor_scale_groups  # a disagreement the caller names
+    with pytest.raises(export_cli.UsageError, match="applies to format 'nvfp4' only"):
+        flags("--format", "int4", "--tensor-scale-groups", "q_proj,k_proj")  # a given format is the flags' own
+
+
 def test_a_packed_nvfp4_checkpoint_is_written_with_its_stored_codes(tmp_path, capsys):
     """The loaded weights are deployed values, which NVFP4 cannot always quantize back to themselves
     (quantize.py NOTE [re-quantizing NVFP4]): the writer takes the file's codes."""
